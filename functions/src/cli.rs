@@ -1,0 +1,70 @@
+//! The functions binary's commands: serve (the default) and create-user for operators.
+
+use clap::{Parser, Subcommand};
+use coderun_shared::config::Settings;
+use coderun_shared::domain::{NewPassword, Role, Username};
+use coderun_shared::users;
+
+use crate::app;
+use crate::state::AppState;
+
+#[derive(Parser)]
+#[command(name = "coderun-functions", about = "The coderun HTTP API")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve the API (the default): under Lambda when AWS_LAMBDA_RUNTIME_API is set, otherwise
+    /// on http.bind.
+    Serve,
+    /// Create a user, reading the password from the CODERUN_NEW_PASSWORD environment variable
+    /// (the first admin of a fresh installation).
+    CreateUser {
+        #[arg(long)]
+        username: String,
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+}
+
+fn parse_role(raw: &str) -> Result<Role, String> {
+    serde_json::from_value(serde_json::Value::String(raw.to_owned()))
+        .map_err(|_| "role must be student, teacher or admin".to_owned())
+}
+
+/// Runs `command` with `settings`.
+pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    let state = AppState::build(settings).await?;
+    match command {
+        Command::Serve if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => {
+            lambda_http::run(app::router(state))
+                .await
+                .map_err(|e| anyhow::anyhow!("lambda runtime: {e}"))
+        }
+        Command::Serve => {
+            let bind = state.settings.http.bind;
+            let listener = tokio::net::TcpListener::bind(bind)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {bind} (http.bind): {e}"))?;
+            tracing::info!(%bind, "coderun API listening");
+            Ok(app::serve(listener, app::router(state), app::shutdown_signal()).await?)
+        }
+        Command::CreateUser { username, role } => {
+            let username = Username::parse(&username).map_err(|e| anyhow::anyhow!(e))?;
+            let password = std::env::var("CODERUN_NEW_PASSWORD").map_err(|_| {
+                anyhow::anyhow!("set CODERUN_NEW_PASSWORD to the new user's password")
+            })?;
+            let password = NewPassword::parse(&password).map_err(|e| anyhow::anyhow!(e))?;
+            let hash = state.hash_password(password.as_str().to_owned()).await?;
+            let user = users::create(&state.db, &username, &hash, role).await?;
+            println!(
+                "created user {} ({:?}) with id {}",
+                user.username, user.role, user.id
+            );
+            Ok(())
+        }
+    }
+}

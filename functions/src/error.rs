@@ -1,0 +1,218 @@
+//! `ApiError`: every way a request can fail, each with its status, answered as an RFC 9457
+//! problem (`application/problem+json`). Internal causes are logged in full and answered with
+//! an opaque 500 that leaks nothing.
+
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use coderun_shared::domain::Invalid;
+use coderun_shared::{files, storage, tasks, users};
+use serde::Serialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A value in the request breaks a rule; the message says which.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body could not be parsed as the JSON this route takes.
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("wrong username or password")]
+    BadCredentials,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// No such resource, or one the caller may not see (the two are indistinguishable).
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The problem document of RFC 9457.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// A stable URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+impl ApiError {
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unauthorized | ApiError::BadCredentials => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn slug(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "invalid-request",
+            ApiError::Unprocessable(_) => "invalid-body",
+            ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::BadCredentials => "bad-credentials",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not-found",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::PayloadTooLarge(_) => "payload-too-large",
+            ApiError::MethodNotAllowed => "method-not-allowed",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        ApiError::NotFound(format!("{what} not found"))
+    }
+
+    fn problem(&self) -> Problem {
+        let status = self.status_code();
+        Problem {
+            kind: format!("urn:coderun:problem:{}", self.slug()),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(error = ?cause, "request failed");
+        }
+        let status = self.status_code();
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut response = (status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if matches!(self, ApiError::Unauthorized | ApiError::BadCredentials) {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        ApiError::BadRequest(e.0)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl From<storage::Error> for ApiError {
+    fn from(e: storage::Error) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+impl From<users::Error> for ApiError {
+    fn from(e: users::Error) -> Self {
+        match e {
+            users::Error::UsernameTaken => ApiError::Conflict(e.to_string()),
+            users::Error::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<tasks::Error> for ApiError {
+    fn from(e: tasks::Error) -> Self {
+        match e {
+            tasks::Error::NotFound => ApiError::not_found("task"),
+            tasks::Error::TooManyTasks { .. } | tasks::Error::NoSuchMainFile(_) => {
+                ApiError::Conflict(e.to_string())
+            }
+            tasks::Error::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<files::Error> for ApiError {
+    fn from(e: files::Error) -> Self {
+        use files::Error as E;
+        match e {
+            E::TaskNotFound => ApiError::not_found("task"),
+            E::NotFound(_) => ApiError::NotFound(e.to_string()),
+            E::MoveIntoItself { .. } | E::Duplicate(_) => ApiError::BadRequest(e.to_string()),
+            E::IsFolder(_)
+            | E::UnderFile(_)
+            | E::Exists(_)
+            | E::DeletesMainFile(_)
+            | E::TooManyFiles { .. }
+            | E::TaskTooLarge { .. } => ApiError::Conflict(e.to_string()),
+            E::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let detail = rejection.body_text();
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(detail),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(
+                "expected a body with Content-Type: application/json".into(),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY => ApiError::Unprocessable(detail),
+            _ => ApiError::BadRequest(detail),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge("the request body is too large".into())
+            }
+            _ => ApiError::BadRequest(rejection.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        // A malformed id in the URL names nothing that exists.
+        ApiError::NotFound(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

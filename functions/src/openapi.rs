@@ -1,0 +1,42 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{auth, catalogue, files, ops, tasks};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "coderun", description = "Keep code tasks, edit their files, run them in sandboxes."),
+    paths(
+        auth::login, auth::me, auth::create_user,
+        tasks::create_task, tasks::list_tasks, tasks::get_task, tasks::update_task, tasks::delete_task,
+        files::read_file, files::save_file, files::delete_path, files::batch_files, files::move_path,
+        files::download_archive,
+        catalogue::list_languages, catalogue::list_specs, catalogue::list_datasets,
+        ops::healthz, ops::readyz, ops::render_metrics, ops::openapi,
+    ),
+    modifiers(&BearerAuth),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}

@@ -1,0 +1,67 @@
+//! Operations: liveness, readiness (Postgres and S3 answer), Prometheus metrics, the OpenAPI
+//! document.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::Serialize;
+
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::Json;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .route("/api/v1/openapi.json", get(openapi))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: &'static str,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Postgres and the bucket answer.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200, body = Health), (status = 503, body = Problem)))]
+pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
+    sqlx::query("SELECT 1")
+        .execute(&state.db)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "readiness: Postgres does not answer");
+            ApiError::Unavailable("the database does not answer".into())
+        })?;
+    state.storage.check().await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness: object storage does not answer");
+        ApiError::Unavailable("object storage does not answer".into())
+    })?;
+    Ok(Json(Health { status: "ready" }))
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, content_type = "text/plain", body = String)))]
+pub async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+/// This document.
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "ops",
+    responses((status = 200, content_type = "application/json", body = Object)))]
+pub async fn openapi() -> impl IntoResponse {
+    axum::Json(crate::openapi::document())
+}

@@ -1,0 +1,62 @@
+//! `AppState`: what every handler may use, built once (at cold start on Lambda) and cheap to
+//! clone. Handlers keep nothing between requests.
+
+use std::sync::Arc;
+
+use coderun_shared::auth::Authenticator;
+use coderun_shared::config::Settings;
+use coderun_shared::domain::{Role, Username};
+use coderun_shared::storage::Storage;
+use coderun_shared::{db, users};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub db: PgPool,
+    pub storage: Storage,
+    pub auth: Arc<Authenticator>,
+    pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// Connects to Postgres (applying migrations) and S3, and seeds the local stack's users.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let db = db::connect_and_migrate(&settings.database).await?;
+        let storage = Storage::connect(&settings.storage).await?;
+        let auth = Arc::new(Authenticator::new(&settings.auth)?);
+        let state = Self {
+            settings: Arc::new(settings),
+            db,
+            storage,
+            auth,
+            metrics: crate::metrics::handle(),
+        };
+        if state.settings.local_stack {
+            state.seed_local_users().await?;
+        }
+        Ok(state)
+    }
+
+    /// The local stack's two users, `admin`/`admin` and `demo`/`demo`; never outside it.
+    async fn seed_local_users(&self) -> anyhow::Result<()> {
+        for (name, role) in [("admin", Role::Admin), ("demo", Role::Student)] {
+            let username = Username::parse(name).map_err(|e| anyhow::anyhow!(e))?;
+            let hash = self.hash_password(name.to_owned()).await?;
+            users::ensure(&self.db, &username, &hash, role).await?;
+        }
+        Ok(())
+    }
+
+    /// Hashes on the blocking pool: Argon2 is deliberately slow.
+    pub async fn hash_password(&self, password: String) -> anyhow::Result<String> {
+        let auth = self.auth.clone();
+        Ok(tokio::task::spawn_blocking(move || auth.hash_password(&password)).await??)
+    }
+
+    pub async fn verify_password(&self, password: String, hash: String) -> anyhow::Result<bool> {
+        let auth = self.auth.clone();
+        Ok(tokio::task::spawn_blocking(move || auth.verify_password(&password, &hash)).await?)
+    }
+}

@@ -1,0 +1,273 @@
+//! Settings: one typed tree built from compiled defaults (`defaults.toml`), an optional
+//! `coderun.toml` and `CODERUN__SECTION__KEY` environment variables, in that order.
+//!
+//! Secrets are [`SecretString`]s so `Debug` never prints them, and [`Settings::validate`]
+//! refuses the built-in development secret outside the local stack.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use config::{Config, Environment, File, FileFormat};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+const DEFAULTS: &str = include_str!("defaults.toml");
+const DEV_JWT_SECRET: &str = "coderun-local-development-secret-do-not-use";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration could not be read: {0}")]
+    Read(#[from] config::ConfigError),
+    #[error("configuration is invalid: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration of coderun.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// True only for the local stack and tests: allows the development JWT secret and seeds the
+    /// demo users.
+    pub local_stack: bool,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+    pub database: DatabaseSettings,
+    pub storage: StorageSettings,
+    pub redis: RedisSettings,
+    pub auth: AuthSettings,
+    pub limits: LimitSettings,
+    pub run: RunSettings,
+    pub specs: BTreeMap<String, Spec>,
+    pub languages: BTreeMap<String, LanguageSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// May carry a password, hence secret.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageSettings {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub access_key: String,
+    pub secret_key: SecretString,
+    /// MinIO and s3s-fs want `http://host/bucket/key` rather than virtual-hosted buckets.
+    pub path_style: bool,
+    /// Create the bucket at start-up when it is missing (local stack, tests).
+    pub create_bucket: bool,
+    pub presign_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RedisSettings {
+    pub url: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub jwt_secret: SecretString,
+    pub token_ttl_seconds: u64,
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+}
+
+/// Size and count limits on what users store. Every one is enforced at the HTTP edge or inside
+/// the transaction that would break it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    pub max_file_bytes: u64,
+    pub max_files_per_task: u32,
+    pub max_task_bytes: u64,
+    pub max_tasks_per_user: u32,
+    pub max_batch_bytes: u64,
+    pub max_path_bytes: usize,
+    pub max_path_depth: usize,
+    pub default_per_page: u32,
+    pub max_per_page: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RunSettings {
+    pub default_spec: String,
+}
+
+/// A named resource preset a run is executed with.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize, utoipa::ToSchema)]
+pub struct Spec {
+    pub description: String,
+    pub cpu_millis: u32,
+    pub memory_mib: u32,
+    pub disk_mib: u32,
+    pub pids: u32,
+    pub wall_seconds: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LanguageSettings {
+    pub display_name: String,
+    pub image: String,
+    pub main_file: String,
+    pub command: String,
+    pub default_files: Vec<DefaultFile>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DefaultFile {
+    pub path: String,
+    pub content: String,
+}
+
+impl Settings {
+    /// Defaults, then `coderun.toml` (or the file named by `CODERUN_CONFIG`), then the
+    /// environment; validated.
+    pub fn load() -> Result<Self, Error> {
+        let file = std::env::var("CODERUN_CONFIG").unwrap_or_else(|_| "coderun.toml".into());
+        Self::load_from(Config::builder().add_source(File::with_name(&file).required(false)))
+    }
+
+    /// Defaults overridden by `overrides` (`("limits.max_file_bytes", "10")` …) and nothing
+    /// else: what tests and tools use to build settings without touching the environment.
+    pub fn with_overrides<'a>(
+        overrides: impl IntoIterator<Item = (&'a str, String)>,
+    ) -> Result<Self, Error> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULTS, FileFormat::Toml));
+        for (key, value) in overrides {
+            builder = builder.set_override(key, value)?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn load_from(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Self, Error> {
+        let settings: Settings = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(builder.build()?)
+            .add_source(
+                Environment::with_prefix("CODERUN")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Rules no single field can state: the secret outside the local stack, the default spec,
+    /// languages that name their own main file.
+    pub fn validate(&self) -> Result<(), Error> {
+        let secret = self.auth.jwt_secret.expose_secret();
+        if !self.local_stack && secret == DEV_JWT_SECRET {
+            return Err(Error::Invalid(
+                "auth.jwt_secret is the built-in development secret; set CODERUN__AUTH__JWT_SECRET \
+                 to a random string of at least 32 characters (or CODERUN__LOCAL_STACK=true for a \
+                 throw-away local stack)"
+                    .into(),
+            ));
+        }
+        if secret.len() < 32 {
+            return Err(Error::Invalid(
+                "auth.jwt_secret must be at least 32 characters long".into(),
+            ));
+        }
+        if !self.specs.contains_key(&self.run.default_spec) {
+            return Err(Error::Invalid(format!(
+                "run.default_spec names `{}`, which is not one of the specs",
+                self.run.default_spec
+            )));
+        }
+        for (name, language) in &self.languages {
+            if !language
+                .default_files
+                .iter()
+                .any(|f| f.path == language.main_file)
+            {
+                return Err(Error::Invalid(format!(
+                    "language `{name}`: main_file `{}` is not among its default_files",
+                    language.main_file
+                )));
+            }
+        }
+        if self.limits.max_per_page == 0 || self.limits.default_per_page > self.limits.max_per_page
+        {
+            return Err(Error::Invalid(
+                "limits.default_per_page must be between 1 and limits.max_per_page".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> Vec<(&'static str, String)> {
+        vec![("local_stack", "true".into())]
+    }
+
+    #[test]
+    fn the_compiled_defaults_describe_four_languages_and_three_specs() {
+        let settings = Settings::with_overrides(local()).unwrap();
+        let languages: Vec<_> = settings.languages.keys().cloned().collect();
+        assert_eq!(languages, ["java", "python", "r", "scala"]);
+        assert_eq!(settings.specs.len(), 3);
+        assert_eq!(settings.limits.max_file_bytes, 10 * 1024 * 1024);
+    }
+
+    #[test]
+    fn the_development_secret_is_refused_outside_the_local_stack() {
+        let err = Settings::with_overrides([("local_stack", "false".to_string())]).unwrap_err();
+        assert!(
+            err.to_string().contains("CODERUN__AUTH__JWT_SECRET"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_short_secret_is_refused() {
+        let err = Settings::with_overrides([("auth.jwt_secret", "short".to_string())]).unwrap_err();
+        assert!(err.to_string().contains("32 characters"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_default_spec_is_refused() {
+        let mut overrides = local();
+        overrides.push(("run.default_spec", "huge".into()));
+        assert!(Settings::with_overrides(overrides).is_err());
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let settings = Settings::with_overrides(local()).unwrap();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains(DEV_JWT_SECRET));
+        assert!(!printed.contains("coderun-secret"));
+    }
+}

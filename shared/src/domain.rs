@@ -1,0 +1,412 @@
+//! Validated newtypes: everything that comes from a user is parsed into one of these at the
+//! edge, and nothing past the edge checks it again because nothing can be invalid.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{LanguageSettings, LimitSettings};
+
+/// Why a value from a user was refused; the message is safe to show that user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid<T>(message: impl Into<String>) -> Result<T, Invalid> {
+    Err(Invalid(message.into()))
+}
+
+/// What a user may do: students keep their own tasks, teachers and admins also read everyone's,
+/// admins create users.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum Role {
+    Student,
+    Teacher,
+    Admin,
+}
+
+impl Role {
+    /// Teachers and admins may read every user's tasks and runs.
+    pub fn reads_everything(self) -> bool {
+        matches!(self, Role::Teacher | Role::Admin)
+    }
+}
+
+/// 3–32 characters of `a-z 0-9 . _ -`, starting with a letter or digit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Username(String);
+
+impl Username {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let ok_len = (3..=32).contains(&raw.len());
+        let ok_chars = raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        let ok_start = raw
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+        if ok_len && ok_chars && ok_start {
+            Ok(Self(raw.to_owned()))
+        } else {
+            invalid(
+                "username must be 3 to 32 characters of a-z, 0-9, '.', '_' or '-', starting with \
+                 a letter or digit",
+            )
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A new password: 8 to 256 bytes. Existing passwords are only ever compared, never parsed.
+#[derive(Clone)]
+pub struct NewPassword(String);
+
+impl NewPassword {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        if (8..=256).contains(&raw.len()) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            invalid("password must be 8 to 256 bytes long")
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for NewPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NewPassword(..)")
+    }
+}
+
+/// A task's name: 1 to 100 characters after trimming, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskName(String);
+
+impl TaskName {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let name = raw.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return invalid("name must be 1 to 100 characters long");
+        }
+        if name.chars().any(char::is_control) {
+            return invalid("name must not contain control characters");
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A task's description: at most 10,000 characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Description(String);
+
+impl Description {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        if raw.chars().count() > 10_000 {
+            return invalid("description must be at most 10000 characters long");
+        }
+        if raw.contains('\0') {
+            return invalid("description must not contain NUL characters");
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A shell command line run by `sh -c`: 1 to 4,096 bytes, no NUL, not only blanks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command(String);
+
+impl Command {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        if raw.trim().is_empty() || raw.len() > 4096 {
+            return invalid("command must be 1 to 4096 bytes and not blank");
+        }
+        if raw.contains('\0') {
+            return invalid("command must not contain NUL characters");
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The id of a configured language (`python`, `r`, `scala`, `java`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Language(String);
+
+impl Language {
+    pub fn parse<'a>(
+        raw: &str,
+        languages: &'a std::collections::BTreeMap<String, LanguageSettings>,
+    ) -> Result<(Self, &'a LanguageSettings), Invalid> {
+        match languages.get(raw) {
+            Some(settings) => Ok((Self(raw.to_owned()), settings)),
+            None => {
+                let known: Vec<&str> = languages.keys().map(String::as_str).collect();
+                invalid(format!(
+                    "unknown language `{raw}`; known languages: {}",
+                    known.join(", ")
+                ))
+            }
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A file's path inside a task: relative, `/`-separated, no empty, `.` or `..` segment, no
+/// backslash or control character, at most `max_path_bytes` bytes and `max_path_depth` levels.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FilePath(String);
+
+impl FilePath {
+    pub fn parse(raw: &str, limits: &LimitSettings) -> Result<Self, Invalid> {
+        if raw.is_empty() {
+            return invalid("path must not be empty");
+        }
+        if raw.len() > limits.max_path_bytes {
+            return invalid(format!(
+                "path must be at most {} bytes long",
+                limits.max_path_bytes
+            ));
+        }
+        if raw.starts_with('/') {
+            return invalid("path must be relative (no leading '/')");
+        }
+        if raw.contains('\\') {
+            return invalid("path must use '/' as separator and contain no backslash");
+        }
+        if raw.chars().any(char::is_control) {
+            return invalid("path must not contain control characters");
+        }
+        let mut depth = 0;
+        for segment in raw.split('/') {
+            depth += 1;
+            match segment {
+                "" => {
+                    return invalid("path must not contain empty segments ('//' or a trailing '/')");
+                }
+                "." | ".." => return invalid("path must not contain '.' or '..' segments"),
+                _ => {}
+            }
+        }
+        if depth > limits.max_path_depth {
+            return invalid(format!(
+                "path must be at most {} levels deep",
+                limits.max_path_depth
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The last segment.
+    pub fn name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+
+    /// Every proper ancestor folder, shortest first: `a/b/c` → `a`, `a/b`.
+    pub fn ancestors(&self) -> Vec<String> {
+        self.0
+            .match_indices('/')
+            .map(|(i, _)| self.0[..i].to_owned())
+            .collect()
+    }
+
+    /// True when `self` is `other` or lies below it.
+    pub fn is_within(&self, other: &FilePath) -> bool {
+        self.0 == other.0
+            || (self.0.starts_with(&other.0) && self.0.as_bytes().get(other.0.len()) == Some(&b'/'))
+    }
+}
+
+impl fmt::Display for FilePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A page of a list: `page` counts from 1, `per_page` from 1 to the configured maximum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    pub page: u32,
+    pub per_page: u32,
+}
+
+impl PageRequest {
+    pub fn parse(
+        page: Option<i64>,
+        per_page: Option<i64>,
+        limits: &LimitSettings,
+    ) -> Result<Self, Invalid> {
+        let page = page.unwrap_or(1);
+        let per_page = per_page.unwrap_or(i64::from(limits.default_per_page));
+        if !(1..=1_000_000).contains(&page) {
+            return invalid("page must be between 1 and 1000000");
+        }
+        if !(1..=i64::from(limits.max_per_page)).contains(&per_page) {
+            return invalid(format!(
+                "per_page must be between 1 and {}",
+                limits.max_per_page
+            ));
+        }
+        Ok(Self {
+            page: page as u32,
+            per_page: per_page as u32,
+        })
+    }
+
+    pub fn limit(&self) -> i64 {
+        i64::from(self.per_page)
+    }
+
+    pub fn offset(&self) -> i64 {
+        i64::from(self.page - 1) * i64::from(self.per_page)
+    }
+}
+
+/// One page of a list, in the API's `{items, page, per_page, total}` shape.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub page: u32,
+    pub per_page: u32,
+    pub total: i64,
+}
+
+impl<T> Page<T> {
+    pub fn new(items: Vec<T>, request: PageRequest, total: i64) -> Self {
+        Self {
+            items,
+            page: request.page,
+            per_page: request.per_page,
+            total,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn limits() -> LimitSettings {
+        Settings::with_overrides([("local_stack", "true".to_string())])
+            .unwrap()
+            .limits
+    }
+
+    #[test]
+    fn ordinary_paths_are_accepted() {
+        for ok in [
+            "main.py",
+            "src/util/io.py",
+            "a b/ü.txt",
+            ".hidden",
+            "x..y",
+            "....",
+        ] {
+            assert!(FilePath::parse(ok, &limits()).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn unsafe_or_malformed_paths_are_refused() {
+        let deep = vec!["d"; 17].join("/");
+        let long = "a".repeat(256);
+        for bad in [
+            "",
+            "/etc/passwd",
+            "a//b",
+            "a/",
+            "./a",
+            "a/./b",
+            "../a",
+            "a/../../b",
+            "..",
+            "a\\b",
+            "a\nb",
+            "a\0b",
+            "a\tb",
+            &deep,
+            &long,
+        ] {
+            assert!(FilePath::parse(bad, &limits()).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_limits_are_inclusive() {
+        let deep = vec!["d"; 16].join("/");
+        let long = "a".repeat(255);
+        assert!(FilePath::parse(&deep, &limits()).is_ok());
+        assert!(FilePath::parse(&long, &limits()).is_ok());
+    }
+
+    #[test]
+    fn ancestors_and_containment() {
+        let p = FilePath::parse("a/b/c.txt", &limits()).unwrap();
+        assert_eq!(p.ancestors(), ["a", "a/b"]);
+        assert_eq!(p.name(), "c.txt");
+        let a = FilePath::parse("a", &limits()).unwrap();
+        let ab = FilePath::parse("ab", &limits()).unwrap();
+        assert!(p.is_within(&a));
+        assert!(!ab.is_within(&a));
+        assert!(a.is_within(&a));
+    }
+
+    #[test]
+    fn usernames_and_names() {
+        assert!(Username::parse("demo").is_ok());
+        assert!(Username::parse("Demo").is_err());
+        assert!(Username::parse("-x-").is_err());
+        assert!(Username::parse("ab").is_err());
+        assert!(TaskName::parse("  Lab 1  ").unwrap().as_str() == "Lab 1");
+        assert!(TaskName::parse("   ").is_err());
+        assert!(TaskName::parse(&"x".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn pages_are_bounded() {
+        let l = limits();
+        assert_eq!(
+            PageRequest::parse(None, None, &l).unwrap(),
+            PageRequest {
+                page: 1,
+                per_page: 20
+            }
+        );
+        assert!(PageRequest::parse(Some(0), None, &l).is_err());
+        assert!(PageRequest::parse(None, Some(101), &l).is_err());
+        assert!(PageRequest::parse(None, Some(0), &l).is_err());
+        assert_eq!(
+            PageRequest::parse(Some(3), Some(10), &l).unwrap().offset(),
+            20
+        );
+    }
+}

@@ -1,0 +1,595 @@
+//! A task's files: reading, the tree view, and every change (save, delete, batch, move).
+//!
+//! Each change runs in one transaction that first locks the task row, so changes to one task
+//! are serialised. The rules are checked on an in-memory [`FileSet`] of the task's paths and
+//! sizes (no contents), and only a change that passes them all is written: a refused request
+//! stores nothing.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::config::LimitSettings;
+use crate::domain::FilePath;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("task not found")]
+    TaskNotFound,
+    #[error("no file or folder `{0}` in this task")]
+    NotFound(String),
+    #[error("`{0}` is a folder; a file and a folder cannot share a path")]
+    IsFolder(String),
+    #[error("`{0}` is a file, so nothing can be stored below it")]
+    UnderFile(String),
+    #[error("`{0}` already exists")]
+    Exists(String),
+    #[error("`{from}` cannot move into itself (`{to}`)")]
+    MoveIntoItself { from: String, to: String },
+    #[error("`{0}` is the task's main file; choose another main file before deleting it")]
+    DeletesMainFile(String),
+    #[error("a task holds at most {max} files")]
+    TooManyFiles { max: u32 },
+    #[error("a task holds at most {max} bytes")]
+    TaskTooLarge { max: u64 },
+    #[error("`{0}` is named twice in one request")]
+    Duplicate(String),
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// The paths and sizes of a task's files, and its main file: enough to check every rule.
+#[derive(Debug, Clone, Default)]
+pub struct FileSet {
+    files: BTreeMap<String, i64>,
+    main: Option<String>,
+}
+
+/// What a move did: each file's old and new path.
+pub type Renames = Vec<(String, String)>;
+
+impl FileSet {
+    pub fn new(files: impl IntoIterator<Item = (String, i64)>, main: Option<String>) -> Self {
+        Self {
+            files: files.into_iter().collect(),
+            main,
+        }
+    }
+
+    pub fn main(&self) -> Option<&str> {
+        self.main.as_deref()
+    }
+
+    pub fn total_size(&self) -> i64 {
+        self.files.values().sum()
+    }
+
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    fn below<'a>(&'a self, folder: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        let prefix = format!("{folder}/");
+        self.files
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .map(|(k, _)| k)
+            .take_while(move |k| k.starts_with(&prefix))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    fn is_folder(&self, path: &str) -> bool {
+        self.below(path).next().is_some()
+    }
+
+    /// Checks that `path` can hold a file: it is no folder and no ancestor is a file.
+    fn check_file_slot(&self, path: &FilePath) -> Result<(), Error> {
+        if self.is_folder(path.as_str()) {
+            return Err(Error::IsFolder(path.to_string()));
+        }
+        if let Some(ancestor) = path
+            .ancestors()
+            .into_iter()
+            .find(|a| self.files.contains_key(a))
+        {
+            return Err(Error::UnderFile(ancestor));
+        }
+        Ok(())
+    }
+
+    /// Creates or replaces a file; `true` when it was created.
+    pub fn upsert(&mut self, path: &FilePath, size: i64) -> Result<bool, Error> {
+        self.check_file_slot(path)?;
+        Ok(self.files.insert(path.to_string(), size).is_none())
+    }
+
+    /// Deletes a file, or a folder and everything below it; returns the deleted paths.
+    pub fn delete(&mut self, path: &FilePath) -> Result<Vec<String>, Error> {
+        let doomed: Vec<String> = if self.files.contains_key(path.as_str()) {
+            vec![path.to_string()]
+        } else {
+            self.below(path.as_str()).cloned().collect()
+        };
+        if doomed.is_empty() {
+            return Err(Error::NotFound(path.to_string()));
+        }
+        if let Some(main) = &self.main {
+            if doomed.contains(main) {
+                return Err(Error::DeletesMainFile(main.clone()));
+            }
+        }
+        for p in &doomed {
+            self.files.remove(p);
+        }
+        Ok(doomed)
+    }
+
+    /// Moves a file or a folder; the main file stays main under its new path.
+    pub fn move_path(&mut self, from: &FilePath, to: &FilePath) -> Result<Renames, Error> {
+        if to.is_within(from) {
+            return Err(Error::MoveIntoItself {
+                from: from.to_string(),
+                to: to.to_string(),
+            });
+        }
+        let sources: Vec<String> = if self.files.contains_key(from.as_str()) {
+            vec![from.to_string()]
+        } else {
+            self.below(from.as_str()).cloned().collect()
+        };
+        if sources.is_empty() {
+            return Err(Error::NotFound(from.to_string()));
+        }
+        if self.files.contains_key(to.as_str()) || self.is_folder(to.as_str()) {
+            return Err(Error::Exists(to.to_string()));
+        }
+        if let Some(ancestor) = to
+            .ancestors()
+            .into_iter()
+            .find(|a| self.files.contains_key(a))
+        {
+            return Err(Error::UnderFile(ancestor));
+        }
+        let renames: Renames = sources
+            .into_iter()
+            .map(|old| {
+                let new = format!("{}{}", to.as_str(), &old[from.as_str().len()..]);
+                (old, new)
+            })
+            .collect();
+        for (old, new) in &renames {
+            let size = self.files.remove(old).unwrap_or(0);
+            self.files.insert(new.clone(), size);
+            if self.main.as_deref() == Some(old.as_str()) {
+                self.main = Some(new.clone());
+            }
+        }
+        Ok(renames)
+    }
+
+    /// The task-wide limits: file count and total size.
+    pub fn check_limits(&self, limits: &LimitSettings) -> Result<(), Error> {
+        if self.files.len() > limits.max_files_per_task as usize {
+            return Err(Error::TooManyFiles {
+                max: limits.max_files_per_task,
+            });
+        }
+        if self.total_size() as u64 > limits.max_task_bytes {
+            return Err(Error::TaskTooLarge {
+                max: limits.max_task_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// The tree the API shows: folders first, then files, each by name.
+    pub fn tree(&self) -> Vec<TreeNode> {
+        let mut root = Vec::new();
+        for (path, size) in &self.files {
+            insert_node(
+                &mut root,
+                path,
+                path,
+                *size,
+                self.main.as_deref() == Some(path.as_str()),
+            );
+        }
+        sort_nodes(&mut root);
+        root
+    }
+}
+
+fn insert_node(level: &mut Vec<TreeNode>, full: &str, rest: &str, size: i64, main: bool) {
+    match rest.split_once('/') {
+        None => level.push(TreeNode {
+            name: rest.to_owned(),
+            path: full.to_owned(),
+            kind: NodeKind::File,
+            size,
+            main,
+            children: None,
+        }),
+        Some((folder, rest)) => {
+            let folder_path = &full[..full.len() - rest.len() - 1];
+            let index = match level
+                .iter()
+                .position(|n| n.kind == NodeKind::Folder && n.name == folder)
+            {
+                Some(i) => i,
+                None => {
+                    level.push(TreeNode {
+                        name: folder.to_owned(),
+                        path: folder_path.to_owned(),
+                        kind: NodeKind::Folder,
+                        size: 0,
+                        main: false,
+                        children: Some(Vec::new()),
+                    });
+                    level.len() - 1
+                }
+            };
+            let node = &mut level[index];
+            node.size += size;
+            insert_node(
+                node.children.get_or_insert_with(Vec::new),
+                full,
+                rest,
+                size,
+                main,
+            );
+        }
+    }
+}
+
+fn sort_nodes(level: &mut [TreeNode]) {
+    level.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+    for node in level {
+        if let Some(children) = &mut node.children {
+            sort_nodes(children);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeKind {
+    Folder,
+    File,
+}
+
+/// A node of a task's file tree; a folder's size is the sum of the files below it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TreeNode {
+    pub name: String,
+    pub path: String,
+    pub kind: NodeKind,
+    pub size: i64,
+    pub main: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(no_recursion)]
+    pub children: Option<Vec<TreeNode>>,
+}
+
+/// A file's metadata, as a save returns it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct FileInfo {
+    pub path: String,
+    pub size: i64,
+    pub main: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Locks the task row and loads its file set; the lock holds until the transaction ends.
+async fn lock(conn: &mut PgConnection, task_id: Uuid) -> Result<FileSet, Error> {
+    let main: Option<Option<String>> =
+        sqlx::query_scalar("SELECT main_file FROM tasks WHERE id = $1 FOR UPDATE")
+            .bind(task_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let main = main.ok_or(Error::TaskNotFound)?;
+    let files: Vec<(String, i64)> =
+        sqlx::query_as("SELECT path, size FROM task_files WHERE task_id = $1")
+            .bind(task_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(FileSet::new(files, main))
+}
+
+/// Writes the task's new totals, main file and change time.
+async fn touch(conn: &mut PgConnection, task_id: Uuid, set: &FileSet) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE tasks SET total_size = $2, file_count = $3, main_file = $4, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(task_id)
+    .bind(set.total_size())
+    .bind(set.len() as i32)
+    .bind(set.main())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn write_file(
+    conn: &mut PgConnection,
+    task_id: Uuid,
+    path: &str,
+    content: &str,
+) -> Result<DateTime<Utc>, Error> {
+    let updated_at = sqlx::query_scalar(
+        "INSERT INTO task_files (task_id, path, content, size) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (task_id, path) DO UPDATE
+            SET content = EXCLUDED.content, size = EXCLUDED.size, updated_at = now()
+         RETURNING updated_at",
+    )
+    .bind(task_id)
+    .bind(path)
+    .bind(content)
+    .bind(content.len() as i64)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(updated_at)
+}
+
+async fn delete_paths(
+    conn: &mut PgConnection,
+    task_id: Uuid,
+    paths: &[String],
+) -> Result<(), Error> {
+    sqlx::query("DELETE FROM task_files WHERE task_id = $1 AND path = ANY($2)")
+        .bind(task_id)
+        .bind(paths)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The task's file set, without locking.
+pub async fn file_set(
+    pool: &PgPool,
+    task_id: Uuid,
+    main: Option<String>,
+) -> Result<FileSet, sqlx::Error> {
+    let files: Vec<(String, i64)> =
+        sqlx::query_as("SELECT path, size FROM task_files WHERE task_id = $1")
+            .bind(task_id)
+            .fetch_all(pool)
+            .await?;
+    Ok(FileSet::new(files, main))
+}
+
+/// One file's content, if the file exists.
+pub async fn read(
+    pool: &PgPool,
+    task_id: Uuid,
+    path: &FilePath,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT content FROM task_files WHERE task_id = $1 AND path = $2")
+        .bind(task_id)
+        .bind(path.as_str())
+        .fetch_optional(pool)
+        .await
+}
+
+/// Every file with its content, by path: the archive and the run snapshot.
+pub async fn read_all(pool: &PgPool, task_id: Uuid) -> Result<Vec<(String, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT path, content FROM task_files WHERE task_id = $1 ORDER BY path")
+        .bind(task_id)
+        .fetch_all(pool)
+        .await
+}
+
+/// Creates or replaces one file; the flag says whether it was created.
+pub async fn save(
+    pool: &PgPool,
+    task_id: Uuid,
+    path: &FilePath,
+    content: &str,
+    limits: &LimitSettings,
+) -> Result<(FileInfo, bool), Error> {
+    let mut tx = pool.begin().await?;
+    let mut set = lock(&mut tx, task_id).await?;
+    let created = set.upsert(path, content.len() as i64)?;
+    set.check_limits(limits)?;
+    let updated_at = write_file(&mut tx, task_id, path.as_str(), content).await?;
+    touch(&mut tx, task_id, &set).await?;
+    tx.commit().await?;
+    let info = FileInfo {
+        path: path.to_string(),
+        size: content.len() as i64,
+        main: set.main() == Some(path.as_str()),
+        updated_at,
+    };
+    Ok((info, created))
+}
+
+/// Deletes a file, or a folder and all below it; returns the deleted paths.
+pub async fn delete(pool: &PgPool, task_id: Uuid, path: &FilePath) -> Result<Vec<String>, Error> {
+    let mut tx = pool.begin().await?;
+    let mut set = lock(&mut tx, task_id).await?;
+    let deleted = set.delete(path)?;
+    delete_paths(&mut tx, task_id, &deleted).await?;
+    touch(&mut tx, task_id, &set).await?;
+    tx.commit().await?;
+    Ok(deleted)
+}
+
+/// Deletes `delete` (files or folders), then creates or replaces `upsert`, all or nothing.
+pub async fn batch(
+    pool: &PgPool,
+    task_id: Uuid,
+    upsert: &[(FilePath, String)],
+    delete: &[FilePath],
+    limits: &LimitSettings,
+) -> Result<FileSet, Error> {
+    let mut named = std::collections::HashSet::new();
+    for path in upsert.iter().map(|(p, _)| p).chain(delete) {
+        if !named.insert(path.as_str()) {
+            return Err(Error::Duplicate(path.to_string()));
+        }
+    }
+    let mut tx = pool.begin().await?;
+    let mut set = lock(&mut tx, task_id).await?;
+    let mut deleted = Vec::new();
+    for path in delete {
+        deleted.extend(set.delete(path)?);
+    }
+    for (path, content) in upsert {
+        set.upsert(path, content.len() as i64)?;
+    }
+    set.check_limits(limits)?;
+    if !deleted.is_empty() {
+        delete_paths(&mut tx, task_id, &deleted).await?;
+    }
+    for (path, content) in upsert {
+        write_file(&mut tx, task_id, path.as_str(), content).await?;
+    }
+    touch(&mut tx, task_id, &set).await?;
+    tx.commit().await?;
+    Ok(set)
+}
+
+/// Renames or moves a file or a folder.
+pub async fn move_path(
+    pool: &PgPool,
+    task_id: Uuid,
+    from: &FilePath,
+    to: &FilePath,
+) -> Result<(FileSet, Renames), Error> {
+    let mut tx = pool.begin().await?;
+    let mut set = lock(&mut tx, task_id).await?;
+    let renames = set.move_path(from, to)?;
+    let (old, new): (Vec<String>, Vec<String>) = renames.iter().cloned().unzip();
+    sqlx::query(
+        "UPDATE task_files f SET path = m.new, updated_at = now()
+         FROM unnest($2::text[], $3::text[]) AS m(old, new)
+         WHERE f.task_id = $1 AND f.path = m.old",
+    )
+    .bind(task_id)
+    .bind(&old)
+    .bind(&new)
+    .execute(&mut *tx)
+    .await?;
+    touch(&mut tx, task_id, &set).await?;
+    tx.commit().await?;
+    Ok((set, renames))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn limits() -> LimitSettings {
+        Settings::with_overrides([("local_stack", "true".to_string())])
+            .unwrap()
+            .limits
+    }
+
+    fn p(s: &str) -> FilePath {
+        FilePath::parse(s, &limits()).unwrap()
+    }
+
+    fn set() -> FileSet {
+        FileSet::new(
+            [
+                ("main.py".into(), 10),
+                ("lib/a.py".into(), 5),
+                ("lib/sub/b.py".into(), 7),
+            ],
+            Some("main.py".into()),
+        )
+    }
+
+    #[test]
+    fn a_file_cannot_take_a_folders_path_nor_live_under_a_file() {
+        let mut s = set();
+        assert!(matches!(s.upsert(&p("lib"), 1), Err(Error::IsFolder(_))));
+        assert!(matches!(
+            s.upsert(&p("main.py/x"), 1),
+            Err(Error::UnderFile(_))
+        ));
+        assert!(s.upsert(&p("lib2"), 1).unwrap());
+        assert!(!s.upsert(&p("lib/a.py"), 9).unwrap());
+    }
+
+    #[test]
+    fn deleting_a_folder_takes_everything_below_it_but_not_its_namesakes() {
+        let mut s = set();
+        s.upsert(&p("libx.py"), 1).unwrap();
+        let deleted = s.delete(&p("lib")).unwrap();
+        assert_eq!(deleted, ["lib/a.py", "lib/sub/b.py"]);
+        assert_eq!(s.len(), 2);
+        assert!(matches!(s.delete(&p("nothing")), Err(Error::NotFound(_))));
+        assert!(matches!(
+            s.delete(&p("main.py")),
+            Err(Error::DeletesMainFile(_))
+        ));
+    }
+
+    #[test]
+    fn moves_keep_the_main_file_main_and_refuse_moving_into_themselves() {
+        let mut s = set();
+        assert!(matches!(
+            s.move_path(&p("lib"), &p("lib/sub/x")),
+            Err(Error::MoveIntoItself { .. })
+        ));
+        assert!(matches!(
+            s.move_path(&p("lib"), &p("lib")),
+            Err(Error::MoveIntoItself { .. })
+        ));
+        assert!(matches!(
+            s.move_path(&p("lib/a.py"), &p("main.py")),
+            Err(Error::Exists(_))
+        ));
+        assert!(matches!(
+            s.move_path(&p("lib/a.py"), &p("main.py/a.py")),
+            Err(Error::UnderFile(_))
+        ));
+        s.move_path(&p("main.py"), &p("src/app.py")).unwrap();
+        assert_eq!(s.main(), Some("src/app.py"));
+        let renames = s.move_path(&p("lib"), &p("src/lib")).unwrap();
+        assert_eq!(renames.len(), 2);
+        assert_eq!(s.tree()[0].name, "src");
+    }
+
+    #[test]
+    fn the_tree_nests_folders_first_and_sums_sizes() {
+        let tree = set().tree();
+        assert_eq!(tree.len(), 2);
+        assert_eq!(tree[0].kind, NodeKind::Folder);
+        assert_eq!(tree[0].size, 12);
+        assert_eq!(tree[0].children.as_ref().unwrap()[0].path, "lib/sub");
+        assert!(tree[1].main);
+    }
+
+    #[test]
+    fn limits_count_files_and_bytes() {
+        let mut l = limits();
+        l.max_files_per_task = 3;
+        l.max_task_bytes = 22;
+        let mut s = set();
+        assert!(s.check_limits(&l).is_ok());
+        s.upsert(&p("x"), 0).unwrap();
+        assert!(matches!(
+            s.check_limits(&l),
+            Err(Error::TooManyFiles { .. })
+        ));
+        let mut s = set();
+        s.upsert(&p("main.py"), 11).unwrap();
+        assert!(matches!(
+            s.check_limits(&l),
+            Err(Error::TaskTooLarge { .. })
+        ));
+    }
+}

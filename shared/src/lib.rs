@@ -1,0 +1,12 @@
+//! What both coderun binaries share: configuration, domain types, Postgres and S3 access,
+//! authentication. It knows nothing of HTTP, Lambda or Kubernetes.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod files;
+pub mod storage;
+pub mod tasks;
+pub mod telemetry;
+pub mod users;

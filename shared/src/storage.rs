@@ -1,0 +1,194 @@
+//! S3-compatible object storage (MinIO in a cluster, s3s-fs locally): one bucket laid out as
+//! `runs/{run_id}/…` and `datasets/{name}/…` (see the design's storage layout).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+use secrecy::ExposeSecret;
+use serde::Serialize;
+
+use crate::config::StorageSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("object storage request failed: {0}")]
+    S3(String),
+}
+
+fn s3_error(e: impl std::error::Error) -> Error {
+    // The SDK's Display is terse ("service error"); the Debug chain names the cause.
+    Error::S3(format!("{e:?}"))
+}
+
+/// A dataset found under `datasets/{name}/`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Dataset {
+    pub name: String,
+    pub files: u64,
+    pub size: u64,
+}
+
+/// The bucket and a client for it; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    client: Client,
+    bucket: String,
+    presign: Duration,
+}
+
+impl Storage {
+    /// Builds the client from settings alone, never from the ambient AWS environment, so a
+    /// developer's `~/.aws` cannot redirect coderun's storage.
+    pub fn new(settings: &StorageSettings) -> Self {
+        let credentials = Credentials::new(
+            settings.access_key.clone(),
+            settings.secret_key.expose_secret().to_owned(),
+            None,
+            None,
+            "coderun-settings",
+        );
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(&settings.endpoint)
+            .region(Region::new(settings.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(settings.path_style)
+            .build();
+        Self {
+            client: Client::from_conf(config),
+            bucket: settings.bucket.clone(),
+            presign: Duration::from_secs(settings.presign_seconds),
+        }
+    }
+
+    /// Connects, and creates the bucket when it is missing and `create` is set.
+    pub async fn connect(settings: &StorageSettings) -> anyhow::Result<Self> {
+        let storage = Self::new(settings);
+        if storage.check().await.is_err() {
+            if !settings.create_bucket {
+                anyhow::bail!(
+                    "bucket `{}` at {} is not reachable and storage.create_bucket is off",
+                    settings.bucket,
+                    settings.endpoint
+                );
+            }
+            storage
+                .client
+                .create_bucket()
+                .bucket(&storage.bucket)
+                .send()
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot create bucket `{}` at {}: {:?}",
+                        settings.bucket,
+                        settings.endpoint,
+                        e
+                    )
+                })?;
+        }
+        Ok(storage)
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Readiness: the bucket answers.
+    pub async fn check(&self) -> Result<(), Error> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(s3_error)
+    }
+
+    pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), Error> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(s3_error)
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, Error> {
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(s3_error)?;
+        let data = object.body.collect().await.map_err(s3_error)?;
+        Ok(data.into_bytes())
+    }
+
+    /// A time-limited GET URL for `key`.
+    pub async fn presigned_get(&self, key: &str) -> Result<String, Error> {
+        let config = PresigningConfig::expires_in(self.presign).map_err(s3_error)?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(s3_error)?;
+        Ok(request.uri().to_string())
+    }
+
+    /// Every object key below `prefix` with its size.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, Error> {
+        let mut objects = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(s3_error)?;
+            for object in page.contents() {
+                if let Some(key) = object.key() {
+                    objects.push((key.to_owned(), object.size().unwrap_or(0).max(0) as u64));
+                }
+            }
+        }
+        Ok(objects)
+    }
+
+    /// The datasets in the bucket, by name, with their file count and size.
+    pub async fn list_datasets(&self) -> Result<Vec<Dataset>, Error> {
+        let mut datasets: BTreeMap<String, Dataset> = BTreeMap::new();
+        for (key, size) in self.list("datasets/").await? {
+            let Some((name, rest)) = key["datasets/".len()..].split_once('/') else {
+                continue;
+            };
+            if name.is_empty() || rest.is_empty() {
+                continue;
+            }
+            let entry = datasets.entry(name.to_owned()).or_insert_with(|| Dataset {
+                name: name.to_owned(),
+                files: 0,
+                size: 0,
+            });
+            entry.files += 1;
+            entry.size += size;
+        }
+        Ok(datasets.into_values().collect())
+    }
+}

@@ -1,0 +1,321 @@
+//! `spawn_app`: a coderun API for one test, with its own database (cloned from a migrated
+//! template) and its own bucket, on the process's shared real servers.
+
+use axum::Router;
+use axum::body::Body;
+use bytes::Bytes;
+use coderun_functions::app;
+use coderun_functions::state::AppState;
+use coderun_shared::config::Settings;
+use http::{HeaderMap, Method, Request, StatusCode, header};
+use serde_json::Value;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::OnceCell;
+use tower::ServiceExt;
+use uuid::Uuid;
+
+use crate::servers::TestServers;
+
+const TEMPLATE_DB: &str = "coderun_template";
+
+/// A running API for one test, called in-process through the router.
+pub struct TestApp {
+    pub state: AppState,
+    pub router: Router,
+    pub db: PgPool,
+    pub database: String,
+}
+
+/// The settings every test app starts from: the local stack's, on this test's database and
+/// bucket, with a cheap password hash so logins do not dominate test time.
+pub fn test_settings(database: &str, bucket: &str) -> Vec<(&'static str, String)> {
+    let servers = TestServers::get();
+    vec![
+        ("local_stack", "true".into()),
+        ("database.url", servers.database_url(database)),
+        ("database.max_connections", "8".into()),
+        ("storage.endpoint", servers.s3_endpoint.clone()),
+        ("storage.access_key", servers.s3_access_key.clone()),
+        ("storage.secret_key", servers.s3_secret_key.clone()),
+        ("storage.bucket", bucket.into()),
+        ("storage.create_bucket", "true".into()),
+        ("redis.url", servers.redis_url.clone()),
+        ("auth.argon2_memory_kib", "1024".into()),
+        ("auth.argon2_iterations", "1".into()),
+    ]
+}
+
+/// Creates the migrated template database once per process.
+async fn template() -> &'static str {
+    static TEMPLATE: OnceCell<()> = OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            let servers = TestServers::get();
+            let mut admin = PgConnection::connect(&servers.postgres_url)
+                .await
+                .expect("connect to the test Postgres");
+            sqlx::query(concat!("CREATE DATABASE ", "coderun_template"))
+                .execute(&mut admin)
+                .await
+                .expect("create the template database");
+            let mut conn = PgConnection::connect(&servers.database_url(TEMPLATE_DB))
+                .await
+                .expect("connect to the template database");
+            coderun_shared::db::MIGRATOR
+                .run(&mut conn)
+                .await
+                .expect("migrate the template database");
+            conn.close().await.ok();
+            admin.close().await.ok();
+        })
+        .await;
+    TEMPLATE_DB
+}
+
+/// A fresh, migrated database for one test; returns its name.
+pub async fn fresh_database() -> String {
+    let template = template().await;
+    let name = format!("t_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&TestServers::get().postgres_url)
+        .await
+        .expect("connect to the test Postgres");
+    // Both names are ours (a UUID and a constant): nothing user-supplied reaches this SQL.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name} TEMPLATE {template}"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("clone the template database");
+    admin.close().await.ok();
+    name
+}
+
+/// A fresh bucket name for one test.
+pub fn fresh_bucket() -> String {
+    format!("t-{}", Uuid::new_v4().simple())
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Vec::new()).await
+}
+
+/// A test app whose settings are the test defaults overridden by `overrides`.
+pub async fn spawn_app_with(overrides: Vec<(&'static str, String)>) -> TestApp {
+    let database = fresh_database().await;
+    let mut all = test_settings(&database, &fresh_bucket());
+    all.extend(overrides);
+    let settings = Settings::with_overrides(all).expect("test settings are valid");
+    let state = AppState::build(settings).await.expect("the app starts");
+    TestApp {
+        router: app::router(state.clone()),
+        db: state.db.clone(),
+        state,
+        database,
+    }
+}
+
+/// A response, buffered.
+#[derive(Debug)]
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8(self.body.to_vec()).expect("body is UTF-8")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts the status, and returns the body parsed as JSON.
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        if self.body.is_empty() {
+            Value::Null
+        } else {
+            self.json()
+        }
+    }
+
+    /// Asserts an RFC 9457 problem with `status` and returns it.
+    #[track_caller]
+    pub fn problem(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "a refusal is a problem document"
+        );
+        let problem = self.json();
+        assert_eq!(problem["status"], status);
+        assert!(problem["type"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(problem["title"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(problem["detail"].as_str().is_some_and(|t| !t.is_empty()));
+        problem
+    }
+}
+
+/// A request body.
+pub enum Payload {
+    Empty,
+    Json(Value),
+    Text(String),
+    Raw(Vec<u8>, &'static str),
+}
+
+impl TestApp {
+    pub async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        payload: Payload,
+    ) -> TestResponse {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match payload {
+            Payload::Empty => Body::empty(),
+            Payload::Json(value) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(serde_json::to_vec(&value).unwrap())
+            }
+            Payload::Text(text) => {
+                request = request.header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+                Body::from(text)
+            }
+            Payload::Raw(bytes, content_type) => {
+                request = request.header(header::CONTENT_TYPE, content_type);
+                Body::from(bytes)
+            }
+        };
+        let response = self
+            .router
+            .clone()
+            .oneshot(request.body(body).unwrap())
+            .await
+            .expect("the router is infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("read the body");
+        TestResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&self, uri: &str, token: &str) -> TestResponse {
+        self.send(Method::GET, uri, Some(token), Payload::Empty)
+            .await
+    }
+
+    pub async fn delete(&self, uri: &str, token: &str) -> TestResponse {
+        self.send(Method::DELETE, uri, Some(token), Payload::Empty)
+            .await
+    }
+
+    pub async fn post(&self, uri: &str, token: &str, body: Value) -> TestResponse {
+        self.send(Method::POST, uri, Some(token), Payload::Json(body))
+            .await
+    }
+
+    pub async fn patch(&self, uri: &str, token: &str, body: Value) -> TestResponse {
+        self.send(Method::PATCH, uri, Some(token), Payload::Json(body))
+            .await
+    }
+
+    pub async fn put_text(&self, uri: &str, token: &str, text: &str) -> TestResponse {
+        self.send(
+            Method::PUT,
+            uri,
+            Some(token),
+            Payload::Text(text.to_owned()),
+        )
+        .await
+    }
+
+    /// Logs in and returns the token.
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let response = self
+            .send(
+                Method::POST,
+                "/api/v1/auth/login",
+                None,
+                Payload::Json(serde_json::json!({"username": username, "password": password})),
+            )
+            .await;
+        response.expect(200)["token"].as_str().unwrap().to_owned()
+    }
+
+    /// The seeded admin's token.
+    pub async fn admin(&self) -> String {
+        self.login("admin", "admin").await
+    }
+
+    /// A new user with `role`, created by the admin; returns (id, token).
+    pub async fn user(&self, role: &str) -> (String, String) {
+        let admin = self.admin().await;
+        let username = format!("u{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let created = self
+            .post(
+                "/api/v1/users",
+                &admin,
+                serde_json::json!({"username": username, "password": "password-123", "role": role}),
+            )
+            .await
+            .expect(201);
+        let token = self.login(&username, "password-123").await;
+        (created["id"].as_str().unwrap().to_owned(), token)
+    }
+
+    /// Creates a task and returns its JSON.
+    pub async fn task(&self, token: &str, name: &str, language: &str) -> Value {
+        self.post(
+            "/api/v1/tasks",
+            token,
+            serde_json::json!({"name": name, "language": language}),
+        )
+        .await
+        .expect(201)
+    }
+
+    /// Everything the API can store in Postgres, as one value: compare it before and after a
+    /// refused request to prove nothing was stored.
+    pub async fn snapshot(&self) -> Value {
+        let query = "SELECT json_build_object(
+            'users', (SELECT coalesce(json_agg(u ORDER BY u.username), '[]') FROM users u),
+            'tasks', (SELECT coalesce(json_agg(t ORDER BY t.id), '[]') FROM tasks t),
+            'files', (SELECT coalesce(json_agg(f ORDER BY f.task_id, f.path), '[]') FROM task_files f)
+        )::text";
+        let text: String = sqlx::query_scalar(query).fetch_one(&self.db).await.unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+}

@@ -1,0 +1,230 @@
+//! The benchmarks behind `just bench`. Each scenario runs a fixed number of concurrent clients
+//! for a fixed time against a live server and prints requests per second and latency
+//! percentiles of the successful requests, plus every failure it saw.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+#[derive(clap::Parser, Debug)]
+#[command(name = "coderun-bench")]
+pub struct Options {
+    /// The API's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub base_url: String,
+    /// Concurrent clients per scenario.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Seconds each scenario runs (after a one-second warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// The admin's password (the local stack's is `admin`).
+    #[arg(long, default_value = "admin")]
+    pub admin_password: String,
+}
+
+/// What one scenario measured.
+pub struct Report {
+    pub name: String,
+    pub ok: usize,
+    pub failed: usize,
+    pub elapsed: Duration,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub max: Duration,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:<28} {:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   max {:>7.2} ms   ok {:>7}   failed {}",
+            self.name,
+            self.ok as f64 / self.elapsed.as_secs_f64(),
+            self.p50.as_secs_f64() * 1e3,
+            self.p99.as_secs_f64() * 1e3,
+            self.max.as_secs_f64() * 1e3,
+            self.ok,
+            self.failed
+        )
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Runs `clients` loops of `request(client_index)` for `seconds`, after a warm-up second.
+async fn scenario<F, Fut>(name: &str, clients: usize, seconds: u64, request: F) -> Report
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let warmup = Instant::now() + Duration::from_secs(1);
+    let deadline = warmup + Duration::from_secs(seconds);
+    let mut handles = Vec::new();
+    for client in 0..clients {
+        let request = request.clone();
+        handles.push(tokio::spawn(async move {
+            let (mut latencies, mut failed) = (Vec::new(), 0usize);
+            loop {
+                let started = Instant::now();
+                if started >= deadline {
+                    break;
+                }
+                let ok = request(client).await;
+                if started >= warmup {
+                    if ok {
+                        latencies.push(started.elapsed());
+                    } else {
+                        failed += 1;
+                    }
+                }
+            }
+            (latencies, failed)
+        }));
+    }
+    let (mut latencies, mut failed) = (Vec::new(), 0);
+    for handle in handles {
+        let (l, f) = handle.await.expect("a client task panicked");
+        latencies.extend(l);
+        failed += f;
+    }
+    latencies.sort();
+    Report {
+        name: name.to_owned(),
+        ok: latencies.len(),
+        failed,
+        elapsed: Duration::from_secs(seconds),
+        p50: percentile(&latencies, 50.0),
+        p99: percentile(&latencies, 99.0),
+        max: latencies.last().copied().unwrap_or_default(),
+    }
+}
+
+async fn post(
+    client: &reqwest::Client,
+    url: String,
+    token: Option<&str>,
+    body: Value,
+) -> anyhow::Result<Value> {
+    let mut request = client.post(&url).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    anyhow::ensure!(status.is_success(), "POST {url}: {status} {body}");
+    Ok(body)
+}
+
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let base = options.base_url.trim_end_matches('/').to_owned();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.clients * 2)
+        .build()?;
+    let admin = post(
+        &client,
+        format!("{base}/api/v1/auth/login"),
+        None,
+        json!({"username": "admin", "password": options.admin_password}),
+    )
+    .await?;
+    let admin = admin["token"]
+        .as_str()
+        .context("login returned no token")?
+        .to_owned();
+    let username = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    post(
+        &client,
+        format!("{base}/api/v1/users"),
+        Some(&admin),
+        json!({"username": username, "password": "bench-password", "role": "student"}),
+    )
+    .await?;
+    let login = post(
+        &client,
+        format!("{base}/api/v1/auth/login"),
+        None,
+        json!({"username": username, "password": "bench-password"}),
+    )
+    .await?;
+    let token = login["token"]
+        .as_str()
+        .context("login returned no token")?
+        .to_owned();
+
+    let mut tasks = Vec::new();
+    for i in 0..options.clients {
+        let task = post(
+            &client,
+            format!("{base}/api/v1/tasks"),
+            Some(&token),
+            json!({"name": format!("bench {i}"), "language": "python"}),
+        )
+        .await?;
+        tasks.push(task["id"].as_str().context("task without id")?.to_owned());
+    }
+    println!(
+        "coderun-bench: {} clients, {} s per scenario, against {base}",
+        options.clients, options.seconds
+    );
+
+    let content = "x".repeat(4095) + "\n";
+    let save = {
+        let (client, base, token, tasks) =
+            (client.clone(), base.clone(), token.clone(), tasks.clone());
+        move |i: usize| {
+            let request = client
+                .put(format!(
+                    "{base}/api/v1/tasks/{}/files/src/bench.txt",
+                    tasks[i]
+                ))
+                .bearer_auth(&token)
+                .body(content.clone());
+            async move { request.send().await.is_ok_and(|r| r.status().is_success()) }
+        }
+    };
+    println!(
+        "{}",
+        scenario("save a 4 KiB file", options.clients, options.seconds, save).await
+    );
+
+    let tree = {
+        let (client, base, token, tasks) =
+            (client.clone(), base.clone(), token.clone(), tasks.clone());
+        move |i: usize| {
+            let request = client
+                .get(format!("{base}/api/v1/tasks/{}", tasks[i]))
+                .bearer_auth(&token);
+            async move {
+                match request.send().await {
+                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                    _ => false,
+                }
+            }
+        }
+    };
+    println!(
+        "{}",
+        scenario("read a task's tree", options.clients, options.seconds, tree).await
+    );
+
+    for id in &tasks {
+        client
+            .delete(format!("{base}/api/v1/tasks/{id}"))
+            .bearer_auth(&token)
+            .send()
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! Test harness for coderun: real servers for the tests that cross crates (`servers`), a
+//! coderun API per test on them (`app`), and the benchmarks (`bench`).
+
+pub mod app;
+pub mod bench;
+pub mod servers;

@@ -1,0 +1,103 @@
+use bytes::Bytes;
+use coderun_tests::app::{Payload, spawn_app};
+use http::Method;
+
+#[tokio::test]
+async fn languages_and_specs_come_from_configuration() {
+    let app = spawn_app().await;
+    let token = app.login("demo", "demo").await;
+    let languages = app.get("/api/v1/languages", &token).await.expect(200);
+    let ids: Vec<&str> = languages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["java", "python", "r", "scala"]);
+    let python = &languages[1];
+    assert_eq!(python["main_file"], "main.py");
+    assert!(python["command"].as_str().unwrap().contains("main.py"));
+    assert!(!python["image"].as_str().unwrap().is_empty());
+
+    let specs = app.get("/api/v1/specs", &token).await.expect(200);
+    let specs = specs.as_array().unwrap();
+    assert_eq!(specs.len(), 3);
+    let defaults: Vec<&str> = specs
+        .iter()
+        .filter(|s| s["default"] == true)
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(defaults, ["small"]);
+    for spec in specs {
+        for field in [
+            "cpu_millis",
+            "memory_mib",
+            "disk_mib",
+            "pids",
+            "wall_seconds",
+        ] {
+            assert!(spec[field].as_u64().unwrap() > 0, "{field}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn datasets_are_listed_from_the_bucket() {
+    let app = spawn_app().await;
+    let token = app.login("demo", "demo").await;
+    assert_eq!(
+        app.get("/api/v1/datasets", &token).await.expect(200),
+        serde_json::json!([])
+    );
+    let storage = &app.state.storage;
+    storage
+        .put(
+            "datasets/iris/iris.csv",
+            Bytes::from_static(b"a,b\n1,2\n"),
+            "text/csv",
+        )
+        .await
+        .unwrap();
+    storage
+        .put(
+            "datasets/iris/README",
+            Bytes::from_static(b"hi"),
+            "text/plain",
+        )
+        .await
+        .unwrap();
+    storage
+        .put(
+            "datasets/mnist/train/0.txt",
+            Bytes::from_static(b"0"),
+            "text/plain",
+        )
+        .await
+        .unwrap();
+    storage
+        .put(
+            "runs/x/log.txt",
+            Bytes::from_static(b"not a dataset"),
+            "text/plain",
+        )
+        .await
+        .unwrap();
+    let datasets = app.get("/api/v1/datasets", &token).await.expect(200);
+    assert_eq!(
+        datasets,
+        serde_json::json!([
+            {"name": "iris", "files": 2, "size": 10},
+            {"name": "mnist", "files": 1, "size": 1},
+        ])
+    );
+}
+
+#[tokio::test]
+async fn the_catalogue_needs_a_token() {
+    let app = spawn_app().await;
+    for uri in ["/api/v1/languages", "/api/v1/specs", "/api/v1/datasets"] {
+        app.send(Method::GET, uri, None, Payload::Empty)
+            .await
+            .problem(401);
+    }
+}

@@ -1,0 +1,7 @@
+//! The HTTP API against real Postgres and S3 servers started by the harness.
+
+mod auth;
+mod catalogue;
+mod files;
+mod ops;
+mod tasks;
