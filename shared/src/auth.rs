@@ -157,9 +157,25 @@ mod tests {
 
     #[test]
     fn an_expired_token_is_refused() {
-        let auth = authenticator(-60);
-        let (token, _) = auth.issue(Uuid::new_v4(), Role::Student).unwrap();
+        let auth = authenticator(60);
+        let past = Utc::now().timestamp() - 60;
+        let claims = Claims {
+            sub: Uuid::new_v4(),
+            role: Role::Student,
+            iat: past - 60,
+            exp: past,
+        };
+        let token = jsonwebtoken::encode(&Header::default(), &claims, &auth.encoding).unwrap();
         assert!(auth.verify(&token).is_err());
+        let fresh = Claims {
+            exp: Utc::now().timestamp() + 60,
+            ..claims
+        };
+        let token = jsonwebtoken::encode(&Header::default(), &fresh, &auth.encoding).unwrap();
+        assert!(
+            auth.verify(&token).is_ok(),
+            "the same token unexpired passes"
+        );
     }
 
     #[test]

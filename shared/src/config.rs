@@ -35,6 +35,10 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
+    pub queue: QueueSettings,
+    pub capacity: CapacitySettings,
+    pub runs: RunLimits,
+    pub worker: WorkerSettings,
     pub run: RunSettings,
     pub specs: BTreeMap<String, Spec>,
     pub languages: BTreeMap<String, LanguageSettings>,
@@ -83,6 +87,46 @@ pub struct StorageSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct RedisSettings {
     pub url: SecretString,
+    /// Prefix of every key coderun uses.
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct QueueSettings {
+    pub group: String,
+    pub max_deliveries: u64,
+    pub claim_idle_ms: u64,
+    pub block_ms: u64,
+    pub trim_after_hours: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CapacitySettings {
+    pub default: u32,
+    pub lease_grace_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RunLimits {
+    pub max_active_per_user: u32,
+    pub log_max_bytes: u64,
+    pub log_page_lines: u32,
+    pub output_max_files: u32,
+    pub output_max_bytes: u64,
+    pub requeue_after_seconds: u64,
+    pub live_log_ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WorkerSettings {
+    pub name: String,
+    pub executor: String,
+    pub heartbeat_seconds: u64,
+    pub heartbeat_ttl_seconds: u64,
+    pub janitor_seconds: u64,
+    pub reconcile_seconds: u64,
+    pub work_dir: std::path::PathBuf,
+    pub sandbox_uid_base: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,8 +173,24 @@ pub struct LanguageSettings {
     pub display_name: String,
     pub image: String,
     pub main_file: String,
+    /// The default command; `{main}` stands for the task's main file.
     pub command: String,
     pub default_files: Vec<DefaultFile>,
+}
+
+impl LanguageSettings {
+    /// The default command for a task whose main file is `main_file`, with the path quoted for
+    /// `sh -c`.
+    pub fn command_for(&self, main_file: &str) -> String {
+        // A leading `./` keeps a name like `-x.py` from reading as an option.
+        let quoted = format!("'./{}'", main_file.replace('\'', "'\\''"));
+        let plain = main_file
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
+            && !main_file.starts_with('-');
+        self.command
+            .replace("{main}", if plain { main_file } else { &quoted })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -261,6 +321,16 @@ mod tests {
         let mut overrides = local();
         overrides.push(("run.default_spec", "huge".into()));
         assert!(Settings::with_overrides(overrides).is_err());
+    }
+
+    #[test]
+    fn default_commands_name_the_main_file_quoted_for_the_shell() {
+        let settings = Settings::with_overrides(local()).unwrap();
+        let python = &settings.languages["python"];
+        assert_eq!(python.command_for("main.py"), "python3 main.py");
+        assert_eq!(python.command_for("src/a b.py"), "python3 './src/a b.py'");
+        assert_eq!(python.command_for("it's.py"), "python3 './it'\\''s.py'");
+        assert_eq!(python.command_for("-x.py"), "python3 './-x.py'");
     }
 
     #[test]

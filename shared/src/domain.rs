@@ -206,7 +206,9 @@ impl FilePath {
             depth += 1;
             match segment {
                 "" => {
-                    return invalid("path must not contain empty segments ('//' or a trailing '/')");
+                    return invalid(
+                        "path must not contain empty segments ('//' or a trailing '/')",
+                    );
                 }
                 "." | ".." => return invalid("path must not contain '.' or '..' segments"),
                 _ => {}

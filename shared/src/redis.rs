@@ -1,0 +1,78 @@
+//! The Redis connection and the names of every key coderun keeps there.
+
+use fred::prelude::*;
+use secrecy::ExposeSecret;
+
+use crate::config::RedisSettings;
+
+/// Connects a client (with automatic reconnection) and checks the server answers.
+pub async fn connect(settings: &RedisSettings) -> anyhow::Result<Client> {
+    let config = Config::from_url(settings.url.expose_secret())
+        .map_err(|e| anyhow::anyhow!("redis.url is not a valid Redis URL: {e}"))?;
+    let client = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = std::time::Duration::from_secs(5);
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot build the Redis client: {e}"))?;
+    client
+        .init()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to Redis (redis.url): {e}"))?;
+    Ok(client)
+}
+
+/// Every Redis key, derived from one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The runs stream: one entry `{run_id}` per queued run.
+    pub fn stream(&self) -> String {
+        format!("{}:runs", self.prefix)
+    }
+
+    /// Entries delivered too often, with the reason.
+    pub fn dead_letters(&self) -> String {
+        format!("{}:runs:dead", self.prefix)
+    }
+
+    /// The capacity semaphore: a sorted set of permit → expiry (ms, Redis clock).
+    pub fn permits(&self) -> String {
+        format!("{}:permits", self.prefix)
+    }
+
+    /// Who holds each permit: permit → worker name.
+    pub fn permit_owners(&self) -> String {
+        format!("{}:permit-owners", self.prefix)
+    }
+
+    /// The run-time capacity override.
+    pub fn capacity(&self) -> String {
+        format!("{}:capacity", self.prefix)
+    }
+
+    /// A run's live log: a stream of lines with ids `{line}-1`.
+    pub fn live_log(&self, run_id: uuid::Uuid) -> String {
+        format!("{}:log:{run_id}", self.prefix)
+    }
+
+    /// A worker's heartbeat; it expires when the worker stops beating.
+    pub fn heartbeat(&self, worker: &str) -> String {
+        format!("{}:worker:{worker}", self.prefix)
+    }
+
+    /// Pub/sub channel on which stop requests are announced to every worker.
+    pub fn stops(&self) -> String {
+        format!("{}:stops", self.prefix)
+    }
+}

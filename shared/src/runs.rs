@@ -1,0 +1,517 @@
+//! Runs: their rows, their phases and the rules of moving between them.
+//!
+//! Phases only move forward (`queued → dispatched → pending → running → succeeded | failed`,
+//! plus `stopping → stopped` and `canceled`); terminal phases are final. Every change is one
+//! conditional `UPDATE … WHERE status = ANY(<allowed sources>)` that writes its `run_events`
+//! row in the same statement, so replaying a transition is a no-op and several replicas may
+//! report the same execution.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::types::Json;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::config::Spec;
+use crate::domain::PageRequest;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("run not found")]
+    NotFound,
+    #[error("the task already has an active run")]
+    TaskBusy,
+    #[error("you already have {max} runs queued or running; wait for one to finish")]
+    TooManyActive { max: u32 },
+    #[error("only a finished run can be retried")]
+    NotFinished,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// Where a run is in its life.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum RunStatus {
+    Queued,
+    Dispatched,
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Stopping,
+    Stopped,
+    Canceled,
+}
+
+use RunStatus::*;
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 9] = [
+        Queued, Dispatched, Pending, Running, Succeeded, Failed, Stopping, Stopped, Canceled,
+    ];
+    /// The phases in which a run holds (or is about to hold) capacity.
+    pub const ACTIVE: [RunStatus; 5] = [Queued, Dispatched, Pending, Running, Stopping];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Queued => "queued",
+            Dispatched => "dispatched",
+            Pending => "pending",
+            Running => "running",
+            Succeeded => "succeeded",
+            Failed => "failed",
+            Stopping => "stopping",
+            Stopped => "stopped",
+            Canceled => "canceled",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Succeeded | Failed | Stopped | Canceled)
+    }
+
+    /// The phases a run may move to `self` from: this table is the forward-only rule.
+    pub fn sources(self) -> &'static [RunStatus] {
+        match self {
+            Queued => &[],
+            Dispatched => &[Queued],
+            Pending => &[Queued, Dispatched],
+            Running => &[Queued, Dispatched, Pending],
+            Succeeded => &[Dispatched, Pending, Running],
+            Failed => &[Queued, Dispatched, Pending, Running],
+            Stopping => &[Dispatched, Pending, Running],
+            Stopped => &[Stopping],
+            Canceled => &[Queued],
+        }
+    }
+}
+
+/// Why a run ended other than by its program's own exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    OomKilled,
+    DeadlineExceeded,
+    OutputLimitExceeded,
+    ImagePullFailed,
+    Evicted,
+    LaunchFailed,
+    ExecutorLost,
+    DeadLettered,
+    StoppedByUser,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::OomKilled => "oom_killed",
+            Reason::DeadlineExceeded => "deadline_exceeded",
+            Reason::OutputLimitExceeded => "output_limit_exceeded",
+            Reason::ImagePullFailed => "image_pull_failed",
+            Reason::Evicted => "evicted",
+            Reason::LaunchFailed => "launch_failed",
+            Reason::ExecutorLost => "executor_lost",
+            Reason::DeadLettered => "dead_lettered",
+            Reason::StoppedByUser => "stopped_by_user",
+        }
+    }
+}
+
+/// The spec a run was submitted with, frozen into the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunSpec {
+    pub name: String,
+    #[serde(flatten)]
+    pub limits: Spec,
+}
+
+/// A run as the API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Run {
+    pub id: Uuid,
+    pub task_id: Uuid,
+    pub owner_id: Uuid,
+    pub status: RunStatus,
+    /// Set for anything but the program's own exit (`oom_killed`, `deadline_exceeded` …).
+    pub reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub command: String,
+    pub language: String,
+    pub image: String,
+    #[schema(value_type = RunSpec)]
+    pub spec: Json<RunSpec>,
+    pub datasets: Vec<String>,
+    pub remarks: String,
+    /// The run whose code snapshot this run executes (itself unless it is a retry).
+    pub snapshot_of: Uuid,
+    pub code_sha256: String,
+    pub retry_of: Option<Uuid>,
+    pub worker: Option<String>,
+    pub executor: Option<String>,
+    pub log_bytes: Option<i64>,
+    pub log_truncated: bool,
+    pub created_at: DateTime<Utc>,
+    pub queued_at: DateTime<Utc>,
+    pub dispatched_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Run {
+    pub fn code_key(&self) -> String {
+        format!("runs/{}/code.tar.gz", self.snapshot_of)
+    }
+}
+
+macro_rules! run_columns {
+    () => {
+        "id, task_id, owner_id, status, reason, exit_code, command, language, image, spec, \
+         datasets, remarks, snapshot_of, code_sha256, retry_of, worker, executor, log_bytes, \
+         log_truncated, created_at, queued_at, dispatched_at, started_at, finished_at"
+    };
+}
+
+/// One transition in a run's history.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct RunEvent {
+    pub phase: String,
+    pub at: DateTime<Utc>,
+    pub source: String,
+    pub detail: String,
+}
+
+/// A run about to be queued.
+pub struct NewRun {
+    pub id: Uuid,
+    pub task_id: Uuid,
+    pub owner_id: Uuid,
+    pub command: String,
+    pub language: String,
+    pub image: String,
+    pub spec: RunSpec,
+    pub datasets: Vec<String>,
+    pub remarks: String,
+    pub snapshot_of: Uuid,
+    pub code_sha256: String,
+    pub retry_of: Option<Uuid>,
+}
+
+/// Commits the run as `queued` with its first event. The owner's row is locked so the cap on
+/// active runs holds under concurrent submissions; the partial unique index keeps one active
+/// run per task.
+pub async fn create(pool: &PgPool, new: NewRun, max_active: u32) -> Result<Run, Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .bind(new.owner_id)
+        .execute(&mut *tx)
+        .await?;
+    let active: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM runs WHERE owner_id = $1
+         AND status IN ('queued', 'dispatched', 'pending', 'running', 'stopping')",
+    )
+    .bind(new.owner_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if active >= i64::from(max_active) {
+        return Err(Error::TooManyActive { max: max_active });
+    }
+    let inserted = sqlx::query_as::<_, Run>(concat!(
+        "INSERT INTO runs (id, task_id, owner_id, status, command, language, image, spec_name,
+            spec, datasets, remarks, snapshot_of, code_sha256, retry_of)
+         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+         RETURNING ",
+        run_columns!()
+    ))
+    .bind(new.id)
+    .bind(new.task_id)
+    .bind(new.owner_id)
+    .bind(&new.command)
+    .bind(&new.language)
+    .bind(&new.image)
+    .bind(&new.spec.name)
+    .bind(Json(&new.spec))
+    .bind(&new.datasets)
+    .bind(&new.remarks)
+    .bind(new.snapshot_of)
+    .bind(&new.code_sha256)
+    .bind(new.retry_of)
+    .fetch_one(&mut *tx)
+    .await;
+    let run = match inserted {
+        Ok(run) => run,
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("runs_one_active_per_task") => {
+            return Err(Error::TaskBusy);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    sqlx::query(
+        "INSERT INTO run_events (run_id, phase, source, detail) VALUES ($1, 'queued', 'api', $2)",
+    )
+    .bind(run.id)
+    .bind(match new.retry_of {
+        Some(original) => format!("retry of {original}"),
+        None => "submitted".to_owned(),
+    })
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(run)
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Run>, sqlx::Error> {
+    sqlx::query_as::<_, Run>(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM runs WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+pub async fn events(pool: &PgPool, id: Uuid) -> Result<Vec<RunEvent>, sqlx::Error> {
+    sqlx::query_as::<_, RunEvent>(
+        "SELECT phase, at, source, detail FROM run_events WHERE run_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}
+
+/// A page of a task's runs, newest first, optionally only those in `status`.
+pub async fn list(
+    pool: &PgPool,
+    task_id: Uuid,
+    status: Option<RunStatus>,
+    page: PageRequest,
+) -> Result<(Vec<Run>, i64), sqlx::Error> {
+    let filter = |query: &mut QueryBuilder<Postgres>| {
+        query.push(" WHERE task_id = ").push_bind(task_id);
+        if let Some(status) = status {
+            query.push(" AND status = ").push_bind(status.as_str());
+        }
+    };
+    let mut count: QueryBuilder<Postgres> = QueryBuilder::new("SELECT count(*) FROM runs");
+    filter(&mut count);
+    let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+    let mut select: QueryBuilder<Postgres> =
+        QueryBuilder::new(concat!("SELECT ", run_columns!(), " FROM runs"));
+    filter(&mut select);
+    select
+        .push(" ORDER BY created_at DESC, id LIMIT ")
+        .push_bind(page.limit())
+        .push(" OFFSET ")
+        .push_bind(page.offset());
+    Ok((select.build_query_as::<Run>().fetch_all(pool).await?, total))
+}
+
+/// Does the task have a run that is not finished?
+pub async fn task_has_active(pool: &PgPool, task_id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM runs WHERE task_id = $1
+         AND status IN ('queued', 'dispatched', 'pending', 'running', 'stopping'))",
+    )
+    .bind(task_id)
+    .fetch_one(pool)
+    .await
+}
+
+/// Every run in an active phase (for the reconciler), oldest first.
+pub async fn active(pool: &PgPool) -> Result<Vec<Run>, sqlx::Error> {
+    sqlx::query_as::<_, Run>(concat!(
+        "SELECT ",
+        run_columns!(),
+        " FROM runs WHERE status IN ('queued', 'dispatched', 'pending', 'running', 'stopping')
+          ORDER BY queued_at"
+    ))
+    .fetch_all(pool)
+    .await
+}
+
+/// What a transition records besides the new phase.
+#[derive(Debug, Default, Clone)]
+pub struct Change {
+    /// Who observed it (`api`, `worker:<name>`, `reconciler:<name>`).
+    pub source: String,
+    pub detail: String,
+    pub reason: Option<Reason>,
+    pub exit_code: Option<i32>,
+    pub worker: Option<String>,
+    pub executor: Option<String>,
+    pub log_bytes: Option<i64>,
+    pub log_truncated: bool,
+}
+
+impl Change {
+    pub fn by(source: impl Into<String>) -> Self {
+        Self {
+            source: source.into(),
+            ..Self::default()
+        }
+    }
+
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+
+    pub fn reason(mut self, reason: Reason) -> Self {
+        self.reason = Some(reason);
+        self
+    }
+}
+
+/// Moves the run to `to` if the forward-only rule allows it from where it is; `true` when it
+/// moved (and its event was written), `false` when it was already there or beyond.
+pub async fn transition(
+    pool: &PgPool,
+    id: Uuid,
+    to: RunStatus,
+    change: &Change,
+) -> Result<bool, sqlx::Error> {
+    let sources: Vec<&str> = to.sources().iter().map(|s| s.as_str()).collect();
+    let moved: Option<Uuid> = sqlx::query_scalar(
+        "WITH moved AS (
+            UPDATE runs SET
+                status = $2,
+                reason = coalesce($4, reason),
+                exit_code = coalesce($5, exit_code),
+                worker = coalesce($6, worker),
+                executor = coalesce($7, executor),
+                log_bytes = coalesce($8, log_bytes),
+                log_truncated = log_truncated OR $9,
+                dispatched_at = CASE WHEN $2 = 'dispatched' THEN now() ELSE dispatched_at END,
+                started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
+                finished_at = CASE WHEN $2 IN ('succeeded', 'failed', 'stopped', 'canceled')
+                                   THEN now() ELSE finished_at END
+            WHERE id = $1 AND status = ANY($3)
+            RETURNING id)
+         INSERT INTO run_events (run_id, phase, source, detail)
+         SELECT id, $2, $10, $11 FROM moved RETURNING run_id",
+    )
+    .bind(id)
+    .bind(to.as_str())
+    .bind(&sources)
+    .bind(change.reason.map(Reason::as_str))
+    .bind(change.exit_code)
+    .bind(change.worker.as_deref())
+    .bind(change.executor.as_deref())
+    .bind(change.log_bytes)
+    .bind(change.log_truncated)
+    .bind(&change.source)
+    .bind(&change.detail)
+    .fetch_optional(pool)
+    .await?;
+    Ok(moved.is_some())
+}
+
+/// Records the end of an execution: `to` (succeeded or failed) — unless the run is being
+/// stopped, in which case stop wins and it ends `stopped`. Returns the phase it ended in, or
+/// `None` when it had already ended.
+pub async fn finish(
+    pool: &PgPool,
+    id: Uuid,
+    to: RunStatus,
+    change: &Change,
+) -> Result<Option<RunStatus>, sqlx::Error> {
+    if transition(pool, id, to, change).await? {
+        return Ok(Some(to));
+    }
+    let mut stopped = change.clone();
+    stopped.reason = Some(Reason::StoppedByUser);
+    if transition(pool, id, Stopped, &stopped).await? {
+        return Ok(Some(Stopped));
+    }
+    Ok(None)
+}
+
+/// Stop wins in every state: a queued run is canceled and never launches; a launched one
+/// moves to `stopping` (its executor then deletes the execution). Idempotent: stopping a
+/// stopping or finished run changes nothing. Returns the run as it is afterwards.
+pub async fn request_stop(pool: &PgPool, id: Uuid, source: &str) -> Result<Run, Error> {
+    for _ in 0..5 {
+        let run = get(pool, id).await?.ok_or(Error::NotFound)?;
+        let target = match run.status {
+            Queued => Canceled,
+            Dispatched | Pending | Running => Stopping,
+            _ => return Ok(run),
+        };
+        let change = Change::by(source)
+            .detail("stop requested")
+            .reason(Reason::StoppedByUser);
+        if transition(pool, id, target, &change).await? {
+            return get(pool, id).await?.ok_or(Error::NotFound);
+        }
+        // The run moved under us (a worker dispatched it); look again.
+    }
+    get(pool, id).await?.ok_or(Error::NotFound)
+}
+
+/// A file the program left in `$OUTPUT_DIR`.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct OutputFile {
+    pub path: String,
+    pub size: i64,
+}
+
+pub async fn record_outputs(
+    pool: &PgPool,
+    id: Uuid,
+    files: &[OutputFile],
+) -> Result<(), sqlx::Error> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let mut insert: QueryBuilder<Postgres> =
+        QueryBuilder::new("INSERT INTO run_outputs (run_id, path, size) ");
+    insert.push_values(files, |mut row, file| {
+        row.push_bind(id).push_bind(&file.path).push_bind(file.size);
+    });
+    insert.push(" ON CONFLICT (run_id, path) DO UPDATE SET size = EXCLUDED.size");
+    insert.build().execute(pool).await?;
+    Ok(())
+}
+
+pub async fn outputs(pool: &PgPool, id: Uuid) -> Result<Vec<OutputFile>, sqlx::Error> {
+    sqlx::query_as::<_, OutputFile>(
+        "SELECT path, size FROM run_outputs WHERE run_id = $1 ORDER BY path",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_only_move_forward_and_terminal_phases_are_final() {
+        for to in RunStatus::ALL {
+            for from in to.sources() {
+                assert!(
+                    !from.is_terminal(),
+                    "{from:?} -> {to:?} leaves a terminal phase"
+                );
+                assert_ne!(*from, to);
+            }
+        }
+        assert!(Queued.sources().is_empty());
+        assert_eq!(Stopped.sources(), &[Stopping]);
+        assert!(
+            !Succeeded.sources().contains(&Stopping),
+            "stop wins over a natural end"
+        );
+        for status in RunStatus::ALL {
+            assert_eq!(RunStatus::parse(status.as_str()), Some(status));
+        }
+    }
+}
