@@ -127,6 +127,9 @@ pub struct WorkerSettings {
     pub reconcile_seconds: u64,
     pub work_dir: std::path::PathBuf,
     pub sandbox_uid_base: u32,
+    pub shutdown_grace_seconds: u64,
+    /// Fault injection for tests (`after_permit`, `after_launch`); empty otherwise.
+    pub crash_at: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -2,6 +2,7 @@
 //! authentication. It knows nothing of HTTP, Lambda or Kubernetes.
 
 pub mod auth;
+pub mod bundle;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use fred::prelude::*;
+use fred::types::scripts::Script;
 use fred::types::streams::{XCap, XCapKind, XCapTrim, XID};
 use uuid::Uuid;
 
@@ -24,6 +25,38 @@ impl Entry {
         let run_id = fields.get("run_id").and_then(|v| v.parse().ok());
         Self { id, run_id }
     }
+}
+
+/// ARGV: group. Returns {all delivered ("1"/"0"), run ids of pending entries…}.
+const BACKLOG: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'1'} end
+local function field(flat, name)
+  for i = 1, #flat, 2 do if flat[i] == name then return flat[i + 1] end end
+end
+local last = field(redis.call('XINFO', 'STREAM', KEYS[1]), 'last-generated-id')
+local delivered = nil
+for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  if field(group, 'name') == ARGV[1] then delivered = field(group, 'last-delivered-id') end
+end
+local out = {(delivered == last) and '1' or '0'}
+if delivered == nil then return out end
+for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1000)) do
+  local e = redis.call('XRANGE', KEYS[1], p[1], p[1])
+  if e[1] then
+    local run = field(e[1][2], 'run_id')
+    if run then table.insert(out, run) end
+  end
+end
+return out
+"#;
+
+/// What the stream still holds for the workers.
+#[derive(Debug, Clone, Default)]
+pub struct Backlog {
+    /// Every entry has been delivered to some consumer (nothing waits unread).
+    pub all_delivered: bool,
+    /// Runs named by entries delivered but not yet acknowledged.
+    pub pending_runs: std::collections::HashSet<Uuid>,
 }
 
 /// The runs stream and its consumer group.
@@ -196,6 +229,19 @@ impl RunQueue {
             .xpending(self.keys.stream(), &self.settings.group, ())
             .await?;
         Ok(summary.0)
+    }
+
+    /// Whether unread entries remain and which runs pending entries name: what the reconciler
+    /// needs to tell a lost entry from one that is merely waiting.
+    pub async fn backlog(&self) -> Result<Backlog, Error> {
+        let reply: Vec<String> = Script::from_lua(BACKLOG)
+            .evalsha_with_reload(&self.client, vec![self.keys.stream()], vec![self.settings.group.clone()])
+            .await?;
+        let mut reply = reply.into_iter();
+        Ok(Backlog {
+            all_delivered: reply.next().as_deref() == Some("1"),
+            pending_runs: reply.filter_map(|r| r.parse().ok()).collect(),
+        })
     }
 
     /// The stream's length (entries not yet trimmed, acknowledged or not).

@@ -324,6 +324,17 @@ pub async fn task_has_active(pool: &PgPool, task_id: Uuid) -> Result<bool, sqlx:
     .await
 }
 
+/// How many of the owner's runs are not finished (the per-user cap counts these).
+pub async fn active_count_of(pool: &PgPool, owner_id: Uuid) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM runs WHERE owner_id = $1
+         AND status IN ('queued', 'dispatched', 'pending', 'running', 'stopping')",
+    )
+    .bind(owner_id)
+    .fetch_one(pool)
+    .await
+}
+
 /// Every run in an active phase (for the reconciler), oldest first.
 pub async fn active(pool: &PgPool) -> Result<Vec<Run>, sqlx::Error> {
     sqlx::query_as::<_, Run>(concat!(
@@ -377,7 +388,23 @@ pub async fn transition(
     to: RunStatus,
     change: &Change,
 ) -> Result<bool, sqlx::Error> {
-    let sources: Vec<&str> = to.sources().iter().map(|s| s.as_str()).collect();
+    transition_from(pool, id, to.sources(), to, change).await
+}
+
+/// [`transition`] restricted to runs now in one of `from` (only `to`'s sources count): e.g.
+/// failing a run only while it is still queued.
+pub async fn transition_from(
+    pool: &PgPool,
+    id: Uuid,
+    from: &[RunStatus],
+    to: RunStatus,
+    change: &Change,
+) -> Result<bool, sqlx::Error> {
+    let sources: Vec<&str> = from
+        .iter()
+        .filter(|s| to.sources().contains(s))
+        .map(|s| s.as_str())
+        .collect();
     let moved: Option<Uuid> = sqlx::query_scalar(
         "WITH moved AS (
             UPDATE runs SET

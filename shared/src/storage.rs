@@ -8,6 +8,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use bytes::Bytes;
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -134,6 +135,64 @@ impl Storage {
             .map_err(s3_error)?;
         let data = object.body.collect().await.map_err(s3_error)?;
         Ok(data.into_bytes())
+    }
+
+    /// The object at `key`, or `None` when there is none.
+    pub async fn get_optional(&self, key: &str) -> Result<Option<Bytes>, Error> {
+        let object = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(object) => object,
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(s3_error(e)),
+        };
+        let data = object.body.collect().await.map_err(s3_error)?;
+        Ok(Some(data.into_bytes()))
+    }
+
+    /// Whether an object exists at `key`.
+    pub async fn exists(&self, key: &str) -> Result<bool, Error> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(false),
+            Err(e) => Err(s3_error(e)),
+        }
+    }
+
+    /// Deletes every object below `prefix` (up to 1000 per request); returns how many.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, Error> {
+        let keys: Vec<String> = self.list(prefix).await?.into_iter().map(|(k, _)| k).collect();
+        for chunk in keys.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .map(|key| ObjectIdentifier::builder().key(key).build().map_err(s3_error))
+                .collect::<Result<Vec<_>, Error>>()?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(s3_error)?;
+            self.client
+                .delete_objects()
+                .bucket(&self.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(s3_error)?;
+        }
+        Ok(keys.len())
     }
 
     /// A time-limited GET URL for `key`.

@@ -1,2 +1,79 @@
-//! The coderun worker. Runs arrive with the runs issue; until then this crate only proves the
-//! workspace shape (`functions` → `shared` ← `worker`) and loads the shared configuration.
+//! The coderun worker: a long-running consumer of the runs stream. Many replicas run at once and
+//! any may die at any moment; Postgres is the truth, the stream a hint, and the Redis lease
+//! semaphore the fleet's capacity.
+//!
+//! The flow: [`consumer`] (reserve a permit → read → launch → `dispatched` → ack) hands runs to an
+//! [`executor`]; the executor reports through the [`recorder`]; [`heartbeat`] keeps this worker
+//! and its permits alive; [`janitor`] claims entries idle on dead consumers; [`reconciler`]
+//! repairs lost entries and lost executions; [`stops`] carries stop requests to executions.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub mod consumer;
+pub mod context;
+pub mod executor;
+pub mod heartbeat;
+pub mod janitor;
+pub mod reconciler;
+pub mod recorder;
+pub mod sandbox;
+pub mod stops;
+
+pub use context::Context;
+
+/// Runs the worker until `shutdown` resolves: then it stops reading, waits up to
+/// `shutdown_grace_seconds` for executions in flight, and leaves whatever remains to the
+/// fleet's reconcilers.
+pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    ctx.queue.ensure_group().await?;
+    heartbeat::beat(&ctx).await?;
+    match janitor::recover_own(&ctx).await {
+        Ok(outcomes) if !outcomes.is_empty() => tracing::info!(?outcomes, "finished own pending entries"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot re-read own pending entries"),
+    }
+    tracing::info!(worker = %ctx.name, executor = ctx.executor.kind(), "worker consuming");
+
+    let stop_background = CancellationToken::new();
+    let background = [
+        tokio::spawn(heartbeat::run(ctx.clone(), stop_background.clone())),
+        tokio::spawn(janitor::run(ctx.clone(), stop_background.clone())),
+        tokio::spawn(reconciler::run(ctx.clone(), stop_background.clone())),
+        tokio::spawn(stops::run(ctx.clone(), stop_background.clone())),
+    ];
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            outcome = consumer::process_next(&ctx) => match outcome {
+                Ok(consumer::Outcome::NoCapacity) => {
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+                Ok(consumer::Outcome::Idle) => {}
+                Ok(outcome) => tracing::debug!(?outcome, "handled an entry"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "consuming failed; retrying shortly");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    tracing::info!("shutting down: no more reads; waiting for runs in flight");
+    ctx.executor
+        .drain(Duration::from_secs(ctx.settings.worker.shutdown_grace_seconds))
+        .await;
+    stop_background.cancel();
+    for task in background {
+        let _ = task.await;
+    }
+    heartbeat::retire(&ctx).await;
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! `LocalExecutor`: runs each run in the local sandbox on this machine — the embedded default.
+//!
+//! Like a Job's init container, it fetches the code bundle through a presigned URL (the
+//! sandbox never sees a credential), checks its sha256, unpacks it, fetches the run's datasets,
+//! then runs the program and reports phases, the live log, `log.txt`, the outputs and the
+//! ending through the recorder. One execution per run: a run it already has is not launched
+//! twice, and the run's lease (held by this worker) keeps other workers off it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use coderun_shared::bundle;
+use coderun_shared::config::{LimitSettings, RunLimits};
+use coderun_shared::domain::FilePath;
+use coderun_shared::runs::{Reason, Run, RunStatus};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::executor::{Executor, LaunchError};
+use crate::recorder::{Ending, Recorder};
+use crate::sandbox::{Limits, Sandbox, SandboxRequest, Termination};
+
+/// Lines sent to the live log in one round trip at most.
+const LOG_BATCH: usize = 256;
+/// How long the log pump waits to fill a batch.
+const LOG_FLUSH: Duration = Duration::from_millis(50);
+
+struct Execution {
+    go: Option<oneshot::Sender<bool>>,
+    stop: CancellationToken,
+}
+
+struct Inner {
+    sandbox: Arc<Sandbox>,
+    recorder: Recorder,
+    http: reqwest::Client,
+    work_root: PathBuf,
+    runs: RunLimits,
+    paths: LimitSettings,
+    executions: Mutex<HashMap<Uuid, Execution>>,
+}
+
+#[derive(Clone)]
+pub struct LocalExecutor {
+    inner: Arc<Inner>,
+}
+
+impl LocalExecutor {
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        recorder: Recorder,
+        work_root: PathBuf,
+        runs: RunLimits,
+        paths: LimitSettings,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                sandbox,
+                recorder,
+                http: reqwest::Client::new(),
+                work_root,
+                runs,
+                paths,
+                executions: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Executor for LocalExecutor {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    async fn launch(&self, run: &Run) -> Result<(), LaunchError> {
+        let mut executions = self.inner.executions.lock().expect("executions lock");
+        if executions.contains_key(&run.id) {
+            return Ok(());
+        }
+        let (go, wait) = oneshot::channel();
+        let stop = CancellationToken::new();
+        executions.insert(run.id, Execution { go: Some(go), stop: stop.clone() });
+        drop(executions);
+        let inner = self.inner.clone();
+        let run = run.clone();
+        tokio::spawn(async move { inner.execute(run, wait, stop).await });
+        Ok(())
+    }
+
+    async fn start(&self, run_id: Uuid, go: bool) {
+        let sender = {
+            let mut executions = self.inner.executions.lock().expect("executions lock");
+            executions.get_mut(&run_id).and_then(|e| e.go.take())
+        };
+        if let Some(sender) = sender {
+            let _ = sender.send(go);
+        }
+    }
+
+    async fn stop(&self, run_id: Uuid) {
+        let executions = self.inner.executions.lock().expect("executions lock");
+        if let Some(execution) = executions.get(&run_id) {
+            execution.stop.cancel();
+        }
+    }
+
+    fn live(&self) -> Vec<Uuid> {
+        self.inner.executions.lock().expect("executions lock").keys().copied().collect()
+    }
+
+    async fn drain(&self, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        while !self.live().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Inner {
+    async fn execute(self: Arc<Self>, run: Run, go: oneshot::Receiver<bool>, stop: CancellationToken) {
+        if go.await.unwrap_or(false) {
+            let work_dir = self.work_root.join(run.id.to_string());
+            let ending = match self.run_to_end(&run, &work_dir, &stop).await {
+                Ok(ending) => ending,
+                Err(e) => {
+                    tracing::error!(run = %run.id, error = ?e, "the run could not be executed");
+                    Ending {
+                        status: RunStatus::Failed,
+                        exit_code: None,
+                        reason: Some(Reason::LaunchFailed),
+                        detail: format!("{e:#}"),
+                        log_bytes: None,
+                        log_truncated: false,
+                    }
+                }
+            };
+            if let Err(e) = self.recorder.finish(run.id, ending).await {
+                // The reconciler will find the run without an execution and end it.
+                tracing::error!(run = %run.id, error = ?e, "cannot record the end of the run");
+            }
+            if let Err(e) = tokio::fs::remove_dir_all(&work_dir).await {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(run = %run.id, error = %e, "cannot remove the run's work dir");
+                }
+            }
+        }
+        self.executions.lock().expect("executions lock").remove(&run.id);
+    }
+
+    async fn run_to_end(&self, run: &Run, work_dir: &Path, stop: &CancellationToken) -> anyhow::Result<Ending> {
+        self.recorder.phase(run.id, RunStatus::Pending, "fetching the code").await?;
+        let code_dir = work_dir.join("code");
+        tokio::fs::create_dir_all(&code_dir).await?;
+        let url = self.recorder.storage.presigned_get(&run.code_key()).await?;
+        let bytes = self.http.get(url).send().await?.error_for_status()?.bytes().await?;
+        let (sha, max) = (run.code_sha256.clone(), self.paths.max_task_bytes);
+        let into = code_dir.clone();
+        tokio::task::spawn_blocking(move || bundle::extract(&bytes, &sha, &into, max)).await??;
+        let datasets = self.fetch_datasets(run, work_dir).await?;
+        if stop.is_cancelled() {
+            return Ok(stopped_before_start());
+        }
+
+        self.recorder.phase(run.id, RunStatus::Running, "program started").await?;
+        let (lines, receiver) = mpsc::channel(4 * LOG_BATCH);
+        let pump = tokio::spawn(pump_log(self.recorder.clone(), run.id, receiver));
+        let request = SandboxRequest {
+            run_id: run.id,
+            command: run.command.clone(),
+            work_dir: work_dir.to_owned(),
+            datasets,
+            limits: Limits::from(&run.spec.limits),
+            log_max_bytes: self.runs.log_max_bytes,
+        };
+        let outcome = self.sandbox.run(request, lines, stop.clone()).await;
+        let _ = pump.await;
+        let outcome = outcome?;
+
+        self.recorder.store_log(run.id, &work_dir.join("log.txt")).await?;
+        let sandbox = self.sandbox.clone();
+        let (dir, files, bytes) = (work_dir.to_owned(), self.runs.output_max_files as usize, self.runs.output_max_bytes);
+        let collected = tokio::task::spawn_blocking(move || sandbox.collect_outputs(&dir, files, bytes)).await??;
+        let files: Vec<(String, PathBuf, u64)> = collected
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.host_path.clone(), f.size))
+            .collect();
+        self.recorder.store_outputs(run.id, &files).await?;
+
+        let (status, exit_code, reason, detail) = match outcome.termination {
+            Termination::Exited(0) => (RunStatus::Succeeded, Some(0), None, "exited with 0".to_owned()),
+            Termination::Exited(code) => (RunStatus::Failed, Some(code), None, format!("exited with {code}")),
+            Termination::OomKilled => (RunStatus::Failed, Some(137), Some(Reason::OomKilled), "killed: out of memory".into()),
+            Termination::DeadlineExceeded => (RunStatus::Failed, None, Some(Reason::DeadlineExceeded), "killed: wall time exceeded".into()),
+            Termination::OutputLimitExceeded => (RunStatus::Failed, None, Some(Reason::OutputLimitExceeded), "killed: log limit exceeded".into()),
+            Termination::DiskLimitExceeded => (RunStatus::Failed, None, Some(Reason::Evicted), "killed: disk limit exceeded".into()),
+            Termination::Killed => (RunStatus::Failed, None, Some(Reason::StoppedByUser), "killed: stopped".into()),
+            Termination::Signaled(signal) => (RunStatus::Failed, Some(128 + signal), None, format!("the sandbox died of signal {signal}")),
+        };
+        Ok(Ending {
+            status,
+            exit_code,
+            reason,
+            detail,
+            log_bytes: Some(outcome.log_bytes as i64),
+            log_truncated: outcome.log_truncated,
+        })
+    }
+
+    /// Downloads each dataset's files into `work_dir/data/{name}`, read-only for the program.
+    async fn fetch_datasets(&self, run: &Run, work_dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+        let mut mounted = Vec::new();
+        for name in &run.datasets {
+            let root = work_dir.join("data").join(name);
+            tokio::fs::create_dir_all(&root).await?;
+            let prefix = format!("datasets/{name}/");
+            for (key, _) in self.recorder.storage.list(&prefix).await? {
+                // Object keys are not trusted as paths: the same rules as task files apply.
+                let Ok(path) = FilePath::parse(&key[prefix.len()..], &self.paths) else {
+                    tracing::warn!(%key, "skipping a dataset object whose key is not a safe path");
+                    continue;
+                };
+                let target = root.join(path.as_str());
+                if let Some(parent) = target.parent() {
+                    tokio::fs::create_dir_all(parent).await?;
+                }
+                let bytes = self.recorder.storage.get(&key).await?;
+                tokio::fs::write(&target, bytes).await?;
+            }
+            mounted.push((name.clone(), root));
+        }
+        Ok(mounted)
+    }
+}
+
+fn stopped_before_start() -> Ending {
+    Ending {
+        status: RunStatus::Failed,
+        exit_code: None,
+        reason: Some(Reason::StoppedByUser),
+        detail: "stopped before the program started".into(),
+        log_bytes: Some(0),
+        log_truncated: false,
+    }
+}
+
+/// Forwards the program's lines to the live log in batches, numbering them from 1.
+async fn pump_log(recorder: Recorder, run: Uuid, mut lines: mpsc::Receiver<String>) -> u64 {
+    let mut next = 1u64;
+    let mut batch = Vec::with_capacity(LOG_BATCH);
+    loop {
+        let first = match lines.recv().await {
+            Some(line) => line,
+            None => break,
+        };
+        batch.push(first);
+        let flush_at = tokio::time::Instant::now() + LOG_FLUSH;
+        while batch.len() < LOG_BATCH {
+            match tokio::time::timeout_at(flush_at, lines.recv()).await {
+                Ok(Some(line)) => batch.push(line),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if let Err(e) = recorder.log_lines(run, next, &batch).await {
+            tracing::warn!(%run, error = %e, "cannot append to the live log");
+        }
+        next += batch.len() as u64;
+        batch.clear();
+    }
+    next - 1
+}

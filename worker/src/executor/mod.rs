@@ -1,0 +1,49 @@
+//! Executors run a run somewhere: the local sandbox on this machine, or (later) a Kubernetes
+//! Job. Both keep invariant 3 — one execution per run attempt — and report every phase of the
+//! executions they own through the [`Recorder`](crate::recorder::Recorder).
+
+use async_trait::async_trait;
+use coderun_shared::runs::Run;
+use uuid::Uuid;
+
+pub mod local;
+
+/// Why a launch failed, which decides what happens to the stream entry.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// Worth another try later (no free sandbox slot, storage briefly down): the entry stays
+    /// pending and is delivered again; after too many deliveries it is dead-lettered.
+    #[error("launch failed, will retry: {0}")]
+    Retryable(String),
+    /// Will never work (the run's spec cannot be met here): the run fails `launch_failed`.
+    #[error("launch failed: {0}")]
+    Permanent(String),
+}
+
+#[async_trait]
+pub trait Executor: Send + Sync + 'static {
+    /// `local` or `kubernetes`, recorded on the run.
+    fn kind(&self) -> &'static str;
+
+    /// Creates the run's execution without starting the program; launching a run this
+    /// executor already has is a no-op. Returns once the execution exists.
+    async fn launch(&self, run: &Run) -> Result<(), LaunchError>;
+
+    /// Lets a launched execution start (called once `dispatched` is recorded), or, with
+    /// `go == false`, discards it without ever running the program (the run was canceled).
+    async fn start(&self, run_id: Uuid, go: bool);
+
+    /// Ends the run's execution if this executor has it; idempotent.
+    async fn stop(&self, run_id: Uuid);
+
+    /// The runs this executor is executing now.
+    fn live(&self) -> Vec<Uuid>;
+
+    /// Whether this executor is executing `run_id` now.
+    fn has(&self, run_id: Uuid) -> bool {
+        self.live().contains(&run_id)
+    }
+
+    /// Waits (at most `grace`) for the executions in flight to end: graceful shutdown.
+    async fn drain(&self, grace: std::time::Duration);
+}

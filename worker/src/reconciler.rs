@@ -1,0 +1,123 @@
+//! The reconciler repairs what crashes and lost messages leave behind, from Postgres (the
+//! truth): a queued run whose stream entry is gone is enqueued again; a launched run whose
+//! worker died (or lost its execution) ends `executor_lost` — or `stopped` if it was being
+//! stopped; permits of finished runs and of dead workers' reservations are released. Every
+//! action is idempotent, so all workers may reconcile at once.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use coderun_shared::runs::{self, Change, Reason, Run, RunStatus};
+use fred::prelude::*;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::context::Context;
+use crate::heartbeat;
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub requeued: Vec<Uuid>,
+    pub lost: Vec<Uuid>,
+    pub released: Vec<String>,
+}
+
+/// A launched run younger than this is not judged lost by its own worker: its hand-off may
+/// still be in flight.
+const HANDOFF_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
+
+pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
+    let mut report = Report::default();
+    let active = runs::active(&ctx.db).await?;
+    let requeue_after = chrono::TimeDelta::seconds(ctx.settings.runs.requeue_after_seconds as i64);
+    let now = Utc::now();
+
+    let stale_queued: Vec<&Run> = active
+        .iter()
+        .filter(|r| r.status == RunStatus::Queued && now - r.queued_at > requeue_after)
+        .collect();
+    if !stale_queued.is_empty() {
+        let backlog = ctx.queue.backlog().await?;
+        // While unread entries remain, a queued run may simply be waiting its turn.
+        if backlog.all_delivered {
+            for run in stale_queued {
+                if backlog.pending_runs.contains(&run.id) || !claim_requeue(ctx, run.id).await? {
+                    continue;
+                }
+                ctx.queue.enqueue(run.id).await?;
+                tracing::warn!(run = %run.id, "re-enqueued a queued run whose stream entry was lost");
+                report.requeued.push(run.id);
+            }
+        }
+    }
+
+    for run in active.iter().filter(|r| r.status != RunStatus::Queued) {
+        let Some(worker) = run.worker.as_deref() else { continue };
+        let lost = if worker == ctx.name {
+            let launched_at = run.dispatched_at.unwrap_or(run.queued_at);
+            !ctx.executor.has(run.id) && now - launched_at > HANDOFF_GRACE
+        } else {
+            !heartbeat::is_alive(ctx, worker).await?
+        };
+        if !lost {
+            continue;
+        }
+        let source = format!("reconciler:{}", ctx.name);
+        let detail = format!("its worker {worker} is gone or lost the execution");
+        let ended = if run.status == RunStatus::Stopping {
+            let change = Change::by(source).detail(detail).reason(Reason::StoppedByUser);
+            runs::transition(&ctx.db, run.id, RunStatus::Stopped, &change).await?
+        } else {
+            let change = Change::by(source).detail(detail).reason(Reason::ExecutorLost);
+            runs::transition(&ctx.db, run.id, RunStatus::Failed, &change).await?
+        };
+        if ended {
+            tracing::warn!(run = %run.id, %worker, "ended a run whose execution was lost");
+            report.lost.push(run.id);
+        }
+        ctx.semaphore.release(&run.id.to_string()).await?;
+    }
+
+    for (member, owner) in ctx.semaphore.holders().await? {
+        let release = match member.parse::<Uuid>() {
+            Ok(run) => match runs::get(&ctx.db, run).await? {
+                Some(run) => run.status.is_terminal(),
+                None => true,
+            },
+            Err(_) => owner != ctx.name && !heartbeat::is_alive(ctx, &owner).await?,
+        };
+        if release {
+            ctx.semaphore.release(&member).await?;
+            report.released.push(member);
+        }
+    }
+    Ok(report)
+}
+
+/// Only one reconciler re-enqueues a given run per `requeue_after_seconds`.
+async fn claim_requeue(ctx: &Context, run: Uuid) -> anyhow::Result<bool> {
+    let key = format!("{}:requeued:{run}", ctx.settings.redis.prefix);
+    let ttl = ctx.settings.runs.requeue_after_seconds.max(1) as i64;
+    let set: Option<String> = ctx
+        .redis
+        .set(key, "1", Some(Expiration::EX(ttl)), Some(SetOptions::NX), false)
+        .await?;
+    Ok(set.is_some())
+}
+
+/// Reconciles every `reconcile_seconds` until `shutdown`.
+pub async fn run(ctx: Context, shutdown: CancellationToken) {
+    let period = Duration::from_secs(ctx.settings.worker.reconcile_seconds.max(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(period) => {}
+        }
+        match reconcile(&ctx).await {
+            Ok(report) if report != Report::default() => tracing::info!(?report, "reconciled"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reconciling failed"),
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! The recorder: where executors report what their executions do — phases into Postgres, log
+//! lines into the live log, the final log and outputs into S3 — and where the run's capacity
+//! permit is given back. Every write is idempotent, so several observers may report the same
+//! execution.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use coderun_shared::livelog::LiveLog;
+use coderun_shared::runs::{self, Change, OutputFile, Reason, RunStatus};
+use coderun_shared::semaphore::LeaseSemaphore;
+use coderun_shared::storage::Storage;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// How an execution ended, as the executor saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    pub status: RunStatus,
+    pub exit_code: Option<i32>,
+    pub reason: Option<Reason>,
+    pub detail: String,
+    pub log_bytes: Option<i64>,
+    pub log_truncated: bool,
+}
+
+#[derive(Clone)]
+pub struct Recorder {
+    pub db: PgPool,
+    pub storage: Storage,
+    pub live_log: LiveLog,
+    pub semaphore: LeaseSemaphore,
+    /// `worker:<name>`: the source written on every event.
+    pub source: String,
+    pub live_log_ttl_seconds: i64,
+}
+
+impl Recorder {
+    /// Records a phase; a transition the run is already past is a no-op.
+    pub async fn phase(&self, run: Uuid, status: RunStatus, detail: &str) -> anyhow::Result<bool> {
+        let change = Change::by(self.source.clone()).detail(detail);
+        Ok(runs::transition(&self.db, run, status, &change).await?)
+    }
+
+    /// Appends log lines to the live log, numbered from `first_line`.
+    pub async fn log_lines(&self, run: Uuid, first_line: u64, lines: &[String]) -> anyhow::Result<()> {
+        Ok(self.live_log.append(run, first_line, lines).await?)
+    }
+
+    /// Stores the full log as `runs/{run}/log.txt`.
+    pub async fn store_log(&self, run: Uuid, file: &Path) -> anyhow::Result<()> {
+        let bytes = match tokio::fs::read(file).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        self.storage
+            .put(&format!("runs/{run}/log.txt"), Bytes::from(bytes), "text/plain; charset=utf-8")
+            .await?;
+        Ok(())
+    }
+
+    /// Stores each output file as `runs/{run}/output/{path}` and lists them on the run.
+    pub async fn store_outputs(&self, run: Uuid, files: &[(String, std::path::PathBuf, u64)]) -> anyhow::Result<()> {
+        let mut recorded = Vec::with_capacity(files.len());
+        for (path, host_path, size) in files {
+            let bytes = tokio::fs::read(host_path).await?;
+            self.storage
+                .put(&format!("runs/{run}/output/{path}"), Bytes::from(bytes), "application/octet-stream")
+                .await?;
+            recorded.push(OutputFile {
+                path: path.clone(),
+                size: *size as i64,
+            });
+        }
+        runs::record_outputs(&self.db, run, &recorded).await?;
+        Ok(())
+    }
+
+    /// Records the end (stop wins over a natural end), lets the live log expire and gives the
+    /// permit back. Returns the phase the run ended in, if this call ended it.
+    pub async fn finish(&self, run: Uuid, ending: Ending) -> anyhow::Result<Option<RunStatus>> {
+        let change = Change {
+            source: self.source.clone(),
+            detail: ending.detail,
+            reason: ending.reason,
+            exit_code: ending.exit_code,
+            log_bytes: ending.log_bytes,
+            log_truncated: ending.log_truncated,
+            ..Change::default()
+        };
+        let ended = runs::finish(&self.db, run, ending.status, &change).await?;
+        if let Err(e) = self.live_log.expire(run, self.live_log_ttl_seconds).await {
+            tracing::warn!(%run, error = %e, "cannot set the live log's expiry");
+        }
+        self.semaphore.release(&run.to_string()).await?;
+        Ok(ended)
+    }
+}

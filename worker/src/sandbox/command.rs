@@ -1,0 +1,311 @@
+//! The command line that starts one sandbox, as a chain of `exec`s with no `unsafe` and no
+//! `pre_exec`:
+//!
+//! ```text
+//! sh -c JOIN <cgroup.procs…> --          (as the worker: join the run's cgroups)
+//!   setpriv [--reuid U --regid U …] …    (as root: become the run's uid, no caps, no groups;
+//!                                         always: no_new_privs, die with the worker)
+//!     prlimit --cpu --nproc --fsize …    (rlimits)
+//!       bwrap --unshare-all …            (namespaces, mounts, clean environment)
+//!         /bin/sh -c <command>           (the program)
+//! ```
+//!
+//! The rule it keeps: the program starts only after every layer is in place — the first
+//! process is in the run's cgroup before it `exec`s anything, and any failing step exits
+//! instead of going on with less confinement. Nothing the program controls is ever
+//! interpreted by a host shell: its command is one argv element handed to the sandbox's `sh`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use uuid::Uuid;
+
+use super::{CODE_PATH, DATA_DIR, Limits, OUTPUT_DIR, SandboxConfig};
+
+/// Exit code of the first process when it cannot join the run's cgroup.
+pub(super) const JOIN_FAILED: i32 = 125;
+
+/// Writes its own pid into each `cgroup.procs` given before `--`, then execs the rest.
+const JOIN: &str = r#"for f do
+  if [ "$f" = -- ]; then shift; exec "$@"; fi
+  echo $$ > "$f" || { echo "coderun: cannot join cgroup $f" >&2; exit 125; }
+  shift
+done
+echo "coderun: no command after --" >&2; exit 125"#;
+
+/// The host programs the chain uses (absolute paths, checked at preflight).
+#[derive(Debug, Clone)]
+pub(super) struct Tools {
+    pub sh: PathBuf,
+    pub setpriv: PathBuf,
+    pub prlimit: PathBuf,
+    pub bwrap: PathBuf,
+}
+
+/// The bwrap arguments that show the host's system folders (resolved once).
+#[derive(Debug, Clone, Default)]
+pub(super) struct SystemMounts {
+    pub args: Vec<OsString>,
+}
+
+impl SystemMounts {
+    /// `/usr` read-only, the top-level `/bin`, `/lib`… as the host has them (symlinks into
+    /// `/usr` on a merged-usr system, else read-only binds), extra read-only folders, and the
+    /// chosen entries of `/etc` — nothing else of the host.
+    pub fn resolve(config: &SandboxConfig) -> SystemMounts {
+        let mut m = SystemMounts::default();
+        m.push(["--ro-bind", "/usr", "/usr"]);
+        for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
+            m.mirror(&Path::new("/").join(top));
+        }
+        for extra in &config.extra_ro_binds {
+            m.args.extend(["--ro-bind".into(), extra.into(), extra.into()]);
+        }
+        m.push(["--dir", "/etc"]);
+        let host_etc: Vec<String> = std::fs::read_dir("/etc")
+            .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        let mut chosen: Vec<String> = Vec::new();
+        for entry in &config.etc_entries {
+            match entry.strip_suffix('*') {
+                Some(prefix) => {
+                    chosen.extend(host_etc.iter().filter(|n| n.starts_with(prefix)).cloned())
+                }
+                None => chosen.push(entry.clone()),
+            }
+        }
+        chosen.sort();
+        chosen.dedup();
+        for name in chosen {
+            if matches!(name.as_str(), "passwd" | "group" | "hosts" | "shadow" | "gshadow") {
+                continue;
+            }
+            m.mirror(&Path::new("/etc").join(name));
+        }
+        m
+    }
+
+    /// A host symlink becomes the same symlink, a folder or file a read-only bind; a missing
+    /// path nothing.
+    fn mirror(&mut self, path: &Path) {
+        let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+        if meta.file_type().is_symlink() {
+            if let Ok(target) = std::fs::read_link(path) {
+                self.args.extend(["--symlink".into(), target.into(), path.into()]);
+            }
+        } else if meta.is_dir() || meta.is_file() {
+            self.args.extend(["--ro-bind".into(), path.into(), path.into()]);
+        }
+    }
+
+    fn push<const N: usize>(&mut self, args: [&str; N]) {
+        self.args.extend(args.into_iter().map(OsString::from));
+    }
+}
+
+/// Whose uid the program gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Identity {
+    /// The worker is root: become this unprivileged host uid first.
+    Drop { uid: u32, gid: u32 },
+    /// The worker is not root: keep its uid (mapped to itself in bwrap's user namespace).
+    Keep { uid: u32, gid: u32 },
+}
+
+impl Identity {
+    pub fn ids(&self) -> (u32, u32) {
+        match *self {
+            Identity::Drop { uid, gid } | Identity::Keep { uid, gid } => (uid, gid),
+        }
+    }
+}
+
+/// Everything one launch needs.
+pub(super) struct Launch<'a> {
+    pub tools: &'a Tools,
+    pub system: &'a SystemMounts,
+    pub config: &'a SandboxConfig,
+    pub identity: Identity,
+    pub cgroup_procs: Vec<PathBuf>,
+    pub limits: Limits,
+    pub run_id: Uuid,
+    pub code_dir: PathBuf,
+    pub output_dir: PathBuf,
+    pub etc_dir: PathBuf,
+    pub datasets: &'a [(String, PathBuf)],
+    pub command: &'a str,
+}
+
+impl Launch<'_> {
+    /// Program and arguments of the whole chain.
+    pub fn argv(&self) -> Vec<OsString> {
+        let mut a: Vec<OsString> = Vec::with_capacity(128);
+        let l = &self.limits;
+        let disk_bytes = u64::from(l.disk_mib) * 1024 * 1024;
+        // Cpu seconds the program could use at its cpu share over its whole wall time.
+        let cpu_seconds = (u64::from(l.wall_seconds) * u64::from(l.cpu_millis)).div_ceil(1000) + 1;
+
+        push(&mut a, &[&self.tools.sh, &"-c", &JOIN, &"coderun-join"]);
+        for procs in &self.cgroup_procs {
+            push(&mut a, &[procs]);
+        }
+        push(&mut a, &[&"--"]);
+
+        push(&mut a, &[&self.tools.setpriv]);
+        if let Identity::Drop { uid, gid } = self.identity {
+            push(
+                &mut a,
+                &[
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={gid}"),
+                    &"--clear-groups",
+                    &"--inh-caps=-all",
+                    &"--bounding-set=-all",
+                ],
+            );
+        }
+        push(
+            &mut a,
+            &[
+                &"--nnp",
+                // If the worker dies, so does the sandbox (bwrap's --die-with-parent carries it
+                // on to the program). Linux sends it when the *thread* that spawned us ends:
+                // runs are spawned from the runtime's worker threads, which live as long as
+                // the worker, never from a blocking-pool thread.
+                &"--pdeathsig=KILL",
+                &"--",
+            ],
+        );
+
+        push(
+            &mut a,
+            &[
+                &self.tools.prlimit,
+                &format!("--cpu={cpu_seconds}:{}", cpu_seconds + 1),
+                &format!("--fsize={disk_bytes}:{disk_bytes}"),
+                &format!("--nofile={n}:{n}", n = self.config.open_files),
+                &"--core=0:0",
+            ],
+        );
+        if matches!(self.identity, Identity::Drop { .. }) {
+            // The uid is the run's own, so the per-uid process count is the run's.
+            push(&mut a, &[&format!("--nproc={n}:{n}", n = l.pids)]);
+        }
+        push(&mut a, &[&"--"]);
+
+        push(
+            &mut a,
+            &[
+                &self.tools.bwrap,
+                &"--unshare-all",
+                &"--unshare-user",
+                &"--disable-userns",
+                &"--die-with-parent",
+                // The program's shell is PID 1 of its namespace, as in a container: the outer
+                // bwrap then reaps it itself, so no zombie of the run's uid is left for the
+                // host's init to reap (bwrap's own PID-1 reaper exits unreaped). When PID 1
+                // ends, the kernel kills the rest of the namespace.
+                &"--as-pid-1",
+                &"--new-session",
+                &"--hostname",
+                &"coderun",
+                &"--clearenv",
+            ],
+        );
+        let run_id = self.run_id.to_string();
+        for (k, v) in [
+            ("CODE_PATH", CODE_PATH),
+            ("OUTPUT_DIR", OUTPUT_DIR),
+            ("DATA_DIR", DATA_DIR),
+            ("RUN_ID", run_id.as_str()),
+            ("HOME", "/tmp"),
+            ("PATH", self.config.path_env.as_str()),
+            ("LANG", "C.UTF-8"),
+        ] {
+            push(&mut a, &[&"--setenv", &k, &v]);
+        }
+        a.extend(self.system.args.iter().cloned());
+        for name in ["passwd", "group", "hosts"] {
+            push(&mut a, &[&"--ro-bind", &self.etc_dir.join(name), &format!("/etc/{name}")]);
+        }
+        let tmp_size = disk_bytes.to_string();
+        push(
+            &mut a,
+            &[
+                &"--proc",
+                &"/proc",
+                &"--dev",
+                &"/dev",
+                &"--perms",
+                &"1777",
+                &"--size",
+                &tmp_size,
+                &"--tmpfs",
+                &"/tmp",
+                &"--size",
+                &tmp_size,
+                &"--tmpfs",
+                &"/dev/shm",
+                &"--bind",
+                &self.code_dir,
+                &CODE_PATH,
+                &"--bind",
+                &self.output_dir,
+                &OUTPUT_DIR,
+                &"--dir",
+                &DATA_DIR,
+            ],
+        );
+        for (name, host) in self.datasets {
+            push(&mut a, &[&"--ro-bind", host, &format!("{DATA_DIR}/{name}")]);
+        }
+        push(
+            &mut a,
+            &[&"--remount-ro", &"/", &"--chdir", &CODE_PATH, &"--", &"/bin/sh", &"-c", &self.command],
+        );
+        a
+    }
+
+    pub fn command(&self) -> tokio::process::Command {
+        let argv = self.argv();
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        // The chain sees none of the worker's environment (bwrap --clearenv does it again for
+        // the program).
+        cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        cmd
+    }
+}
+
+fn push(a: &mut Vec<OsString>, items: &[&dyn AsRefOs]) {
+    a.extend(items.iter().map(|i| i.os()));
+}
+
+/// Anything that becomes one argv element.
+trait AsRefOs {
+    fn os(&self) -> OsString;
+}
+
+impl AsRefOs for &str {
+    fn os(&self) -> OsString {
+        OsString::from(*self)
+    }
+}
+
+impl AsRefOs for String {
+    fn os(&self) -> OsString {
+        OsString::from(self)
+    }
+}
+
+impl AsRefOs for PathBuf {
+    fn os(&self) -> OsString {
+        self.as_os_str().to_owned()
+    }
+}
+
+impl AsRefOs for &String {
+    fn os(&self) -> OsString {
+        OsString::from(*self)
+    }
+}

@@ -1,0 +1,69 @@
+//! The disk budget of `$CODE_PATH` + `$OUTPUT_DIR`, which live on host disk (`/tmp` is a
+//! sized tmpfs and needs no watching).
+//!
+//! The rule it keeps: measuring never follows a symlink and never costs more than the budget
+//! allows — the walk stops as soon as the run is over its bytes or its file count. A single
+//! file is also bounded between two polls by RLIMIT_FSIZE.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::Trip;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Usage {
+    pub bytes: u64,
+    pub entries: u64,
+}
+
+/// Polls until the budget is exceeded (then trips the run and ends) or the task is aborted.
+pub(super) async fn watch(
+    dirs: Vec<PathBuf>,
+    max_bytes: u64,
+    max_entries: u64,
+    every: Duration,
+    trip: mpsc::Sender<Trip>,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let dirs = dirs.clone();
+        let usage =
+            tokio::task::spawn_blocking(move || measure(&dirs, max_bytes, max_entries)).await;
+        if let Ok(usage) = usage
+            && (usage.bytes > max_bytes || usage.entries > max_entries)
+        {
+            let _ = trip.try_send(Trip::Disk);
+            return;
+        }
+    }
+}
+
+/// Allocated bytes (so sparse files count what they really use) and entries under `dirs`,
+/// stopping early once either exceeds its maximum. Entries that vanish while walking are
+/// skipped.
+pub(super) fn measure(dirs: &[PathBuf], max_bytes: u64, max_entries: u64) -> Usage {
+    use std::os::unix::fs::MetadataExt;
+    let mut usage = Usage { bytes: 0, entries: 0 };
+    let mut stack: Vec<PathBuf> = dirs.to_vec();
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            // `DirEntry::metadata` is an lstat: a symlink is counted as itself.
+            let Ok(meta) = entry.metadata() else { continue };
+            usage.entries += 1;
+            usage.bytes += meta.blocks() * 512;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+            if usage.bytes > max_bytes || usage.entries > max_entries {
+                return usage;
+            }
+        }
+    }
+    usage
+}

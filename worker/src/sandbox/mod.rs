@@ -1,0 +1,717 @@
+//! The sandbox of the local executor: runs one untrusted program and reports how it ended.
+//!
+//! It owns every layer that confines the program (design invariant 7): bubblewrap namespaces
+//! (no network, a fresh `/proc`, only the folders the run was given), a host uid of its own
+//! per concurrent run, a cgroup per run for memory (and pids and cpu where the host has those
+//! controllers), rlimits, a sized `/tmp`, a polled disk budget for `$CODE_PATH` and
+//! `$OUTPUT_DIR`, the wall-time deadline, the log cap and `stop`.
+//!
+//! The rule it keeps: **nothing runs unconfined and nothing outlives its run.** [`Sandbox::new`]
+//! refuses to build when the host cannot confine code; a program whose cgroup cannot be joined
+//! exits before user code starts; every path out of [`Sandbox::run`] — normal exit, deadline,
+//! stop, log cap, disk budget, the future being dropped — kills every process of the run and
+//! removes its cgroup before the run's uid is handed to another run.
+
+mod cgroup;
+mod command;
+mod disk;
+mod log;
+mod outputs;
+mod preflight;
+mod procs;
+mod uids;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use outputs::{CollectedOutputs, OutputError, OutputFile, SkipReason, SkippedOutput};
+pub use preflight::PreflightError;
+
+use cgroup::{Cgroups, RunCgroup};
+use command::{Identity, Launch};
+use uids::UidPool;
+
+/// Where the program finds its files inside the sandbox (`$CODE_PATH`, its working directory).
+pub const CODE_PATH: &str = "/code";
+/// Where the program may write files to be collected (`$OUTPUT_DIR`).
+pub const OUTPUT_DIR: &str = "/output";
+/// Where datasets are mounted read-only, one folder per dataset (`$DATA_DIR/{name}`).
+pub const DATA_DIR: &str = "/data";
+/// The log file the sandbox writes in the run's work dir.
+pub const LOG_FILE: &str = "log.txt";
+
+/// The resources one run may use; the same numbers as a spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Cpu in thousandths of a core (1000 = one core).
+    pub cpu_millis: u32,
+    pub memory_mib: u32,
+    /// Budget for `$CODE_PATH` + `$OUTPUT_DIR` on host disk, and separately the size of `/tmp`.
+    pub disk_mib: u32,
+    /// Processes and threads.
+    pub pids: u32,
+    pub wall_seconds: u32,
+}
+
+impl From<&coderun_shared::config::Spec> for Limits {
+    fn from(spec: &coderun_shared::config::Spec) -> Self {
+        Limits {
+            cpu_millis: spec.cpu_millis,
+            memory_mib: spec.memory_mib,
+            disk_mib: spec.disk_mib,
+            pids: spec.pids,
+            wall_seconds: spec.wall_seconds,
+        }
+    }
+}
+
+/// One program to run.
+#[derive(Debug, Clone)]
+pub struct SandboxRequest {
+    pub run_id: Uuid,
+    /// Run as `sh -c <command>` in `$CODE_PATH`.
+    pub command: String,
+    /// The run's host folder. The caller has put the code in `work_dir/code`; the sandbox
+    /// creates `work_dir/output` and writes `work_dir/log.txt`. While the program runs the
+    /// folder belongs to the run's uid (mode 0700); afterwards it belongs to the worker again.
+    pub work_dir: PathBuf,
+    /// Dataset name → host folder, mounted read-only at `$DATA_DIR/{name}`. The folder must be
+    /// readable by others (the program's uid is not the worker's).
+    pub datasets: Vec<(String, PathBuf)>,
+    pub limits: Limits,
+    /// Cap of the combined stdout + stderr; beyond it the program is killed.
+    pub log_max_bytes: u64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Termination {
+    /// The program ended by itself with this exit code. A program killed by a signal inside
+    /// the sandbox shows the shell convention 128 + signal (137 for SIGKILL), like Kubernetes.
+    Exited(i32),
+    /// The run's memory cgroup killed a process for lack of memory.
+    OomKilled,
+    /// Still running at `wall_seconds`: killed.
+    DeadlineExceeded,
+    /// Wrote more than `log_max_bytes`: killed, the log is cut.
+    OutputLimitExceeded,
+    /// `$CODE_PATH` + `$OUTPUT_DIR` grew beyond `disk_mib` (or too many files): killed.
+    DiskLimitExceeded,
+    /// Killed because `stop` was cancelled.
+    Killed,
+    /// The sandbox's own first process died of this signal (not the program's doing).
+    Signaled(i32),
+}
+
+/// The result of [`Sandbox::run`].
+#[derive(Debug, Clone)]
+pub struct SandboxOutcome {
+    pub termination: Termination,
+    /// Bytes of output kept in the log (at most `log_max_bytes`).
+    pub log_bytes: u64,
+    /// The log was cut at `log_max_bytes`.
+    pub log_truncated: bool,
+    /// From the start of the sandbox to the end of its last process.
+    pub duration: Duration,
+    /// The host uid the program ran as.
+    pub uid: u32,
+}
+
+/// Errors of one run that are the host's or the request's fault, never the program's.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("invalid sandbox request: {0}")]
+    InvalidRequest(String),
+    #[error("no free sandbox uid: all {0} slots are in use")]
+    NoFreeUid(u32),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not start the sandbox: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The sandbox's first process could not join the run's cgroup: the program never ran.
+    #[error("the sandbox did not start: {0}")]
+    Launch(String),
+}
+
+impl SandboxError {
+    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+        let context = context.into();
+        move |source| SandboxError::Io { context, source }
+    }
+}
+
+/// How the sandbox is built; defaults fit a Debian host.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The bubblewrap binary; `None` looks in `/usr/bin`, `/bin`, `/usr/local/bin`.
+    pub bwrap: Option<PathBuf>,
+    /// When the worker is root, runs get the host uids `uid_base .. uid_base + uid_count`
+    /// (one per concurrent run, gid = uid). No other user of the host may own them.
+    pub uid_base: u32,
+    /// Concurrent runs this sandbox supports (when root).
+    pub uid_count: u32,
+    /// Name of the folder under the worker's own cgroup that holds the runs' cgroups.
+    pub cgroup_name: String,
+    /// More host folders mounted read-only at the same path (e.g. a JDK under `/opt`).
+    pub extra_ro_binds: Vec<PathBuf>,
+    /// What of the host's `/etc` the program sees (a trailing `*` matches a prefix). `passwd`,
+    /// `group` and `hosts` are always generated for the run instead.
+    pub etc_entries: Vec<String>,
+    /// RLIMIT_NOFILE.
+    pub open_files: u64,
+    /// How often the disk budget is measured.
+    pub disk_poll_interval: Duration,
+    /// Files and folders in `$CODE_PATH` + `$OUTPUT_DIR` beyond which the run is killed with
+    /// [`Termination::DiskLimitExceeded`] (bounds inode use and the cost of measuring).
+    pub max_files: u64,
+    /// Lines longer than this are split.
+    pub max_line_bytes: usize,
+    /// `PATH` inside the sandbox.
+    pub path_env: String,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            bwrap: None,
+            uid_base: 200_000,
+            uid_count: 64,
+            cgroup_name: "coderun".into(),
+            extra_ro_binds: Vec::new(),
+            etc_entries: [
+                "alternatives",
+                "ld.so.cache",
+                "ld.so.conf",
+                "ld.so.conf.d",
+                "localtime",
+                "timezone",
+                "nsswitch.conf",
+                "host.conf",
+                "protocols",
+                "services",
+                "mime.types",
+                "ssl/certs",
+                "ssl/openssl.cnf",
+                "ca-certificates",
+                "ca-certificates.conf",
+                "fonts",
+                "java-*",
+                "python3*",
+                "R",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+            open_files: 1024,
+            disk_poll_interval: Duration::from_millis(250),
+            max_files: 100_000,
+            max_line_bytes: 64 * 1024,
+            path_env: "/usr/local/bin:/usr/bin:/bin".into(),
+        }
+    }
+}
+
+/// The sandbox, built once per worker; `run` may be called concurrently (up to `uid_count`
+/// runs at once when root).
+#[derive(Debug)]
+pub struct Sandbox {
+    config: SandboxConfig,
+    tools: command::Tools,
+    /// What of the host is mounted into every sandbox (resolved once).
+    system: Arc<command::SystemMounts>,
+    cgroups: Cgroups,
+    /// `Some` when the worker is root: one host uid per concurrent run.
+    uids: Option<UidPool>,
+    worker_uid: u32,
+    worker_gid: u32,
+}
+
+/// Why the run was killed by the sandbox (first cause wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trip {
+    Deadline,
+    Stop,
+    OutputLimit,
+    Disk,
+}
+
+impl Sandbox {
+    /// Checks that this host can confine code and builds the sandbox: bubblewrap, setpriv and
+    /// prlimit present, user namespaces usable, a memory cgroup we may create children in, and
+    /// a trial run of `true` through the whole chain. Kills leftovers of a previous worker
+    /// (processes of our uids, cgroups under ours).
+    pub fn new(config: SandboxConfig) -> Result<Self, PreflightError> {
+        preflight::build(config)
+    }
+
+    /// Runs the program to its end. Every line of the combined stdout + stderr is sent to
+    /// `log` (lines longer than `max_line_bytes` split; a closed receiver is ignored) and
+    /// written to `work_dir/log.txt`, both cut at `log_max_bytes` with a final marker line.
+    /// Cancelling `stop` kills the program promptly ([`Termination::Killed`]).
+    ///
+    /// When this returns — or when its future is dropped — no process of the run is left and
+    /// its cgroup is gone.
+    pub async fn run(
+        &self,
+        request: SandboxRequest,
+        log: mpsc::Sender<String>,
+        stop: CancellationToken,
+    ) -> Result<SandboxOutcome, SandboxError> {
+        validate(&request)?;
+        let lease = match &self.uids {
+            Some(pool) => Some(pool.acquire().ok_or(SandboxError::NoFreeUid(pool.count()))?),
+            None => None,
+        };
+        let identity = match &lease {
+            Some(lease) => Identity::Drop { uid: lease.uid(), gid: lease.uid() },
+            None => Identity::Keep { uid: self.worker_uid, gid: self.worker_gid },
+        };
+        if lease.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            // bwrap mounts them as the run's uid: they must be open to others.
+            for (name, path) in &request.datasets {
+                let mode = std::fs::metadata(path).map(|m| m.permissions().mode()).unwrap_or(0);
+                if mode & 0o005 != 0o005 {
+                    return Err(SandboxError::InvalidRequest(format!(
+                        "dataset {name:?}: {} is not readable by others (mode {mode:o})",
+                        path.display()
+                    )));
+                }
+            }
+        }
+
+        let layout = RunLayout::new(&request.work_dir);
+        {
+            let layout = layout.clone();
+            let (uid, gid) = identity.ids();
+            let run_id = request.run_id;
+            tokio::task::spawn_blocking(move || layout.prepare(uid, gid, run_id))
+                .await
+                .map_err(|e| SandboxError::Io {
+                    context: "preparing the work dir".into(),
+                    source: std::io::Error::other(e),
+                })??;
+        }
+
+        let cgroup = self
+            .cgroups
+            .create(&request.run_id.to_string(), &request.limits)
+            .map_err(SandboxError::io(format!(
+                "creating the cgroup of run {}",
+                request.run_id
+            )))?;
+        // From here on the guard kills what is left, removes the cgroup and only then frees
+        // the uid, on every path — including this future being dropped.
+        let mut guard = RunGuard { cgroup: Some(cgroup), child_pid: None, lease };
+        let result = self.run_in(&request, &layout, identity, &mut guard, log, stop).await;
+        drop(guard);
+        if result.is_err() {
+            // `run_in` gives the folder back to the worker on success; here it did not get
+            // that far.
+            let (layout, uid, gid) = (layout.clone(), self.worker_uid, self.worker_gid);
+            let _ = tokio::task::spawn_blocking(move || layout.restore(uid, gid)).await;
+        }
+        let mut outcome = result?;
+        outcome.uid = identity.ids().0;
+        Ok(outcome)
+    }
+
+    async fn run_in(
+        &self,
+        request: &SandboxRequest,
+        layout: &RunLayout,
+        identity: Identity,
+        guard: &mut RunGuard,
+        log: mpsc::Sender<String>,
+        stop: CancellationToken,
+    ) -> Result<SandboxOutcome, SandboxError> {
+        let limits = request.limits;
+        let cgroup_procs = guard
+            .cgroup
+            .as_ref()
+            .expect("the guard holds the cgroup until the end")
+            .procs_files();
+
+        let launch = Launch {
+            tools: &self.tools,
+            system: &self.system,
+            config: &self.config,
+            identity,
+            cgroup_procs,
+            limits,
+            run_id: request.run_id,
+            code_dir: layout.code(),
+            output_dir: layout.output(),
+            etc_dir: layout.etc(),
+            datasets: &request.datasets,
+            command: &request.command,
+        };
+        let (reader, writer) = std::io::pipe().map_err(SandboxError::io("creating the log pipe"))?;
+        let writer_err = writer.try_clone().map_err(SandboxError::io("creating the log pipe"))?;
+        let mut cmd = launch.command();
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::from(writer))
+            .stderr(std::process::Stdio::from(writer_err));
+
+        // The log file is ours (root), opened without following a planted link.
+        let log_file = log::open_log_file(&layout.log()).await?;
+        let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
+            .map_err(SandboxError::io("reading the log pipe"))?;
+
+        let started = Instant::now();
+        let mut child = cmd.spawn().map_err(SandboxError::Spawn)?;
+        // The pipe's write ends now live only in the child: EOF comes when its last process
+        // dies.
+        drop(cmd);
+        guard.child_pid = child.id();
+
+        let (trip_tx, mut trips) = mpsc::channel::<Trip>(4);
+        let pump = tokio::spawn(log::pump(
+            reader,
+            log,
+            log_file,
+            log::Cap { max_bytes: request.log_max_bytes, max_line: self.config.max_line_bytes },
+            trip_tx.clone(),
+        ));
+        let watcher = tokio::spawn(disk::watch(
+            vec![layout.code(), layout.output()],
+            u64::from(limits.disk_mib) * 1024 * 1024,
+            self.config.max_files,
+            self.config.disk_poll_interval,
+            trip_tx,
+        ));
+        let _abort_watcher = AbortOnDrop(watcher);
+
+        let deadline = tokio::time::sleep(Duration::from_secs(u64::from(limits.wall_seconds)));
+        tokio::pin!(deadline);
+        let mut tripped: Option<Trip> = None;
+        let mut tripped_at: Option<Instant> = None;
+        let status = loop {
+            tokio::select! {
+                biased;
+                status = child.wait() => break status,
+                _ = &mut deadline, if tripped.is_none() => tripped = Some(Trip::Deadline),
+                _ = stop.cancelled(), if tripped.is_none() => tripped = Some(Trip::Stop),
+                Some(trip) = trips.recv(), if tripped.is_none() => tripped = Some(trip),
+                // Killed but not gone yet: keep sweeping.
+                _ = tokio::time::sleep(Duration::from_millis(200)), if tripped.is_some() => {}
+            }
+            // Something tripped: kill the whole run (again every 200 ms until it is gone).
+            guard.kill_all(tripped_at.get_or_insert_with(Instant::now).elapsed());
+        };
+        let duration = started.elapsed();
+        guard.child_pid = None;
+        let status = status.map_err(SandboxError::io("waiting for the sandbox"))?;
+
+        // Whatever the program left (it should be nothing: the pid namespace died with its
+        // first process) goes now; the cgroup's OOM counter is read before it is removed.
+        // Then the folder goes back to the worker: no file of the run's uid is left when the
+        // uid goes to the next run.
+        let cgroup = guard.cgroup.take().expect("the guard holds the cgroup until the end");
+        let (restore_layout, uid, gid) = (layout.clone(), self.worker_uid, self.worker_gid);
+        let (oom_kills, joined, restored) = tokio::task::spawn_blocking(move || {
+            let seen = (cgroup.oom_kills(), cgroup.ever_used());
+            cgroup.destroy();
+            (seen.0, seen.1, restore_layout.restore(uid, gid))
+        })
+        .await
+        .map_err(|e| SandboxError::Io {
+            context: "removing the run's cgroup".into(),
+            source: std::io::Error::other(e),
+        })?;
+        restored.map_err(SandboxError::io("giving the work dir back to the worker"))?;
+        if status.code() == Some(command::JOIN_FAILED) && !joined {
+            return Err(SandboxError::Launch(format!(
+                "the first process could not join the cgroup of run {}",
+                request.run_id
+            )));
+        }
+
+        // All writers are dead, so the pump reaches EOF at once; a bound guards against a
+        // write end that leaked anyway.
+        let mut pump = pump;
+        let log_summary = match tokio::time::timeout(Duration::from_secs(5), &mut pump).await {
+            Ok(Ok(summary)) => summary?,
+            Ok(Err(join)) => {
+                return Err(SandboxError::Io {
+                    context: "log pump".into(),
+                    source: std::io::Error::other(join),
+                });
+            }
+            Err(_) => {
+                pump.abort();
+                tracing::warn!(run_id = %request.run_id, "log pipe still open after the run ended");
+                log::Summary { bytes: 0, truncated: false }
+            }
+        };
+        // A tripped cap may still be in the channel if the program ended on its own at the
+        // same moment; the log says it was cut, so the reason says so too.
+        if tripped.is_none() && log_summary.truncated {
+            tripped = Some(Trip::OutputLimit);
+        }
+
+        let termination = match tripped {
+            Some(Trip::Deadline) => Termination::DeadlineExceeded,
+            Some(Trip::Stop) => Termination::Killed,
+            Some(Trip::OutputLimit) => Termination::OutputLimitExceeded,
+            Some(Trip::Disk) => Termination::DiskLimitExceeded,
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                let exited = match (status.code(), status.signal()) {
+                    (Some(code), _) => Termination::Exited(code),
+                    (None, Some(signal)) => Termination::Signaled(signal),
+                    (None, None) => Termination::Exited(-1),
+                };
+                if oom_kills > 0 && exited != Termination::Exited(0) {
+                    Termination::OomKilled
+                } else {
+                    exited
+                }
+            }
+        };
+        Ok(SandboxOutcome {
+            termination,
+            log_bytes: log_summary.bytes,
+            log_truncated: log_summary.truncated,
+            duration,
+            uid: 0,
+        })
+    }
+
+    /// The regular files the program left under `work_dir/output`, by relative path. Never
+    /// follows a symlink, skips files with more than one hard link and anything that is not a
+    /// regular file or a folder; stops at `max_files` files / `max_bytes` bytes in total (the
+    /// rest is listed as skipped). Call it after [`Sandbox::run`] returned.
+    pub fn collect_outputs(
+        &self,
+        work_dir: &Path,
+        max_files: usize,
+        max_bytes: u64,
+    ) -> Result<CollectedOutputs, OutputError> {
+        outputs::collect(&RunLayout::new(work_dir).output(), max_files, max_bytes)
+    }
+
+    /// Whether the cgroup is v1 or v2 (for logs and health pages).
+    pub fn cgroup_description(&self) -> String {
+        self.cgroups.describe()
+    }
+}
+
+fn validate(request: &SandboxRequest) -> Result<(), SandboxError> {
+    let invalid = |m: String| Err(SandboxError::InvalidRequest(m));
+    let l = &request.limits;
+    if l.cpu_millis == 0 || l.memory_mib == 0 || l.disk_mib == 0 || l.pids == 0 || l.wall_seconds == 0
+    {
+        return invalid(format!("every limit must be positive: {l:?}"));
+    }
+    if !request.work_dir.is_absolute() {
+        return invalid(format!("work_dir must be absolute: {}", request.work_dir.display()));
+    }
+    if request.command.contains('\0') {
+        return invalid("the command contains a NUL byte".into());
+    }
+    for (name, path) in &request.datasets {
+        let simple = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !simple {
+            return invalid(format!("dataset name {name:?} is not a simple name"));
+        }
+        if !path.is_absolute() || !path.is_dir() {
+            return invalid(format!("dataset {name:?}: {} is not a folder", path.display()));
+        }
+    }
+    Ok(())
+}
+
+/// The run's folders on the host.
+#[derive(Debug, Clone)]
+struct RunLayout {
+    root: PathBuf,
+}
+
+impl RunLayout {
+    fn new(work_dir: &Path) -> Self {
+        RunLayout { root: work_dir.to_path_buf() }
+    }
+    fn code(&self) -> PathBuf {
+        self.root.join("code")
+    }
+    fn output(&self) -> PathBuf {
+        self.root.join("output")
+    }
+    fn log(&self) -> PathBuf {
+        self.root.join(LOG_FILE)
+    }
+    /// Generated `passwd`, `group`, `hosts` (owned by the worker, read-only to the run).
+    fn etc(&self) -> PathBuf {
+        self.root.join(".sandbox-etc")
+    }
+
+    /// Creates the folders and hands `code/` and `output/` to the run's uid.
+    fn prepare(&self, uid: u32, gid: u32, run_id: Uuid) -> Result<(), SandboxError> {
+        use std::os::unix::fs::{PermissionsExt, lchown};
+        let io = |what: &str, p: &Path| SandboxError::io(format!("{what} {}", p.display()));
+        for dir in [&self.root, &self.code(), &self.output(), &self.etc()] {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+            let meta = std::fs::symlink_metadata(dir).map_err(io("inspecting", dir))?;
+            if !meta.is_dir() {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "{} is not a folder",
+                    dir.display()
+                )));
+            }
+        }
+        let etc = self.etc();
+        std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755))
+            .map_err(io("chmod", &etc))?;
+        let files = [
+            (
+                "passwd",
+                format!(
+                    "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n\
+                     runner:x:{uid}:{gid}:coderun run {run_id}:/tmp:/bin/sh\n\
+                     nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+                ),
+            ),
+            ("group", format!("root:x:0:\nrunner:x:{gid}:\nnogroup:x:65534:\n")),
+            ("hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".into()),
+        ];
+        for (name, content) in files {
+            let path = etc.join(name);
+            let _ = std::fs::remove_file(&path);
+            std::fs::write(&path, content).map_err(io("writing", &path))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                .map_err(io("chmod", &path))?;
+        }
+        let _ = std::fs::remove_file(self.log());
+        for dir in [self.code(), self.output()] {
+            chown_tree(&dir, uid, gid).map_err(io("chown", &dir))?;
+        }
+        lchown(&self.root, Some(uid), Some(gid)).map_err(io("chown", &self.root))?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("chmod", &self.root))?;
+        Ok(())
+    }
+
+    /// After the run: everything back to the worker, so no file of the run's uid remains.
+    fn restore(&self, uid: u32, gid: u32) -> std::io::Result<()> {
+        chown_tree(&self.root, uid, gid)?;
+        let _ = std::fs::remove_dir_all(self.etc());
+        Ok(())
+    }
+}
+
+/// `lchown` of a tree, never following a symlink.
+fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::lchown;
+    lchown(root, Some(uid), Some(gid))?;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&dir)?;
+        if !meta.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            lchown(&path, Some(uid), Some(gid))?;
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Kills and removes what a run started, however `run` is left.
+struct RunGuard {
+    cgroup: Option<RunCgroup>,
+    child_pid: Option<u32>,
+    /// Freed by `drop` below once everything is dead.
+    lease: Option<uids::UidLease>,
+}
+
+impl RunGuard {
+    /// SIGKILLs every process in the run's cgroup but our own child, the outer bwrap: the
+    /// program's PID 1 is among them, its death takes the whole pid namespace down, and the
+    /// outer bwrap reaps it and exits by itself — so no process of the run is ever orphaned to
+    /// the host's init. Only if the outer bwrap is still there after a while is it killed too.
+    fn kill_all(&self, since_first_try: Duration) {
+        let child = self.child_pid.and_then(|p| i32::try_from(p).ok());
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill_once(child);
+        }
+        if let Some(pid) = child
+            && since_first_try >= Duration::from_secs(2)
+        {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        // Only reached with something left when `run` was dropped mid-way (or failed).
+        if let Some(pid) = self.child_pid.take().and_then(|p| i32::try_from(p).ok()) {
+            use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+            // As in `kill_all`: the namespace first, then reap the outer bwrap ourselves (the
+            // dropped tokio `Child` no longer waits for it); whoever reaps first wins, the
+            // other sees ECHILD.
+            let start = std::time::Instant::now();
+            loop {
+                if let Some(cgroup) = &self.cgroup {
+                    cgroup.kill_once(Some(pid));
+                }
+                if start.elapsed() >= Duration::from_secs(2) {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) if start.elapsed() < Duration::from_secs(5) => {
+                        std::thread::sleep(Duration::from_millis(2))
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.destroy();
+        }
+        if let Some(lease) = self.lease.take() {
+            // Every process of the run was in its cgroup, which is empty now; making sure
+            // that no process of the uid exists costs a scan of /proc, done off the run's
+            // path before the uid can go to another run.
+            let verify = move || {
+                procs::kill_uid(lease.uid());
+                drop(lease);
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(verify)),
+                Err(_) => verify(),
+            }
+        }
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,284 @@
+//! Start-up checks: can this host confine untrusted code? Builds the [`Sandbox`] only if so.
+//!
+//! The rule it keeps: the worker fails loudly with an actionable message (what is missing,
+//! where we looked, what to install or enable) instead of ever running code unconfined. The
+//! last check is a real trial run of `true` through the whole chain — cgroup, uid, rlimits,
+//! bubblewrap — so whatever the individual checks miss still stops the worker here.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::unistd::{getegid, geteuid};
+use uuid::Uuid;
+
+use super::cgroup::Cgroups;
+use super::command::{Identity, Launch, SystemMounts, Tools};
+use super::uids::UidPool;
+use super::{Limits, RunLayout, Sandbox, SandboxConfig, procs};
+
+/// Why this host cannot run the sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    #[error("{tool} not found (looked at {looked}): {hint}")]
+    MissingTool { tool: &'static str, looked: String, hint: &'static str },
+    #[error(
+        "user namespaces are not available to unprivileged users ({detail}); bubblewrap needs \
+         them: {hint}"
+    )]
+    UserNamespaces { detail: String, hint: &'static str },
+    #[error(
+        "no memory cgroup writable at {path}: {reason}. The sandbox needs a cgroup (v1 memory \
+         hierarchy or v2 with the memory controller delegated) in which the worker may create \
+         child cgroups; run the worker as root or in a delegated cgroup"
+    )]
+    NoMemoryCgroup { path: String, reason: String },
+    #[error("the sandbox does not start on this host: {detail}\n  command: {command}")]
+    TrialRun { command: String, detail: String },
+    #[error("invalid sandbox configuration: {0}")]
+    Config(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn find_tool(
+    tool: &'static str,
+    configured: Option<&Path>,
+    hint: &'static str,
+) -> Result<PathBuf, PreflightError> {
+    let candidates: Vec<PathBuf> = match configured {
+        Some(path) => vec![path.to_path_buf()],
+        None => ["/usr/bin", "/bin", "/usr/sbin", "/sbin", "/usr/local/bin"]
+            .iter()
+            .map(|dir| Path::new(dir).join(tool))
+            .collect(),
+    };
+    candidates
+        .iter()
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .cloned()
+        .ok_or_else(|| PreflightError::MissingTool {
+            tool,
+            looked: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            hint,
+        })
+}
+
+fn read_sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+}
+
+fn check_user_namespaces() -> Result<(), PreflightError> {
+    if read_sysctl("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
+        return Err(PreflightError::UserNamespaces {
+            detail: "user.max_user_namespaces = 0".into(),
+            hint: "sysctl -w user.max_user_namespaces=15000",
+        });
+    }
+    if read_sysctl("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
+        return Err(PreflightError::UserNamespaces {
+            detail: "kernel.unprivileged_userns_clone = 0".into(),
+            hint: "sysctl -w kernel.unprivileged_userns_clone=1",
+        });
+    }
+    if read_sysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref() == Some("1")
+    {
+        return Err(PreflightError::UserNamespaces {
+            detail: "kernel.apparmor_restrict_unprivileged_userns = 1".into(),
+            hint: "allow bwrap an AppArmor profile with `userns` (or sysctl -w \
+                   kernel.apparmor_restrict_unprivileged_userns=0)",
+        });
+    }
+    Ok(())
+}
+
+/// The uid range must belong to nobody else on this host.
+fn check_uid_range(config: &SandboxConfig) -> Result<(), PreflightError> {
+    if config.uid_count == 0 {
+        return Err(PreflightError::Config("uid_count must be at least 1".into()));
+    }
+    let end = config.uid_base.checked_add(config.uid_count).filter(|&e| e < 0xFFFF_0000);
+    if config.uid_base < 1000 || end.is_none() {
+        return Err(PreflightError::Config(format!(
+            "uid_base {} + uid_count {} is not a range of unprivileged uids",
+            config.uid_base, config.uid_count
+        )));
+    }
+    let end = end.unwrap_or(u32::MAX);
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    for line in passwd.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if let Some(uid) = fields.get(2).and_then(|u| u.parse::<u32>().ok())
+            && (config.uid_base..end).contains(&uid)
+        {
+            return Err(PreflightError::Config(format!(
+                "sandbox uids {}..{end} include the host user {:?} (uid {uid}); choose another uid_base",
+                config.uid_base, fields[0]
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn build(config: SandboxConfig) -> Result<Sandbox, PreflightError> {
+    let root = geteuid().is_root();
+    let tools = Tools {
+        sh: find_tool("sh", None, "a POSIX shell is required at /bin/sh")?,
+        bwrap: find_tool(
+            "bwrap",
+            config.bwrap.as_deref(),
+            "install bubblewrap: apt-get install bubblewrap",
+        )?,
+        prlimit: find_tool("prlimit", None, "install util-linux: apt-get install util-linux")?,
+        setpriv: find_tool("setpriv", None, "install util-linux: apt-get install util-linux")?,
+    };
+    check_user_namespaces()?;
+    if root {
+        check_uid_range(&config)?;
+    }
+    if config.cgroup_name.is_empty() || config.cgroup_name.contains('/') || config.cgroup_name.starts_with('.') {
+        return Err(PreflightError::Config(format!(
+            "cgroup_name {:?} must be a plain folder name",
+            config.cgroup_name
+        )));
+    }
+    let cgroups = Cgroups::discover(&config.cgroup_name)
+        .map_err(|u| PreflightError::NoMemoryCgroup { path: u.path, reason: u.reason })?;
+    if !cgroups.has_pids() && !root {
+        tracing::warn!("no pids cgroup and not root: the number of processes of a run is not limited");
+    }
+
+    let uids = root.then(|| UidPool::new(config.uid_base, config.uid_count));
+    if let Some(pool) = &uids {
+        for uid in pool.uids() {
+            procs::kill_uid(uid);
+        }
+    }
+    cgroups.remove_stale();
+
+    let sandbox = Sandbox {
+        system: Arc::new(SystemMounts::resolve(&config)),
+        tools,
+        cgroups,
+        uids,
+        worker_uid: geteuid().as_raw(),
+        worker_gid: getegid().as_raw(),
+        config,
+    };
+    trial_run(&sandbox)?;
+    tracing::info!(cgroups = %sandbox.cgroups.describe(), root, "sandbox ready");
+    Ok(sandbox)
+}
+
+/// `true` through the whole chain, exactly as a run starts it.
+fn trial_run(sandbox: &Sandbox) -> Result<(), PreflightError> {
+    let io = |context: &str| {
+        let context = context.to_string();
+        move |source| PreflightError::Io { context, source }
+    };
+    let lease = sandbox.uids.as_ref().and_then(|pool| pool.acquire());
+    let identity = match &lease {
+        Some(lease) => Identity::Drop { uid: lease.uid(), gid: lease.uid() },
+        None => Identity::Keep { uid: sandbox.worker_uid, gid: sandbox.worker_gid },
+    };
+    let run_id = Uuid::new_v4();
+    let dir = std::env::temp_dir().join(format!("coderun-preflight-{run_id}"));
+    let layout = RunLayout::new(&dir);
+    let (uid, gid) = identity.ids();
+    layout.prepare(uid, gid, run_id).map_err(|e| PreflightError::TrialRun {
+        command: "preparing a work dir".into(),
+        detail: e.to_string(),
+    })?;
+    let limits = Limits { cpu_millis: 1000, memory_mib: 64, disk_mib: 1, pids: 16, wall_seconds: 10 };
+    let result = (|| {
+        let cgroup = sandbox.cgroups.create(&format!("preflight-run-{run_id}"), &limits).map_err(
+            |e| PreflightError::NoMemoryCgroup {
+                path: sandbox.cgroups.describe(),
+                reason: e.to_string(),
+            },
+        )?;
+        let launch = Launch {
+            tools: &sandbox.tools,
+            system: &sandbox.system,
+            config: &sandbox.config,
+            identity,
+            cgroup_procs: cgroup.procs_files(),
+            limits,
+            run_id,
+            code_dir: layout.code(),
+            output_dir: layout.output(),
+            etc_dir: layout.etc(),
+            datasets: &[],
+            command: "true",
+        };
+        let argv = launch.argv();
+        let shown = argv
+            .iter()
+            .map(|a| a.to_string_lossy().replace('\n', " "))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let started = Instant::now();
+        let mut child = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io("starting the trial run"))?;
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(io("waiting for the trial run"))? {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                let _ = child.wait();
+                cgroup.destroy();
+                return Err(PreflightError::TrialRun {
+                    command: shown,
+                    detail: "did not finish within 10 s".into(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let elapsed = started.elapsed();
+        let mut output = String::new();
+        if let Some(mut out) = child.stdout.take() {
+            let _ = out.read_to_string(&mut output);
+        }
+        if let Some(mut err) = child.stderr.take() {
+            let _ = err.read_to_string(&mut output);
+        }
+        cgroup.destroy();
+        if !status.success() {
+            let output = output.trim();
+            let hint = if output.contains("--disable-userns") {
+                " (bubblewrap 0.8 or newer is needed)"
+            } else if output.contains("uid map") || output.contains("namespace") {
+                " (user namespaces are not usable: check user.max_user_namespaces, \
+                  kernel.unprivileged_userns_clone and AppArmor/SELinux policies)"
+            } else {
+                ""
+            };
+            return Err(PreflightError::TrialRun {
+                command: shown,
+                detail: format!("{status}: {output}{hint}"),
+            });
+        }
+        tracing::debug!(?elapsed, "sandbox trial run");
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(lease);
+    result
+}

@@ -1,0 +1,623 @@
+//! The sandbox against real programs: each test runs code through bubblewrap, a real cgroup
+//! and a real uid, and proves one containment promise of design invariant 7.
+//!
+//! The rule they keep: they need root, bubblewrap and a writable memory cgroup. Not root:
+//! each test prints why and returns. Root but the preflight fails: every test fails with the
+//! preflight's message — a host that cannot confine code never passes silently. After every
+//! run, `assert_clean` proves nothing of the run is left: no process with its uid (zombies
+//! included) and no cgroup folder.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::*;
+
+static SANDBOX: OnceLock<Result<Sandbox, String>> = OnceLock::new();
+
+/// Set in the environment of the child test process `worker_environment_is_not_visible`
+/// starts.
+const FAKE_SECRET_VAR: &str = "CODERUN_FAKE_SECRET";
+const FAKE_SECRET: &str = "hunter2-do-not-leak-4f1c";
+
+fn test_config() -> SandboxConfig {
+    // A uid range and cgroup folder of the tests' own, so they never touch a worker's (the
+    // child process of the environment test gets yet another, since preflight clears its
+    // range).
+    let child = std::env::var_os(FAKE_SECRET_VAR).is_some();
+    SandboxConfig {
+        uid_base: if child { 310_000 } else { 300_000 },
+        uid_count: 16,
+        cgroup_name: if child { "coderun-test-child".into() } else { "coderun-test".into() },
+        ..SandboxConfig::default()
+    }
+}
+
+fn sandbox() -> Option<&'static Sandbox> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: sandbox tests need root (bubblewrap, cgroups, per-run uids)");
+        return None;
+    }
+    match SANDBOX.get_or_init(|| Sandbox::new(test_config()).map_err(|e| e.to_string())) {
+        Ok(sandbox) => Some(sandbox),
+        Err(e) => panic!("sandbox preflight failed on this host: {e}"),
+    }
+}
+
+fn limits() -> Limits {
+    Limits { cpu_millis: 1000, memory_mib: 128, disk_mib: 16, pids: 32, wall_seconds: 10 }
+}
+
+fn tests_root() -> PathBuf {
+    std::env::temp_dir().join("coderun-sandbox-tests")
+}
+
+/// A run's work dir with `code/` filled by `files`.
+fn work_dir(files: &[(&str, &str)]) -> PathBuf {
+    let dir = tests_root().join(Uuid::new_v4().to_string());
+    std::fs::create_dir_all(dir.join("code")).unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.join("code").join(name), content).unwrap();
+    }
+    dir
+}
+
+fn request(dir: &Path, command: &str, limits: Limits) -> SandboxRequest {
+    SandboxRequest {
+        run_id: Uuid::new_v4(),
+        command: command.into(),
+        work_dir: dir.to_path_buf(),
+        datasets: Vec::new(),
+        limits,
+        log_max_bytes: 1024 * 1024,
+    }
+}
+
+struct Done {
+    outcome: SandboxOutcome,
+    lines: Vec<String>,
+    dir: PathBuf,
+}
+
+impl Done {
+    fn has(&self, line: &str) -> bool {
+        self.lines.iter().any(|l| l == line)
+    }
+    fn log_file(&self) -> String {
+        std::fs::read_to_string(self.dir.join(LOG_FILE)).unwrap()
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `req` to its end, collecting its lines, and proves nothing of it is left.
+async fn run(sandbox: &Sandbox, req: SandboxRequest) -> Done {
+    let (tx, mut rx) = mpsc::channel(64);
+    let collector = tokio::spawn(async move {
+        let mut lines = Vec::new();
+        while let Some(line) = rx.recv().await {
+            lines.push(line);
+        }
+        lines
+    });
+    let (run_id, dir) = (req.run_id, req.work_dir.clone());
+    let outcome = sandbox.run(req, tx, CancellationToken::new()).await.expect("run");
+    let lines = collector.await.unwrap();
+    assert_clean(sandbox, outcome.uid, run_id);
+    Done { outcome, lines, dir }
+}
+
+/// No process of the run's uid (zombies included) and no cgroup folder of the run.
+fn assert_clean(sandbox: &Sandbox, uid: u32, run_id: Uuid) {
+    assert_ne!(uid, 0);
+    let left: Vec<String> = procs::pids_with_uid(uid)
+        .into_iter()
+        .map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let pick = |k: &str| status.lines().find(|l| l.starts_with(k)).unwrap_or("").to_string();
+            format!("{pid} {} {} {}", pick("Name:"), pick("State:"), pick("PPid:"))
+        })
+        .collect();
+    assert!(left.is_empty(), "processes of uid {uid} left after the run: {left:?}");
+    for dir in sandbox.cgroups.run_dirs(&run_id.to_string()) {
+        assert!(!dir.exists(), "cgroup {} left after the run", dir.display());
+    }
+}
+
+#[tokio::test]
+async fn hello_world_exits_0_with_its_lines() {
+    let Some(sb) = sandbox() else { return };
+    let dir = work_dir(&[("main.sh", "echo hello\necho world\n")]);
+    let done = run(sb, request(&dir, "sh main.sh", limits())).await;
+    assert_eq!(done.outcome.termination, Termination::Exited(0));
+    assert_eq!(done.lines, ["hello", "world"]);
+    assert_eq!(done.log_file(), "hello\nworld\n");
+    assert_eq!(done.outcome.log_bytes, 12);
+    assert!(!done.outcome.log_truncated);
+}
+
+#[tokio::test]
+async fn exit_code_is_reported() {
+    let Some(sb) = sandbox() else { return };
+    let done = run(sb, request(&work_dir(&[]), "exit 3", limits())).await;
+    assert_eq!(done.outcome.termination, Termination::Exited(3));
+}
+
+#[tokio::test]
+async fn stderr_is_interleaved_into_the_same_log() {
+    let Some(sb) = sandbox() else { return };
+    let cmd = "echo one; echo two >&2; echo three; echo four >&2; printf 'no newline' >&2";
+    let done = run(sb, request(&work_dir(&[]), cmd, limits())).await;
+    assert_eq!(done.lines, ["one", "two", "three", "four", "no newline"]);
+    assert_eq!(done.log_file(), "one\ntwo\nthree\nfour\nno newline\n");
+}
+
+#[tokio::test]
+async fn the_run_environment_is_exactly_the_documented_one() {
+    let Some(sb) = sandbox() else { return };
+    let req = request(&work_dir(&[]), "pwd; env | sort", limits());
+    let run_id = req.run_id;
+    let done = run(sb, req).await;
+    assert_eq!(done.outcome.termination, Termination::Exited(0));
+    assert_eq!(done.lines[0], "/code");
+    let env: Vec<&str> = done.lines[1..].iter().map(String::as_str).collect();
+    let expected = [
+        "CODE_PATH=/code".to_string(),
+        "DATA_DIR=/data".into(),
+        "HOME=/tmp".into(),
+        "LANG=C.UTF-8".into(),
+        "OUTPUT_DIR=/output".into(),
+        "PATH=/usr/local/bin:/usr/bin:/bin".into(),
+        "PWD=/code".into(),
+        format!("RUN_ID={run_id}"),
+    ];
+    assert_eq!(env, expected);
+}
+
+/// Starts this test binary again with a fake secret in its environment, running `env_probe`
+/// there: the probe's sandbox must not see it.
+#[tokio::test]
+async fn worker_environment_is_not_visible() {
+    let Some(_) = sandbox() else { return };
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "sandbox::tests::env_probe", "--ignored", "--nocapture"])
+        .env(FAKE_SECRET_VAR, FAKE_SECRET)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "env_probe failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("env_probe: secret not visible"), "{stdout}\n{stderr}");
+}
+
+#[tokio::test]
+#[ignore = "run by worker_environment_is_not_visible with a fake secret in the environment"]
+async fn env_probe() {
+    assert_eq!(std::env::var(FAKE_SECRET_VAR).as_deref(), Ok(FAKE_SECRET), "start me via the test");
+    let Some(sb) = sandbox() else { return };
+    // Our own environment, PID 1's (bwrap) and every readable one.
+    let cmd = "env; tr '\\0' '\\n' < /proc/1/environ; cat /proc/*/environ | tr '\\0' '\\n'";
+    let done = run(sb, request(&work_dir(&[]), cmd, limits())).await;
+    assert_eq!(done.outcome.termination, Termination::Exited(0));
+    assert!(done.has("CODE_PATH=/code"), "{:?}", done.lines);
+    let leaked: Vec<_> = done.lines.iter().filter(|l| l.contains(FAKE_SECRET)).collect();
+    assert!(leaked.is_empty(), "the sandbox sees the worker's secret: {leaked:?}");
+    // Nor anything else of the worker's environment (cargo sets plenty of variables).
+    // (The sandbox sets PATH, HOME, LANG and the shell PWD to values of its own.)
+    for (key, _) in std::env::vars() {
+        if !["PATH", "HOME", "LANG", "PWD"].contains(&key.as_str()) {
+            let prefix = format!("{key}=");
+            assert!(!done.lines.iter().any(|l| l.starts_with(&prefix)), "{key} leaked");
+        }
+    }
+    println!("env_probe: secret not visible");
+}
+
+#[tokio::test]
+async fn no_network_only_loopback() {
+    let Some(sb) = sandbox() else { return };
+    let script = r#"
+import socket
+for target in [("1.1.1.1", 53), ("8.8.8.8", 443)]:
+    try:
+        socket.create_connection(target, timeout=2)
+        print("CONNECTED", target)
+    except OSError as e:
+        print("NO-NET", e.errno)
+try:
+    socket.getaddrinfo("example.com", 80)
+    print("RESOLVED")
+except OSError:
+    print("NO-DNS")
+"#;
+    let dir = work_dir(&[("net.py", script)]);
+    let cmd = "python3 net.py; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '";
+    let done = run(sb, request(&dir, cmd, limits())).await;
+    assert_eq!(done.outcome.termination, Termination::Exited(0), "{:?}", done.lines);
+    assert!(!done.lines.iter().any(|l| l.starts_with("CONNECTED") || l == "RESOLVED"), "{:?}", done.lines);
+    assert_eq!(done.lines.iter().filter(|l| l.starts_with("NO-NET")).count(), 2, "{:?}", done.lines);
+    assert!(done.has("NO-DNS"));
+    // The only interface is the loopback.
+    assert_eq!(done.lines.last().map(String::as_str), Some("lo"), "{:?}", done.lines);
+    assert!(!done.lines.iter().any(|l| l == "eth0"));
+}
+
+#[tokio::test]
+async fn host_secrets_and_other_runs_are_not_visible() {
+    let Some(sb) = sandbox() else { return };
+    // Another run's folder on the same host, readable by everyone on the host.
+    let other = work_dir(&[("secret.txt", "TOPSECRET-OTHER-RUN\n")]);
+    let other_file = other.join("code/secret.txt");
+    let mut cmd = String::new();
+    for path in [
+        "/etc/shadow",
+        "/etc/gshadow",
+        "/etc/ssh",
+        "/root",
+        "/home",
+        "/work",
+        "/var",
+        "/srv",
+        "/opt",
+        "/sys",
+        "/run",
+        "/etc/ssl/private",
+        other_file.to_str().unwrap(),
+        tests_root().to_str().unwrap(),
+    ] {
+        cmd.push_str(&format!("test -e '{path}' && echo 'VISIBLE {path}'; "));
+    }
+    cmd.push_str(&format!("cat '{}' 2>&1; ", other_file.display()));
+    cmd.push_str("grep -rs TOPSECRET-OTHER-RUN / --exclude-dir=proc --exclude-dir=usr --exclude-dir=dev; ");
+    cmd.push_str("ls /; ls /etc");
+    let done = run(sb, request(&work_dir(&[]), &cmd, limits())).await;
+    let _ = std::fs::remove_dir_all(&other);
+    let visible: Vec<_> = done.lines.iter().filter(|l| l.starts_with("VISIBLE")).collect();
+    assert!(visible.is_empty(), "{visible:?}");
+    assert!(!done.lines.iter().any(|l| l.contains("TOPSECRET-OTHER-RUN")), "{:?}", done.lines);
+    // The root holds exactly the sandbox's own folders.
+    let root: Vec<&str> = done.lines.iter().map(String::as_str).skip_while(|l| *l != "bin").take_while(|l| *l != "alternatives").collect();
+    assert_eq!(
+        root,
+        ["bin", "code", "data", "dev", "etc", "lib", "lib64", "output", "proc", "sbin", "tmp", "usr"]
+    );
+    assert!(!done.has("shadow"), "{:?}", done.lines);
+}
+
+#[tokio::test]
+async fn runs_as_its_own_non_root_uid_and_cannot_write_the_system() {
+    let Some(sb) = sandbox() else { return };
+    let cmd = "id -u; id -g; id -G; \
+        for p in /usr/x /x /etc/x /bin/x /data/x /proc/sys/kernel/x; do touch $p 2>/dev/null && echo WROTE $p; done; \
+        touch /code/x && echo CODE-OK; touch /output/x && echo OUT-OK; touch /tmp/x && echo TMP-OK; \
+        grep -E '^(CapEff|CapPrm|NoNewPrivs)' /proc/self/status; \
+        unshare -U true 2>/dev/null && echo NESTED-USERNS";
+    let done = run(sb, request(&work_dir(&[]), cmd, limits())).await;
+    let uid = done.outcome.uid;
+    assert!(uid >= 300_000, "uid {uid}");
+    assert_eq!(done.lines[0], uid.to_string());
+    assert_eq!(done.lines[1], uid.to_string());
+    assert_eq!(done.lines[2], uid.to_string(), "supplementary groups must be cleared");
+    assert!(!done.lines.iter().any(|l| l.starts_with("WROTE") || l == "NESTED-USERNS"), "{:?}", done.lines);
+    assert!(done.has("CODE-OK") && done.has("OUT-OK") && done.has("TMP-OK"), "{:?}", done.lines);
+    assert!(done.has("CapEff:\t0000000000000000"), "{:?}", done.lines);
+    assert!(done.has("NoNewPrivs:\t1"), "{:?}", done.lines);
+}
+
+#[tokio::test]
+async fn concurrent_runs_get_distinct_uids() {
+    let Some(sb) = sandbox() else { return };
+    let (a, b) = tokio::join!(
+        run(sb, request(&work_dir(&[]), "id -u; sleep 0.5", limits())),
+        run(sb, request(&work_dir(&[]), "id -u; sleep 0.5", limits())),
+    );
+    assert_ne!(a.outcome.uid, b.outcome.uid);
+    assert_eq!(a.lines[0], a.outcome.uid.to_string());
+    assert_eq!(b.lines[0], b.outcome.uid.to_string());
+}
+
+#[tokio::test]
+async fn datasets_are_mounted_read_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(sb) = sandbox() else { return };
+    let ds = tests_root().join(format!("dataset-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&ds).unwrap();
+    std::fs::write(ds.join("rows.csv"), "a,b\n1,2\n").unwrap();
+    // Writable by everyone on the host: only the read-only mount stops the program.
+    std::fs::set_permissions(&ds, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(ds.join("rows.csv"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let mut req = request(
+        &work_dir(&[]),
+        "cat $DATA_DIR/iris/rows.csv; touch $DATA_DIR/iris/new 2>/dev/null && echo DS-WRITABLE; \
+         { echo x >> $DATA_DIR/iris/rows.csv; } 2>/dev/null && echo DS-APPENDED; \
+         touch /tmp/probe; mv /tmp/probe $DATA_DIR/iris/ 2>&1 | grep -o 'Read-only file system'; ls $DATA_DIR",
+        limits(),
+    );
+    req.datasets = vec![("iris".into(), ds.clone())];
+    let done = run(sb, req).await;
+    assert_eq!(done.lines, ["a,b", "1,2", "Read-only file system", "iris"]);
+    assert_eq!(std::fs::read_to_string(ds.join("rows.csv")).unwrap(), "a,b\n1,2\n");
+    let _ = std::fs::remove_dir_all(&ds);
+}
+
+#[tokio::test]
+async fn outputs_never_follow_symlinks_or_hard_links() {
+    let Some(sb) = sandbox() else { return };
+    let other = work_dir(&[("secret.txt", "TOPSECRET-OTHER-RUN\n")]);
+    let other_file = other.join("code/secret.txt");
+    let cmd = format!(
+        "cd $OUTPUT_DIR; echo ok > real.txt; mkdir sub; echo nested > sub/n.txt; \
+         ln -s /etc/passwd passwd; ln -s '{}' other; ln -s / rootlink; ln -s sub sublink; \
+         ln -s ../../.. up; echo x > a; ln a b; mkfifo fifo; ls -la",
+        other_file.display()
+    );
+    let done = run(sb, request(&work_dir(&[]), &cmd, limits())).await;
+    assert_eq!(done.outcome.termination, Termination::Exited(0), "{:?}", done.lines);
+    // What a compromised host-side writer could also have planted: a hard link to a file of
+    // another run (same file system) appears after the run.
+    std::fs::hard_link(&other_file, done.dir.join("output/planted")).unwrap();
+
+    let collected = sb.collect_outputs(&done.dir, 100, 1 << 20).unwrap();
+    let files: Vec<&str> = collected.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(files, ["real.txt", "sub/n.txt"]);
+    let skipped: Vec<(&str, SkipReason)> =
+        collected.skipped.iter().map(|s| (s.path.as_str(), s.reason)).collect();
+    assert_eq!(
+        skipped,
+        [
+            ("a", SkipReason::HardLink),
+            ("b", SkipReason::HardLink),
+            ("fifo", SkipReason::NotRegular),
+            ("other", SkipReason::Symlink),
+            ("passwd", SkipReason::Symlink),
+            ("planted", SkipReason::HardLink),
+            ("rootlink", SkipReason::Symlink),
+            ("sublink", SkipReason::Symlink),
+            ("up", SkipReason::Symlink),
+        ]
+    );
+    let mut content = String::new();
+    std::io::Read::read_to_string(&mut collected.files[0].open().unwrap(), &mut content).unwrap();
+    assert_eq!(content, "ok\n");
+    // After the run the folder is the worker's again.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::symlink_metadata(done.dir.join("output/real.txt")).unwrap().uid(), 0);
+
+    // Caps: one file, or too few bytes.
+    let one = sb.collect_outputs(&done.dir, 1, 1 << 20).unwrap();
+    assert_eq!(one.files.len(), 1);
+    assert!(one.truncated);
+    let small = sb.collect_outputs(&done.dir, 100, 3).unwrap();
+    assert_eq!(small.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["real.txt"]);
+    assert!(small.truncated);
+    let _ = std::fs::remove_dir_all(&other);
+}
+
+#[tokio::test]
+async fn fork_bomb_ends_within_the_wall_time() {
+    let Some(sb) = sandbox() else { return };
+    let lim = Limits { pids: 32, wall_seconds: 5, ..limits() };
+    let done = run(sb, request(&work_dir(&[]), "f() { f | f & f; }; f", lim)).await;
+    let t = done.outcome.termination;
+    assert!(
+        t == Termination::DeadlineExceeded || matches!(t, Termination::Exited(c) if c != 0),
+        "{t:?}"
+    );
+    assert!(done.outcome.duration < Duration::from_secs(7), "{:?}", done.outcome);
+}
+
+#[tokio::test]
+async fn processes_are_limited_to_pids() {
+    let Some(sb) = sandbox() else { return };
+    let lim = Limits { pids: 24, ..limits() };
+    let cmd = "i=0; while [ $i -lt 100 ]; do sleep 30 & i=$((i+1)); echo started $i; done";
+    let done = run(sb, request(&work_dir(&[]), cmd, lim)).await;
+    let started = done.lines.iter().filter(|l| l.starts_with("started")).count();
+    // bwrap (outside and as PID 1) and the shell count too.
+    assert!(started > 5 && started < 24, "started {started}: {:?}", done.lines);
+    assert!(done.lines.iter().any(|l| l.contains("Cannot fork")), "{:?}", done.lines);
+    assert_ne!(done.outcome.termination, Termination::Exited(0));
+    assert!(done.outcome.duration < Duration::from_secs(5), "the sleeps died with the run");
+}
+
+#[tokio::test]
+async fn memory_bomb_is_oom_killed() {
+    let Some(sb) = sandbox() else { return };
+    let lim = Limits { memory_mib: 64, ..limits() };
+    let done = run(sb, request(&work_dir(&[]), "head -c 1G /dev/zero | tail", lim)).await;
+    assert_eq!(done.outcome.termination, Termination::OomKilled, "{:?}", done.lines);
+}
+
+#[tokio::test]
+async fn python_memory_bomb_is_oom_killed() {
+    let Some(sb) = sandbox() else { return };
+    let lim = Limits { memory_mib: 64, ..limits() };
+    let cmd = "python3 -c \"x = 'a' * (512 * 1024 * 1024); print(len(x))\"";
+    let done = run(sb, request(&work_dir(&[]), cmd, lim)).await;
+    assert_eq!(done.outcome.termination, Termination::OomKilled, "{:?}", done.lines);
+}
+
+#[tokio::test]
+async fn one_big_file_is_cut_at_the_disk_limit() {
+    let Some(sb) = sandbox() else { return };
+    let lim = Limits { disk_mib: 8, ..limits() };
+    let cmd = "dd if=/dev/zero of=$OUTPUT_DIR/big bs=1M count=64";
+    let done = run(sb, request(&work_dir(&[]), cmd, lim)).await;
+    let t = done.outcome.termination;
+    assert!(
+        t == Termination::DiskLimitExceeded || matches!(t, Termination::Exited(c) if c != 0),
+        "{t:?}"
+    );
+    let size = std::fs::metadata(done.dir.join("output/big")).unwrap().len();
+    assert!(size <= 8 * 1024 * 1024, "{size}");
+}
+
+#[tokio::test]
+async fn tmp_is_a_sized_tmpfs() {
+    let Some(sb) = sandbox() else { return };
+    let lim = Limits { disk_mib: 8, ..limits() };
+    let cmd = "dd if=/dev/zero of=/tmp/big bs=1M count=64 2>/dev/null; echo dd=$?; \
+               echo $(($(stat -c %s /tmp/big) / 1048576))MiB";
+    let done = run(sb, request(&work_dir(&[]), cmd, lim)).await;
+    // ENOSPC (dd=1) or RLIMIT_FSIZE (SIGXFSZ, dd=153), whichever comes first: 8 MiB at most.
+    assert!(done.lines[0] == "dd=1" || done.lines[0] == "dd=153", "{:?}", done.lines);
+    assert_eq!(done.lines[1], "8MiB");
+}
+
+#[tokio::test]
+async fn many_files_trip_the_disk_budget() {
+    let Some(sb) = sandbox() else { return };
+    let lim = Limits { disk_mib: 8, wall_seconds: 20, ..limits() };
+    let cmd = "i=0; while :; do dd if=/dev/zero of=$OUTPUT_DIR/f$i bs=1M count=1 2>/dev/null; \
+               i=$((i+1)); sleep 0.02; done";
+    let done = run(sb, request(&work_dir(&[]), cmd, lim)).await;
+    assert_eq!(done.outcome.termination, Termination::DiskLimitExceeded);
+    assert!(done.outcome.duration < Duration::from_secs(5), "{:?}", done.outcome);
+    let usage = disk::measure(&[done.dir.join("output")], u64::MAX, u64::MAX);
+    assert!(usage.bytes < 24 * 1024 * 1024, "{usage:?}");
+}
+
+#[tokio::test]
+async fn infinite_loop_hits_the_deadline() {
+    let Some(sb) = sandbox() else { return };
+    let lim = Limits { wall_seconds: 2, ..limits() };
+    let done = run(sb, request(&work_dir(&[]), "while :; do :; done", lim)).await;
+    assert_eq!(done.outcome.termination, Termination::DeadlineExceeded);
+    let d = done.outcome.duration;
+    assert!(d >= Duration::from_secs(2) && d < Duration::from_millis(3500), "{d:?}");
+}
+
+#[tokio::test]
+async fn sigterm_ignoring_program_still_hits_the_deadline() {
+    let Some(sb) = sandbox() else { return };
+    let lim = Limits { wall_seconds: 2, ..limits() };
+    let cmd = "trap '' TERM; sleep 100 & sleep 100 & sleep 100";
+    let done = run(sb, request(&work_dir(&[]), cmd, lim)).await;
+    assert_eq!(done.outcome.termination, Termination::DeadlineExceeded);
+    assert!(done.outcome.duration < Duration::from_millis(3500));
+}
+
+#[tokio::test]
+async fn stop_kills_a_sigterm_ignoring_program_promptly() {
+    let Some(sb) = sandbox() else { return };
+    let req = request(&work_dir(&[]), "trap '' TERM; sleep 100 & echo ready; sleep 100", limits());
+    let (run_id, dir) = (req.run_id, req.work_dir.clone());
+    let (tx, mut rx) = mpsc::channel(16);
+    let stop = CancellationToken::new();
+    let running = tokio::spawn({
+        let stop = stop.clone();
+        async move { sb.run(req, tx, stop).await }
+    });
+    assert_eq!(rx.recv().await.as_deref(), Some("ready"));
+    let stopped_at = Instant::now();
+    stop.cancel();
+    let outcome = running.await.unwrap().unwrap();
+    assert!(stopped_at.elapsed() < Duration::from_secs(1), "{:?}", stopped_at.elapsed());
+    assert_eq!(outcome.termination, Termination::Killed);
+    assert_clean(sb, outcome.uid, run_id);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn dropping_the_run_kills_everything() {
+    let Some(sb) = sandbox() else { return };
+    let req = request(&work_dir(&[]), "sleep 100 & id -u; sleep 100", limits());
+    let (run_id, dir) = (req.run_id, req.work_dir.clone());
+    let (tx, mut rx) = mpsc::channel(16);
+    let uid_line = {
+        let running = sb.run(req, tx, CancellationToken::new());
+        tokio::pin!(running);
+        tokio::select! {
+            line = rx.recv() => line.unwrap(),
+            _ = &mut running => panic!("the run ended by itself"),
+        }
+        // `running` is dropped here, mid-run.
+    };
+    assert_clean(sb, uid_line.parse().unwrap(), run_id);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn log_flood_is_cut_at_the_cap() {
+    let Some(sb) = sandbox() else { return };
+    let mut req = request(&work_dir(&[]), "yes", limits());
+    req.log_max_bytes = 64 * 1024;
+    let done = run(sb, req).await;
+    assert_eq!(done.outcome.termination, Termination::OutputLimitExceeded);
+    assert!(done.outcome.log_truncated);
+    assert_eq!(done.outcome.log_bytes, 64 * 1024);
+    let marker = log::cut_marker(64 * 1024);
+    assert_eq!(done.lines.last(), Some(&marker));
+    assert_eq!(done.lines.len(), 32 * 1024 + 1);
+    let file = done.log_file();
+    assert_eq!(file.len(), 64 * 1024 + marker.len() + 1);
+    assert!(file.ends_with(&format!("y\n{marker}\n")));
+}
+
+#[tokio::test]
+async fn long_lines_are_split() {
+    let Some(sb) = sandbox() else { return };
+    let cmd = "head -c 200000 /dev/zero | tr '\\0' a; echo; echo end";
+    let done = run(sb, request(&work_dir(&[]), cmd, limits())).await;
+    let lens: Vec<usize> = done.lines.iter().map(String::len).collect();
+    assert_eq!(lens, [65536, 65536, 65536, 200000 - 3 * 65536, 3]);
+}
+
+#[tokio::test]
+async fn cpu_is_limited_to_its_share() {
+    let Some(sb) = sandbox() else { return };
+    if !sb.cgroup_description().contains("cpu /") && !sb.cgroup_description().contains(", cpu") {
+        eprintln!("SKIPPED: no cpu cgroup controller on this host");
+        return;
+    }
+    let script = "import time\nt = time.time(); c = time.process_time()\n\
+                  while time.time() - t < 2: pass\nprint(round(time.process_time() - c, 2))\n";
+    let dir = work_dir(&[("spin.py", script)]);
+    let lim = Limits { cpu_millis: 250, ..limits() };
+    let done = run(sb, request(&dir, "python3 spin.py", lim)).await;
+    let cpu: f64 = done.lines[0].parse().unwrap();
+    // A quarter of a core for two seconds: about half a second of cpu.
+    assert!(cpu < 0.9, "used {cpu} s of cpu in 2 s at 0.25 cpu");
+}
+
+#[tokio::test]
+async fn spawning_overhead_is_small() {
+    let Some(sb) = sandbox() else { return };
+    const N: usize = 20;
+    let mut bare = Vec::new();
+    for _ in 0..N {
+        let t = Instant::now();
+        let status = tokio::process::Command::new("/bin/sh").args(["-c", "true"]).status().await.unwrap();
+        assert!(status.success());
+        bare.push(t.elapsed());
+    }
+    let mut boxed = Vec::new();
+    let dir = work_dir(&[]);
+    for _ in 0..N {
+        let t = Instant::now();
+        let (tx, _rx) = mpsc::channel(4);
+        let out = sb.run(request(&dir, "true", limits()), tx, CancellationToken::new()).await.unwrap();
+        assert_eq!(out.termination, Termination::Exited(0));
+        boxed.push(t.elapsed());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    bare.sort();
+    boxed.sort();
+    let (bare_med, boxed_med) = (bare[N / 2], boxed[N / 2]);
+    println!(
+        "spawn overhead: bare `sh -c true` median {bare_med:?} (min {:?}); sandboxed median \
+         {boxed_med:?} (min {:?}); overhead median {:?}",
+        bare[0],
+        boxed[0],
+        boxed_med.saturating_sub(bare_med)
+    );
+    assert!(boxed_med < Duration::from_millis(500), "{boxed_med:?}");
+}
