@@ -90,7 +90,9 @@ fn is_safe(path: &str) -> bool {
         && !path.starts_with('/')
         && !path.contains('\\')
         && !path.chars().any(char::is_control)
-        && path.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
+        && path
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..")
 }
 
 /// Verifies that `bytes` hash to `expected_sha256`, then unpacks its regular files into `into`
@@ -223,7 +225,10 @@ mod tests {
         vec![
             ("main.py".into(), "print('hi')\n".into()),
             ("lib/util.py".into(), "X = 1\n".into()),
-            (format!("deep/{}/long.txt", "n".repeat(120)), "long\n".into()),
+            (
+                format!("deep/{}/long.txt", "n".repeat(120)),
+                "long\n".into(),
+            ),
             ("empty.txt".into(), String::new()),
         ]
     }
@@ -308,7 +313,10 @@ mod tests {
         let wrong = sha256_hex(b"something else");
         let err = extract(&bundle.bytes, &wrong, &out, 1 << 20).unwrap_err();
         assert!(matches!(err, Error::Checksum { .. }), "{err}");
-        assert!(!out.exists(), "nothing is written before the hash is checked");
+        assert!(
+            !out.exists(),
+            "nothing is written before the hash is checked"
+        );
         let mut tampered = bundle.bytes.clone();
         let last = tampered.len() - 1;
         tampered[last] ^= 1;
@@ -388,11 +396,8 @@ mod tests {
 
     #[test]
     fn more_than_the_budget_is_refused_and_duplicates_too() {
-        let bundle = create(&[
-            ("a".into(), "x".repeat(600)),
-            ("b".into(), "y".repeat(600)),
-        ])
-        .unwrap();
+        let bundle =
+            create(&[("a".into(), "x".repeat(600)), ("b".into(), "y".repeat(600))]).unwrap();
         let dir = TempDir::new();
         assert!(matches!(
             extract(&bundle.bytes, &bundle.sha256, &dir.0.join("one"), 1000),

@@ -330,10 +330,13 @@ mod tests {
     fn default_commands_name_the_main_file_quoted_for_the_shell() {
         let settings = Settings::with_overrides(local()).unwrap();
         let python = &settings.languages["python"];
-        assert_eq!(python.command_for("main.py"), "python3 main.py");
-        assert_eq!(python.command_for("src/a b.py"), "python3 './src/a b.py'");
-        assert_eq!(python.command_for("it's.py"), "python3 './it'\\''s.py'");
-        assert_eq!(python.command_for("-x.py"), "python3 './-x.py'");
+        assert_eq!(python.command_for("main.py"), "python3 -u main.py");
+        assert_eq!(
+            python.command_for("src/a b.py"),
+            "python3 -u './src/a b.py'"
+        );
+        assert_eq!(python.command_for("it's.py"), "python3 -u './it'\\''s.py'");
+        assert_eq!(python.command_for("-x.py"), "python3 -u './-x.py'");
     }
 
     #[test]

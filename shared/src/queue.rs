@@ -33,13 +33,14 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return {'1'} end
 local function field(flat, name)
   for i = 1, #flat, 2 do if flat[i] == name then return flat[i + 1] end end
 end
-local last = field(redis.call('XINFO', 'STREAM', KEYS[1]), 'last-generated-id')
 local delivered = nil
 for _, group in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
   if field(group, 'name') == ARGV[1] then delivered = field(group, 'last-delivered-id') end
 end
-local out = {(delivered == last) and '1' or '0'}
-if delivered == nil then return out end
+if delivered == nil then return {'0'} end
+-- Entries after the group's last delivered id are unread (deleted ones are simply absent).
+local unread = redis.call('XRANGE', KEYS[1], '(' .. delivered, '+', 'COUNT', 1)
+local out = {(#unread == 0) and '1' or '0'}
 for _, p in ipairs(redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1000)) do
   local e = redis.call('XRANGE', KEYS[1], p[1], p[1])
   if e[1] then
@@ -235,7 +236,11 @@ impl RunQueue {
     /// needs to tell a lost entry from one that is merely waiting.
     pub async fn backlog(&self) -> Result<Backlog, Error> {
         let reply: Vec<String> = Script::from_lua(BACKLOG)
-            .evalsha_with_reload(&self.client, vec![self.keys.stream()], vec![self.settings.group.clone()])
+            .evalsha_with_reload(
+                &self.client,
+                vec![self.keys.stream()],
+                vec![self.settings.group.clone()],
+            )
             .await?;
         let mut reply = reply.into_iter();
         Ok(Backlog {

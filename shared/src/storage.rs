@@ -173,11 +173,21 @@ impl Storage {
 
     /// Deletes every object below `prefix` (up to 1000 per request); returns how many.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, Error> {
-        let keys: Vec<String> = self.list(prefix).await?.into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<String> = self
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
         for chunk in keys.chunks(1000) {
             let objects = chunk
                 .iter()
-                .map(|key| ObjectIdentifier::builder().key(key).build().map_err(s3_error))
+                .map(|key| {
+                    ObjectIdentifier::builder()
+                        .key(key)
+                        .build()
+                        .map_err(s3_error)
+                })
                 .collect::<Result<Vec<_>, Error>>()?;
             let delete = Delete::builder()
                 .set_objects(Some(objects))

@@ -44,7 +44,11 @@ fn crash_point(ctx: &Context, point: &str) {
 /// Reserve, read one new entry, handle it.
 pub async fn process_next(ctx: &Context) -> anyhow::Result<Outcome> {
     let reservation = LeaseSemaphore::reservation(&ctx.name);
-    match ctx.semaphore.acquire(&reservation, &ctx.name, ctx.reservation_ttl_ms()).await? {
+    match ctx
+        .semaphore
+        .acquire(&reservation, &ctx.name, ctx.reservation_ttl_ms())
+        .await?
+    {
         Grant::Granted => {}
         Grant::Full | Grant::HeldBy(_) => return Ok(Outcome::NoCapacity),
     }
@@ -61,9 +65,15 @@ pub async fn process_next(ctx: &Context) -> anyhow::Result<Outcome> {
 
 /// Handles one delivered entry. `reservation` is the permit reserved before reading it;
 /// entries claimed from other consumers come without one and acquire directly.
-pub async fn handle_entry(ctx: &Context, entry: &Entry, reservation: Option<&str>) -> anyhow::Result<Outcome> {
+pub async fn handle_entry(
+    ctx: &Context,
+    entry: &Entry,
+    reservation: Option<&str>,
+) -> anyhow::Result<Outcome> {
     let Some(run_id) = entry.run_id else {
-        ctx.queue.dead_letter(entry, "the entry names no run").await?;
+        ctx.queue
+            .dead_letter(entry, "the entry names no run")
+            .await?;
         return Ok(Outcome::DeadLettered(entry.id.clone()));
     };
     let run = match runs::get(&ctx.db, run_id).await? {
@@ -81,17 +91,34 @@ pub async fn handle_entry(ctx: &Context, entry: &Entry, reservation: Option<&str
     let deliveries = ctx.queue.deliveries(&entry.id).await?;
     if deliveries > ctx.settings.queue.max_deliveries {
         let reason = format!("delivered {deliveries} times without being handed off");
-        let change = Change::by(format!("worker:{}", ctx.name)).detail(&reason).reason(Reason::DeadLettered);
+        let change = Change::by(format!("worker:{}", ctx.name))
+            .detail(&reason)
+            .reason(Reason::DeadLettered);
         // Only a run still queued fails: a duplicate entry never touches a launched run.
-        runs::transition_from(&ctx.db, run_id, &[RunStatus::Queued], RunStatus::Failed, &change).await?;
+        runs::transition_from(
+            &ctx.db,
+            run_id,
+            &[RunStatus::Queued],
+            RunStatus::Failed,
+            &change,
+        )
+        .await?;
         ctx.queue.dead_letter(entry, &reason).await?;
         return Ok(Outcome::DeadLettered(entry.id.clone()));
     }
 
     let ttl = ctx.lease_ttl_ms(run.spec.limits.wall_seconds);
     let grant = match reservation {
-        Some(reservation) => ctx.semaphore.bind(reservation, run_id, &ctx.name, ttl).await?,
-        None => ctx.semaphore.acquire(&run_id.to_string(), &ctx.name, ttl).await?,
+        Some(reservation) => {
+            ctx.semaphore
+                .bind(reservation, run_id, &ctx.name, ttl)
+                .await?
+        }
+        None => {
+            ctx.semaphore
+                .acquire(&run_id.to_string(), &ctx.name, ttl)
+                .await?
+        }
     };
     match grant {
         Grant::Granted => {}
@@ -100,13 +127,23 @@ pub async fn handle_entry(ctx: &Context, entry: &Entry, reservation: Option<&str
             if crate::heartbeat::is_alive(ctx, &holder).await? {
                 // Another live worker holds this run: it may be mid hand-off, or this entry is
                 // a duplicate. Leave the entry pending; once the run has moved on it is skipped.
-                return Ok(Outcome::Deferred(format!("run {run_id} is held by {holder}")));
+                return Ok(Outcome::Deferred(format!(
+                    "run {run_id} is held by {holder}"
+                )));
             }
-            match ctx.semaphore.take_over(run_id, &holder, &ctx.name, ttl, reservation).await? {
-                Grant::Granted => tracing::info!(%run_id, dead = %holder, "took over the permit of a dead worker"),
+            match ctx
+                .semaphore
+                .take_over(run_id, &holder, &ctx.name, ttl, reservation)
+                .await?
+            {
+                Grant::Granted => {
+                    tracing::info!(%run_id, dead = %holder, "took over the permit of a dead worker")
+                }
                 _ => {
                     ctx.queue.ack(&entry.id).await?;
-                    return Ok(Outcome::Skipped(format!("run {run_id} was taken by another worker")));
+                    return Ok(Outcome::Skipped(format!(
+                        "run {run_id} was taken by another worker"
+                    )));
                 }
             }
         }
@@ -120,7 +157,9 @@ pub async fn handle_entry(ctx: &Context, entry: &Entry, reservation: Option<&str
             return Ok(Outcome::Deferred(why));
         }
         Err(LaunchError::Permanent(why)) => {
-            let change = Change::by(format!("worker:{}", ctx.name)).detail(&why).reason(Reason::LaunchFailed);
+            let change = Change::by(format!("worker:{}", ctx.name))
+                .detail(&why)
+                .reason(Reason::LaunchFailed);
             runs::transition(&ctx.db, run_id, RunStatus::Failed, &change).await?;
             ctx.semaphore.release(&run_id.to_string()).await?;
             ctx.queue.ack(&entry.id).await?;
@@ -141,7 +180,9 @@ pub async fn handle_entry(ctx: &Context, entry: &Entry, reservation: Option<&str
             ctx.executor.start(run_id, false).await;
             ctx.semaphore.release(&run_id.to_string()).await?;
             ctx.queue.ack(&entry.id).await?;
-            return Ok(Outcome::Skipped(format!("run {run_id} was canceled before it started")));
+            return Ok(Outcome::Skipped(format!(
+                "run {run_id} was canceled before it started"
+            )));
         }
     }
     crash_point(ctx, "after_launch");

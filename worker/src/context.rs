@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use coderun_shared::config::Settings;
+use coderun_shared::db;
 use coderun_shared::livelog::LiveLog;
 use coderun_shared::queue::RunQueue;
 use coderun_shared::redis::{self, Keys};
 use coderun_shared::semaphore::LeaseSemaphore;
 use coderun_shared::storage::Storage;
-use coderun_shared::db;
 use fred::prelude::Client;
 use sqlx::PgPool;
 
@@ -76,10 +76,17 @@ impl Context {
                 };
                 let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(config))
                     .await?
-                    .map_err(|e| anyhow::anyhow!("the local sandbox cannot be built on this host: {e}"))?;
-                tokio::fs::create_dir_all(&settings.worker.work_dir).await.map_err(|e| {
-                    anyhow::anyhow!("cannot create worker.work_dir {}: {e}", settings.worker.work_dir.display())
-                })?;
+                    .map_err(|e| {
+                        anyhow::anyhow!("the local sandbox cannot be built on this host: {e}")
+                    })?;
+                tokio::fs::create_dir_all(&settings.worker.work_dir)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot create worker.work_dir {}: {e}",
+                            settings.worker.work_dir.display()
+                        )
+                    })?;
                 Arc::new(LocalExecutor::new(
                     Arc::new(sandbox),
                     recorder.clone(),
@@ -120,12 +127,20 @@ impl Context {
 /// Each worker on a host takes its own block of 64 sandbox uids, chosen by its name, so two
 /// workers on one machine never hand the same uid to two runs.
 fn uid_base(base: u32, name: &str) -> u32 {
-    let hash = name.bytes().fold(2_166_136_261u32, |h, b| (h ^ u32::from(b)).wrapping_mul(16_777_619));
+    let hash = name.bytes().fold(2_166_136_261u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(16_777_619)
+    });
     base + (hash % 4096) * 64
 }
 
 fn sanitize(name: &str) -> String {
     name.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }

@@ -20,12 +20,27 @@ pub async fn beat(ctx: &Context) -> anyhow::Result<()> {
     let ttl = ctx.settings.worker.heartbeat_ttl_seconds as i64;
     let _: () = ctx
         .redis
-        .set(ctx.keys.heartbeat(&ctx.name), chrono::Utc::now().to_rfc3339(), Some(Expiration::EX(ttl)), None, false)
+        .set(
+            ctx.keys.heartbeat(&ctx.name),
+            chrono::Utc::now().to_rfc3339(),
+            Some(Expiration::EX(ttl)),
+            None,
+            false,
+        )
         .await?;
     for run in ctx.executor.live() {
         // The longest spec bounds the TTL; the exact wall time is not needed to renew.
-        let ttl = ctx.lease_ttl_ms(ctx.settings.specs.values().map(|s| s.wall_seconds).max().unwrap_or(0));
-        ctx.semaphore.renew(&run.to_string(), &ctx.name, ttl).await?;
+        let ttl = ctx.lease_ttl_ms(
+            ctx.settings
+                .specs
+                .values()
+                .map(|s| s.wall_seconds)
+                .max()
+                .unwrap_or(0),
+        );
+        ctx.semaphore
+            .renew(&run.to_string(), &ctx.name, ttl)
+            .await?;
     }
     Ok(())
 }

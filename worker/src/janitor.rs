@@ -15,7 +15,12 @@ pub async fn claim_idle(ctx: &Context) -> anyhow::Result<Vec<Outcome>> {
     let mut outcomes = Vec::new();
     for _ in 0..64 {
         let reservation = LeaseSemaphore::reservation(&ctx.name);
-        if ctx.semaphore.acquire(&reservation, &ctx.name, ctx.reservation_ttl_ms()).await? != Grant::Granted {
+        if ctx
+            .semaphore
+            .acquire(&reservation, &ctx.name, ctx.reservation_ttl_ms())
+            .await?
+            != Grant::Granted
+        {
             break;
         }
         let claimed = ctx.queue.claim_idle(&ctx.name, 1).await;
@@ -53,7 +58,9 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
             _ = tokio::time::sleep(period) => {}
         }
         match claim_idle(&ctx).await {
-            Ok(outcomes) if !outcomes.is_empty() => tracing::info!(?outcomes, "claimed idle entries"),
+            Ok(outcomes) if !outcomes.is_empty() => {
+                tracing::info!(?outcomes, "claimed idle entries")
+            }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "claiming idle entries failed"),
         }

@@ -31,7 +31,9 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) -> anyhow::Re
     ctx.queue.ensure_group().await?;
     heartbeat::beat(&ctx).await?;
     match janitor::recover_own(&ctx).await {
-        Ok(outcomes) if !outcomes.is_empty() => tracing::info!(?outcomes, "finished own pending entries"),
+        Ok(outcomes) if !outcomes.is_empty() => {
+            tracing::info!(?outcomes, "finished own pending entries")
+        }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot re-read own pending entries"),
     }
@@ -68,7 +70,9 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) -> anyhow::Re
 
     tracing::info!("shutting down: no more reads; waiting for runs in flight");
     ctx.executor
-        .drain(Duration::from_secs(ctx.settings.worker.shutdown_grace_seconds))
+        .drain(Duration::from_secs(
+            ctx.settings.worker.shutdown_grace_seconds,
+        ))
         .await;
     stop_background.cancel();
     for task in background {

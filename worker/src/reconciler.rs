@@ -53,7 +53,9 @@ pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
     }
 
     for run in active.iter().filter(|r| r.status != RunStatus::Queued) {
-        let Some(worker) = run.worker.as_deref() else { continue };
+        let Some(worker) = run.worker.as_deref() else {
+            continue;
+        };
         let lost = if worker == ctx.name {
             let launched_at = run.dispatched_at.unwrap_or(run.queued_at);
             !ctx.executor.has(run.id) && now - launched_at > HANDOFF_GRACE
@@ -66,10 +68,14 @@ pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
         let source = format!("reconciler:{}", ctx.name);
         let detail = format!("its worker {worker} is gone or lost the execution");
         let ended = if run.status == RunStatus::Stopping {
-            let change = Change::by(source).detail(detail).reason(Reason::StoppedByUser);
+            let change = Change::by(source)
+                .detail(detail)
+                .reason(Reason::StoppedByUser);
             runs::transition(&ctx.db, run.id, RunStatus::Stopped, &change).await?
         } else {
-            let change = Change::by(source).detail(detail).reason(Reason::ExecutorLost);
+            let change = Change::by(source)
+                .detail(detail)
+                .reason(Reason::ExecutorLost);
             runs::transition(&ctx.db, run.id, RunStatus::Failed, &change).await?
         };
         if ended {
@@ -101,7 +107,13 @@ async fn claim_requeue(ctx: &Context, run: Uuid) -> anyhow::Result<bool> {
     let ttl = ctx.settings.runs.requeue_after_seconds.max(1) as i64;
     let set: Option<String> = ctx
         .redis
-        .set(key, "1", Some(Expiration::EX(ttl)), Some(SetOptions::NX), false)
+        .set(
+            key,
+            "1",
+            Some(Expiration::EX(ttl)),
+            Some(SetOptions::NX),
+            false,
+        )
         .await?;
     Ok(set.is_some())
 }

@@ -43,7 +43,12 @@ impl Recorder {
     }
 
     /// Appends log lines to the live log, numbered from `first_line`.
-    pub async fn log_lines(&self, run: Uuid, first_line: u64, lines: &[String]) -> anyhow::Result<()> {
+    pub async fn log_lines(
+        &self,
+        run: Uuid,
+        first_line: u64,
+        lines: &[String],
+    ) -> anyhow::Result<()> {
         Ok(self.live_log.append(run, first_line, lines).await?)
     }
 
@@ -55,18 +60,30 @@ impl Recorder {
             Err(e) => return Err(e.into()),
         };
         self.storage
-            .put(&format!("runs/{run}/log.txt"), Bytes::from(bytes), "text/plain; charset=utf-8")
+            .put(
+                &format!("runs/{run}/log.txt"),
+                Bytes::from(bytes),
+                "text/plain; charset=utf-8",
+            )
             .await?;
         Ok(())
     }
 
     /// Stores each output file as `runs/{run}/output/{path}` and lists them on the run.
-    pub async fn store_outputs(&self, run: Uuid, files: &[(String, std::path::PathBuf, u64)]) -> anyhow::Result<()> {
+    pub async fn store_outputs(
+        &self,
+        run: Uuid,
+        files: &[(String, std::path::PathBuf, u64)],
+    ) -> anyhow::Result<()> {
         let mut recorded = Vec::with_capacity(files.len());
         for (path, host_path, size) in files {
             let bytes = tokio::fs::read(host_path).await?;
             self.storage
-                .put(&format!("runs/{run}/output/{path}"), Bytes::from(bytes), "application/octet-stream")
+                .put(
+                    &format!("runs/{run}/output/{path}"),
+                    Bytes::from(bytes),
+                    "application/octet-stream",
+                )
                 .await?;
             recorded.push(OutputFile {
                 path: path.clone(),

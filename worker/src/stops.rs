@@ -16,11 +16,12 @@ pub async fn sweep(ctx: &Context) -> anyhow::Result<usize> {
     if live.is_empty() {
         return Ok(0);
     }
-    let stopping: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE id = ANY($1) AND status = $2")
-        .bind(&live)
-        .bind(RunStatus::Stopping.as_str())
-        .fetch_all(&ctx.db)
-        .await?;
+    let stopping: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM runs WHERE id = ANY($1) AND status = $2")
+            .bind(&live)
+            .bind(RunStatus::Stopping.as_str())
+            .fetch_all(&ctx.db)
+            .await?;
     for run in &stopping {
         ctx.executor.stop(*run).await;
     }

@@ -16,7 +16,7 @@ async fn languages_and_specs_come_from_configuration() {
     assert_eq!(ids, ["java", "python", "r", "scala"]);
     let python = &languages[1];
     assert_eq!(python["main_file"], "main.py");
-    assert_eq!(python["command"], "python3 {main}");
+    assert_eq!(python["command"], "python3 -u {main}");
     assert!(!python["image"].as_str().unwrap().is_empty());
 
     let specs = app.get("/api/v1/specs", &token).await.expect(200);

@@ -84,7 +84,13 @@ impl Executor for LocalExecutor {
         }
         let (go, wait) = oneshot::channel();
         let stop = CancellationToken::new();
-        executions.insert(run.id, Execution { go: Some(go), stop: stop.clone() });
+        executions.insert(
+            run.id,
+            Execution {
+                go: Some(go),
+                stop: stop.clone(),
+            },
+        );
         drop(executions);
         let inner = self.inner.clone();
         let run = run.clone();
@@ -110,7 +116,13 @@ impl Executor for LocalExecutor {
     }
 
     fn live(&self) -> Vec<Uuid> {
-        self.inner.executions.lock().expect("executions lock").keys().copied().collect()
+        self.inner
+            .executions
+            .lock()
+            .expect("executions lock")
+            .keys()
+            .copied()
+            .collect()
     }
 
     async fn drain(&self, grace: Duration) {
@@ -122,7 +134,12 @@ impl Executor for LocalExecutor {
 }
 
 impl Inner {
-    async fn execute(self: Arc<Self>, run: Run, go: oneshot::Receiver<bool>, stop: CancellationToken) {
+    async fn execute(
+        self: Arc<Self>,
+        run: Run,
+        go: oneshot::Receiver<bool>,
+        stop: CancellationToken,
+    ) {
         if go.await.unwrap_or(false) {
             let work_dir = self.work_root.join(run.id.to_string());
             let ending = match self.run_to_end(&run, &work_dir, &stop).await {
@@ -149,15 +166,32 @@ impl Inner {
                 }
             }
         }
-        self.executions.lock().expect("executions lock").remove(&run.id);
+        self.executions
+            .lock()
+            .expect("executions lock")
+            .remove(&run.id);
     }
 
-    async fn run_to_end(&self, run: &Run, work_dir: &Path, stop: &CancellationToken) -> anyhow::Result<Ending> {
-        self.recorder.phase(run.id, RunStatus::Pending, "fetching the code").await?;
+    async fn run_to_end(
+        &self,
+        run: &Run,
+        work_dir: &Path,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Ending> {
+        self.recorder
+            .phase(run.id, RunStatus::Pending, "fetching the code")
+            .await?;
         let code_dir = work_dir.join("code");
         tokio::fs::create_dir_all(&code_dir).await?;
         let url = self.recorder.storage.presigned_get(&run.code_key()).await?;
-        let bytes = self.http.get(url).send().await?.error_for_status()?.bytes().await?;
+        let bytes = self
+            .http
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .bytes()
+            .await?;
         let (sha, max) = (run.code_sha256.clone(), self.paths.max_task_bytes);
         let into = code_dir.clone();
         tokio::task::spawn_blocking(move || bundle::extract(&bytes, &sha, &into, max)).await??;
@@ -166,7 +200,9 @@ impl Inner {
             return Ok(stopped_before_start());
         }
 
-        self.recorder.phase(run.id, RunStatus::Running, "program started").await?;
+        self.recorder
+            .phase(run.id, RunStatus::Running, "program started")
+            .await?;
         let (lines, receiver) = mpsc::channel(4 * LOG_BATCH);
         let pump = tokio::spawn(pump_log(self.recorder.clone(), run.id, receiver));
         let request = SandboxRequest {
@@ -181,10 +217,18 @@ impl Inner {
         let _ = pump.await;
         let outcome = outcome?;
 
-        self.recorder.store_log(run.id, &work_dir.join("log.txt")).await?;
+        self.recorder
+            .store_log(run.id, &work_dir.join("log.txt"))
+            .await?;
         let sandbox = self.sandbox.clone();
-        let (dir, files, bytes) = (work_dir.to_owned(), self.runs.output_max_files as usize, self.runs.output_max_bytes);
-        let collected = tokio::task::spawn_blocking(move || sandbox.collect_outputs(&dir, files, bytes)).await??;
+        let (dir, files, bytes) = (
+            work_dir.to_owned(),
+            self.runs.output_max_files as usize,
+            self.runs.output_max_bytes,
+        );
+        let collected =
+            tokio::task::spawn_blocking(move || sandbox.collect_outputs(&dir, files, bytes))
+                .await??;
         let files: Vec<(String, PathBuf, u64)> = collected
             .files
             .iter()
@@ -193,14 +237,54 @@ impl Inner {
         self.recorder.store_outputs(run.id, &files).await?;
 
         let (status, exit_code, reason, detail) = match outcome.termination {
-            Termination::Exited(0) => (RunStatus::Succeeded, Some(0), None, "exited with 0".to_owned()),
-            Termination::Exited(code) => (RunStatus::Failed, Some(code), None, format!("exited with {code}")),
-            Termination::OomKilled => (RunStatus::Failed, Some(137), Some(Reason::OomKilled), "killed: out of memory".into()),
-            Termination::DeadlineExceeded => (RunStatus::Failed, None, Some(Reason::DeadlineExceeded), "killed: wall time exceeded".into()),
-            Termination::OutputLimitExceeded => (RunStatus::Failed, None, Some(Reason::OutputLimitExceeded), "killed: log limit exceeded".into()),
-            Termination::DiskLimitExceeded => (RunStatus::Failed, None, Some(Reason::Evicted), "killed: disk limit exceeded".into()),
-            Termination::Killed => (RunStatus::Failed, None, Some(Reason::StoppedByUser), "killed: stopped".into()),
-            Termination::Signaled(signal) => (RunStatus::Failed, Some(128 + signal), None, format!("the sandbox died of signal {signal}")),
+            Termination::Exited(0) => (
+                RunStatus::Succeeded,
+                Some(0),
+                None,
+                "exited with 0".to_owned(),
+            ),
+            Termination::Exited(code) => (
+                RunStatus::Failed,
+                Some(code),
+                None,
+                format!("exited with {code}"),
+            ),
+            Termination::OomKilled => (
+                RunStatus::Failed,
+                Some(137),
+                Some(Reason::OomKilled),
+                "killed: out of memory".into(),
+            ),
+            Termination::DeadlineExceeded => (
+                RunStatus::Failed,
+                None,
+                Some(Reason::DeadlineExceeded),
+                "killed: wall time exceeded".into(),
+            ),
+            Termination::OutputLimitExceeded => (
+                RunStatus::Failed,
+                None,
+                Some(Reason::OutputLimitExceeded),
+                "killed: log limit exceeded".into(),
+            ),
+            Termination::DiskLimitExceeded => (
+                RunStatus::Failed,
+                None,
+                Some(Reason::Evicted),
+                "killed: disk limit exceeded".into(),
+            ),
+            Termination::Killed => (
+                RunStatus::Failed,
+                None,
+                Some(Reason::StoppedByUser),
+                "killed: stopped".into(),
+            ),
+            Termination::Signaled(signal) => (
+                RunStatus::Failed,
+                Some(128 + signal),
+                None,
+                format!("the sandbox died of signal {signal}"),
+            ),
         };
         Ok(Ending {
             status,
@@ -213,7 +297,11 @@ impl Inner {
     }
 
     /// Downloads each dataset's files into `work_dir/data/{name}`, read-only for the program.
-    async fn fetch_datasets(&self, run: &Run, work_dir: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    async fn fetch_datasets(
+        &self,
+        run: &Run,
+        work_dir: &Path,
+    ) -> anyhow::Result<Vec<(String, PathBuf)>> {
         let mut mounted = Vec::new();
         for name in &run.datasets {
             let root = work_dir.join("data").join(name);

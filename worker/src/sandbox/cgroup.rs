@@ -87,7 +87,9 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|b| (b'0'..=b'7').contains(b)));
         if let (b'\\', Some(d)) = (bytes[i], octal) {
             out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
             i += 4;
@@ -103,7 +105,9 @@ fn cgroup_mounts() -> io::Result<Vec<CgroupMount>> {
     let text = std::fs::read_to_string("/proc/self/mountinfo")?;
     let mut mounts = Vec::new();
     for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
         let left: Vec<&str> = left.split(' ').collect();
         let right: Vec<&str> = right.split(' ').collect();
         if left.len() < 5 || right.len() < 3 {
@@ -127,12 +131,15 @@ fn cgroup_mounts() -> io::Result<Vec<CgroupMount>> {
 /// The host folder of our own cgroup in a mount: the mount point plus our path below the
 /// mount's root.
 fn own_dir(mount: &CgroupMount, own_path: &str) -> PathBuf {
-    let rel = own_path.strip_prefix(mount.root.as_str()).unwrap_or(own_path);
+    let rel = own_path
+        .strip_prefix(mount.root.as_str())
+        .unwrap_or(own_path);
     mount.mount_point.join(rel.trim_start_matches('/'))
 }
 
 fn write(path: &Path, value: impl AsRef<[u8]>) -> io::Result<()> {
-    std::fs::write(path, value).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    std::fs::write(path, value)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 /// `mkdir`, fine if it exists as a folder.
@@ -147,19 +154,33 @@ impl Cgroups {
     /// Finds where we may create runs' cgroups and proves it by creating, limiting and removing
     /// one. `name` is the folder under our own cgroup that holds them.
     pub fn discover(name: &str) -> Result<Cgroups, Unusable> {
-        let unusable = |path: &Path, reason: String| Unusable { path: path.display().to_string(), reason };
-        let own = own_cgroups().map_err(|e| unusable(Path::new("/proc/self/cgroup"), e.to_string()))?;
-        let mounts =
-            cgroup_mounts().map_err(|e| unusable(Path::new("/proc/self/mountinfo"), e.to_string()))?;
+        let unusable = |path: &Path, reason: String| Unusable {
+            path: path.display().to_string(),
+            reason,
+        };
+        let own =
+            own_cgroups().map_err(|e| unusable(Path::new("/proc/self/cgroup"), e.to_string()))?;
+        let mounts = cgroup_mounts()
+            .map_err(|e| unusable(Path::new("/proc/self/mountinfo"), e.to_string()))?;
         let v1_base = |controller: &str| -> Option<PathBuf> {
-            let mount = mounts.iter().find(|m| !m.v2 && m.options.iter().any(|o| o == controller))?;
-            let mine = own.iter().find(|c| c.controllers.iter().any(|c| c == controller))?;
+            let mount = mounts
+                .iter()
+                .find(|m| !m.v2 && m.options.iter().any(|o| o == controller))?;
+            let mine = own
+                .iter()
+                .find(|c| c.controllers.iter().any(|c| c == controller))?;
             Some(own_dir(mount, &mine.path))
         };
 
         if let Some(base) = v1_base("memory") {
             let parent = base.join(name);
-            let probe = Limits { cpu_millis: 1000, memory_mib: 64, disk_mib: 1, pids: 16, wall_seconds: 1 };
+            let probe = Limits {
+                cpu_millis: 1000,
+                memory_mib: 64,
+                disk_mib: 1,
+                pids: 16,
+                wall_seconds: 1,
+            };
             ensure_dir(&parent).map_err(|e| unusable(&parent, e.to_string()))?;
             let mut cgroups = Cgroups {
                 version: Version::V1,
@@ -188,7 +209,9 @@ impl Cgroups {
             };
             cgroups.pids = optional("pids", "pids.max", "16");
             cgroups.cpu = optional("cpu", "cpu.cfs_quota_us", "100000");
-            let run = cgroups.create(&probe_name, &probe).map_err(|e| unusable(&parent, e.to_string()))?;
+            let run = cgroups
+                .create(&probe_name, &probe)
+                .map_err(|e| unusable(&parent, e.to_string()))?;
             run.destroy();
             return Ok(cgroups);
         }
@@ -201,10 +224,14 @@ impl Cgroups {
             ));
         };
         let Some(mine) = own.iter().find(|c| c.controllers.is_empty()) else {
-            return Err(unusable(&mount.mount_point, "/proc/self/cgroup has no `0::` line".into()));
+            return Err(unusable(
+                &mount.mount_point,
+                "/proc/self/cgroup has no `0::` line".into(),
+            ));
         };
         let base = own_dir(mount, &mine.path);
-        let available = std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
+        let available =
+            std::fs::read_to_string(base.join("cgroup.controllers")).unwrap_or_default();
         let available: Vec<&str> = available.split_whitespace().collect();
         if !available.contains(&"memory") {
             return Err(unusable(
@@ -215,8 +242,10 @@ impl Cgroups {
                 ),
             ));
         }
-        let wanted: Vec<&str> =
-            ["memory", "pids", "cpu"].into_iter().filter(|c| available.contains(c)).collect();
+        let wanted: Vec<&str> = ["memory", "pids", "cpu"]
+            .into_iter()
+            .filter(|c| available.contains(c))
+            .collect();
         let enable = |dir: &Path| -> io::Result<()> {
             for c in &wanted {
                 write(&dir.join("cgroup.subtree_control"), format!("+{c}"))?;
@@ -245,7 +274,9 @@ impl Cgroups {
                 })?;
         }
         let parent = base.join(name);
-        ensure_dir(&parent).and_then(|()| enable(&parent)).map_err(|e| unusable(&parent, e.to_string()))?;
+        ensure_dir(&parent)
+            .and_then(|()| enable(&parent))
+            .map_err(|e| unusable(&parent, e.to_string()))?;
         let cgroups = Cgroups {
             version: Version::V2,
             memory: parent.clone(),
@@ -254,7 +285,13 @@ impl Cgroups {
             v2_pids: wanted.contains(&"pids"),
             v2_cpu: wanted.contains(&"cpu"),
         };
-        let probe = Limits { cpu_millis: 1000, memory_mib: 64, disk_mib: 1, pids: 16, wall_seconds: 1 };
+        let probe = Limits {
+            cpu_millis: 1000,
+            memory_mib: 64,
+            disk_mib: 1,
+            pids: 16,
+            wall_seconds: 1,
+        };
         let run = cgroups
             .create(&format!("preflight-{}", std::process::id()), &probe)
             .map_err(|e| unusable(&parent, e.to_string()))?;
@@ -267,8 +304,12 @@ impl Cgroups {
             Version::V1 => format!(
                 "cgroup v1: memory {}, pids {}, cpu {}",
                 self.memory.display(),
-                self.pids.as_ref().map_or("unavailable".into(), |p| p.display().to_string()),
-                self.cpu.as_ref().map_or("unavailable".into(), |p| p.display().to_string()),
+                self.pids
+                    .as_ref()
+                    .map_or("unavailable".into(), |p| p.display().to_string()),
+                self.cpu
+                    .as_ref()
+                    .map_or("unavailable".into(), |p| p.display().to_string()),
             ),
             Version::V2 => format!(
                 "cgroup v2: {} (memory{}{})",
@@ -300,7 +341,11 @@ impl Cgroups {
     /// Creates the run's cgroup with its limits; on failure nothing is left.
     pub fn create(&self, name: &str, limits: &Limits) -> io::Result<RunCgroup> {
         let memory = self.memory.join(name);
-        let mut run = RunCgroup { version: self.version, memory: memory.clone(), dirs: Vec::new() };
+        let mut run = RunCgroup {
+            version: self.version,
+            memory: memory.clone(),
+            dirs: Vec::new(),
+        };
         let bytes = u64::from(limits.memory_mib) * 1024 * 1024;
         let quota = u64::from(limits.cpu_millis) * 100; // µs per 100 ms period
         let result = (|| -> io::Result<()> {
@@ -342,7 +387,10 @@ impl Cgroups {
                         write(&memory.join("pids.max"), limits.pids.to_string())?;
                     }
                     if self.v2_cpu {
-                        write(&memory.join("cpu.max"), format!("{} 100000", quota.max(1000)))?;
+                        write(
+                            &memory.join("cpu.max"),
+                            format!("{} 100000", quota.max(1000)),
+                        )?;
                     }
                 }
             }
@@ -360,12 +408,18 @@ impl Cgroups {
     /// Removes runs' cgroups a previous worker left (killing what is in them).
     pub fn remove_stale(&self) {
         for parent in self.parents() {
-            let Ok(entries) = std::fs::read_dir(parent) else { continue };
+            let Ok(entries) = std::fs::read_dir(parent) else {
+                continue;
+            };
             for entry in entries.flatten() {
                 if entry.file_type().is_ok_and(|t| t.is_dir()) {
                     tracing::warn!(cgroup = %entry.path().display(), "removing a leftover run cgroup");
-                    RunCgroup { version: self.version, memory: entry.path(), dirs: vec![entry.path()] }
-                        .destroy();
+                    RunCgroup {
+                        version: self.version,
+                        memory: entry.path(),
+                        dirs: vec![entry.path()],
+                    }
+                    .destroy();
                 }
             }
         }
@@ -422,7 +476,10 @@ impl RunCgroup {
         std::fs::read_to_string(self.memory.join(file))
             .ok()
             .and_then(|text| {
-                text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
+                text.lines().find_map(|l| {
+                    l.strip_prefix("oom_kill ")
+                        .and_then(|v| v.trim().parse().ok())
+                })
             })
             .unwrap_or(0)
     }
@@ -447,5 +504,35 @@ impl RunCgroup {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_and_own_paths() {
+        assert_eq!(unescape(r"/sys/fs/cgroup/a\040b"), "/sys/fs/cgroup/a b");
+        assert_eq!(unescape(r"/x\\y\04"), r"/x\\y\04");
+        let mount = CgroupMount {
+            root: "/docker/abc".into(),
+            mount_point: "/sys/fs/cgroup/memory".into(),
+            v2: false,
+            options: vec!["rw".into(), "memory".into()],
+        };
+        // Our path below the mount's root, or as is when the mount shows the whole tree.
+        assert_eq!(
+            own_dir(&mount, "/docker/abc/worker"),
+            Path::new("/sys/fs/cgroup/memory/worker")
+        );
+        let whole = CgroupMount {
+            root: "/".into(),
+            ..mount
+        };
+        assert_eq!(
+            own_dir(&whole, "/process_api/644b"),
+            Path::new("/sys/fs/cgroup/memory/process_api/644b")
+        );
     }
 }

@@ -59,11 +59,16 @@ impl SystemMounts {
             m.mirror(&Path::new("/").join(top));
         }
         for extra in &config.extra_ro_binds {
-            m.args.extend(["--ro-bind".into(), extra.into(), extra.into()]);
+            m.args
+                .extend(["--ro-bind".into(), extra.into(), extra.into()]);
         }
         m.push(["--dir", "/etc"]);
         let host_etc: Vec<String> = std::fs::read_dir("/etc")
-            .map(|d| d.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
             .unwrap_or_default();
         let mut chosen: Vec<String> = Vec::new();
         for entry in &config.etc_entries {
@@ -77,7 +82,10 @@ impl SystemMounts {
         chosen.sort();
         chosen.dedup();
         for name in chosen {
-            if matches!(name.as_str(), "passwd" | "group" | "hosts" | "shadow" | "gshadow") {
+            if matches!(
+                name.as_str(),
+                "passwd" | "group" | "hosts" | "shadow" | "gshadow"
+            ) {
                 continue;
             }
             m.mirror(&Path::new("/etc").join(name));
@@ -88,13 +96,17 @@ impl SystemMounts {
     /// A host symlink becomes the same symlink, a folder or file a read-only bind; a missing
     /// path nothing.
     fn mirror(&mut self, path: &Path) {
-        let Ok(meta) = std::fs::symlink_metadata(path) else { return };
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return;
+        };
         if meta.file_type().is_symlink() {
             if let Ok(target) = std::fs::read_link(path) {
-                self.args.extend(["--symlink".into(), target.into(), path.into()]);
+                self.args
+                    .extend(["--symlink".into(), target.into(), path.into()]);
             }
         } else if meta.is_dir() || meta.is_file() {
-            self.args.extend(["--ro-bind".into(), path.into(), path.into()]);
+            self.args
+                .extend(["--ro-bind".into(), path.into(), path.into()]);
         }
     }
 
@@ -226,7 +238,14 @@ impl Launch<'_> {
         }
         a.extend(self.system.args.iter().cloned());
         for name in ["passwd", "group", "hosts"] {
-            push(&mut a, &[&"--ro-bind", &self.etc_dir.join(name), &format!("/etc/{name}")]);
+            push(
+                &mut a,
+                &[
+                    &"--ro-bind",
+                    &self.etc_dir.join(name),
+                    &format!("/etc/{name}"),
+                ],
+            );
         }
         let tmp_size = disk_bytes.to_string();
         push(
@@ -261,7 +280,16 @@ impl Launch<'_> {
         }
         push(
             &mut a,
-            &[&"--remount-ro", &"/", &"--chdir", &CODE_PATH, &"--", &"/bin/sh", &"-c", &self.command],
+            &[
+                &"--remount-ro",
+                &"/",
+                &"--chdir",
+                &CODE_PATH,
+                &"--",
+                &"/bin/sh",
+                &"-c",
+                &self.command,
+            ],
         );
         a
     }

@@ -48,10 +48,15 @@ pub(super) async fn watch(
 /// skipped.
 pub(super) fn measure(dirs: &[PathBuf], max_bytes: u64, max_entries: u64) -> Usage {
     use std::os::unix::fs::MetadataExt;
-    let mut usage = Usage { bytes: 0, entries: 0 };
+    let mut usage = Usage {
+        bytes: 0,
+        entries: 0,
+    };
     let mut stack: Vec<PathBuf> = dirs.to_vec();
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             // `DirEntry::metadata` is an lstat: a symlink is counted as itself.
             let Ok(meta) = entry.metadata() else { continue };

@@ -52,7 +52,10 @@ pub(super) async fn pump(
     cap: Cap,
     trip: mpsc::Sender<Trip>,
 ) -> Result<Summary, SandboxError> {
-    let mut sink = Sink { lines: Some(lines), file: BufWriter::new(file) };
+    let mut sink = Sink {
+        lines: Some(lines),
+        file: BufWriter::new(file),
+    };
     let mut splitter = LineSplitter::new(cap.max_line);
     let mut kept: u64 = 0;
     let mut truncated = false;
@@ -86,8 +89,14 @@ pub(super) async fn pump(
     if truncated {
         sink.line(cut_marker(cap.max_bytes).into_bytes()).await?;
     }
-    sink.file.flush().await.map_err(SandboxError::io("writing log.txt"))?;
-    Ok(Summary { bytes: kept, truncated })
+    sink.file
+        .flush()
+        .await
+        .map_err(SandboxError::io("writing log.txt"))?;
+    Ok(Summary {
+        bytes: kept,
+        truncated,
+    })
 }
 
 struct Sink {
@@ -98,8 +107,14 @@ struct Sink {
 
 impl Sink {
     async fn line(&mut self, mut bytes: Vec<u8>) -> Result<(), SandboxError> {
-        self.file.write_all(&bytes).await.map_err(SandboxError::io("writing log.txt"))?;
-        self.file.write_all(b"\n").await.map_err(SandboxError::io("writing log.txt"))?;
+        self.file
+            .write_all(&bytes)
+            .await
+            .map_err(SandboxError::io("writing log.txt"))?;
+        self.file
+            .write_all(b"\n")
+            .await
+            .map_err(SandboxError::io("writing log.txt"))?;
         if let Some(tx) = &self.lines {
             if bytes.last() == Some(&b'\r') {
                 bytes.pop();
@@ -125,7 +140,10 @@ pub(super) struct LineSplitter {
 
 impl LineSplitter {
     pub fn new(max: usize) -> Self {
-        LineSplitter { max: max.max(4), partial: Vec::new() }
+        LineSplitter {
+            max: max.max(4),
+            partial: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, mut data: &[u8]) -> Vec<Vec<u8>> {
@@ -174,7 +192,10 @@ mod unit {
     fn splits_lines_across_chunks() {
         let mut s = LineSplitter::new(100);
         assert_eq!(s.push(b"ab"), Vec::<Vec<u8>>::new());
-        assert_eq!(s.push(b"c\nd\n\ne"), vec![b"abc".to_vec(), b"d".to_vec(), b"".to_vec()]);
+        assert_eq!(
+            s.push(b"c\nd\n\ne"),
+            vec![b"abc".to_vec(), b"d".to_vec(), b"".to_vec()]
+        );
         assert_eq!(s.finish(), Some(b"e".to_vec()));
         assert_eq!(s.finish(), None);
     }
@@ -186,7 +207,11 @@ mod unit {
         let out = s.push(line.as_bytes());
         let joined: Vec<u8> = out.concat();
         assert_eq!(joined, "aaaaaaaéééé".as_bytes());
-        assert!(out.iter().all(|l| l.len() <= 8 && std::str::from_utf8(l).is_ok()), "{out:?}");
+        assert!(
+            out.iter()
+                .all(|l| l.len() <= 8 && std::str::from_utf8(l).is_ok()),
+            "{out:?}"
+        );
         assert_eq!(out.len(), 2);
     }
 }

@@ -273,18 +273,29 @@ impl Sandbox {
     ) -> Result<SandboxOutcome, SandboxError> {
         validate(&request)?;
         let lease = match &self.uids {
-            Some(pool) => Some(pool.acquire().ok_or(SandboxError::NoFreeUid(pool.count()))?),
+            Some(pool) => Some(
+                pool.acquire()
+                    .ok_or(SandboxError::NoFreeUid(pool.count()))?,
+            ),
             None => None,
         };
         let identity = match &lease {
-            Some(lease) => Identity::Drop { uid: lease.uid(), gid: lease.uid() },
-            None => Identity::Keep { uid: self.worker_uid, gid: self.worker_gid },
+            Some(lease) => Identity::Drop {
+                uid: lease.uid(),
+                gid: lease.uid(),
+            },
+            None => Identity::Keep {
+                uid: self.worker_uid,
+                gid: self.worker_gid,
+            },
         };
         if lease.is_some() {
             use std::os::unix::fs::PermissionsExt;
             // bwrap mounts them as the run's uid: they must be open to others.
             for (name, path) in &request.datasets {
-                let mode = std::fs::metadata(path).map(|m| m.permissions().mode()).unwrap_or(0);
+                let mode = std::fs::metadata(path)
+                    .map(|m| m.permissions().mode())
+                    .unwrap_or(0);
                 if mode & 0o005 != 0o005 {
                     return Err(SandboxError::InvalidRequest(format!(
                         "dataset {name:?}: {} is not readable by others (mode {mode:o})",
@@ -316,8 +327,14 @@ impl Sandbox {
             )))?;
         // From here on the guard kills what is left, removes the cgroup and only then frees
         // the uid, on every path — including this future being dropped.
-        let mut guard = RunGuard { cgroup: Some(cgroup), child_pid: None, lease };
-        let result = self.run_in(&request, &layout, identity, &mut guard, log, stop).await;
+        let mut guard = RunGuard {
+            cgroup: Some(cgroup),
+            child_pid: None,
+            lease,
+        };
+        let result = self
+            .run_in(&request, &layout, identity, &mut guard, log, stop)
+            .await;
         drop(guard);
         if result.is_err() {
             // `run_in` gives the folder back to the worker on success; here it did not get
@@ -360,8 +377,11 @@ impl Sandbox {
             datasets: &request.datasets,
             command: &request.command,
         };
-        let (reader, writer) = std::io::pipe().map_err(SandboxError::io("creating the log pipe"))?;
-        let writer_err = writer.try_clone().map_err(SandboxError::io("creating the log pipe"))?;
+        let (reader, writer) =
+            std::io::pipe().map_err(SandboxError::io("creating the log pipe"))?;
+        let writer_err = writer
+            .try_clone()
+            .map_err(SandboxError::io("creating the log pipe"))?;
         let mut cmd = launch.command();
         cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::from(writer))
@@ -384,7 +404,10 @@ impl Sandbox {
             reader,
             log,
             log_file,
-            log::Cap { max_bytes: request.log_max_bytes, max_line: self.config.max_line_bytes },
+            log::Cap {
+                max_bytes: request.log_max_bytes,
+                max_line: self.config.max_line_bytes,
+            },
             trip_tx.clone(),
         ));
         let watcher = tokio::spawn(disk::watch(
@@ -421,7 +444,10 @@ impl Sandbox {
         // first process) goes now; the cgroup's OOM counter is read before it is removed.
         // Then the folder goes back to the worker: no file of the run's uid is left when the
         // uid goes to the next run.
-        let cgroup = guard.cgroup.take().expect("the guard holds the cgroup until the end");
+        let cgroup = guard
+            .cgroup
+            .take()
+            .expect("the guard holds the cgroup until the end");
         let (restore_layout, uid, gid) = (layout.clone(), self.worker_uid, self.worker_gid);
         let (oom_kills, joined, restored) = tokio::task::spawn_blocking(move || {
             let seen = (cgroup.oom_kills(), cgroup.ever_used());
@@ -455,7 +481,10 @@ impl Sandbox {
             Err(_) => {
                 pump.abort();
                 tracing::warn!(run_id = %request.run_id, "log pipe still open after the run ended");
-                log::Summary { bytes: 0, truncated: false }
+                log::Summary {
+                    bytes: 0,
+                    truncated: false,
+                }
             }
         };
         // A tripped cap may still be in the channel if the program ended on its own at the
@@ -514,12 +543,19 @@ impl Sandbox {
 fn validate(request: &SandboxRequest) -> Result<(), SandboxError> {
     let invalid = |m: String| Err(SandboxError::InvalidRequest(m));
     let l = &request.limits;
-    if l.cpu_millis == 0 || l.memory_mib == 0 || l.disk_mib == 0 || l.pids == 0 || l.wall_seconds == 0
+    if l.cpu_millis == 0
+        || l.memory_mib == 0
+        || l.disk_mib == 0
+        || l.pids == 0
+        || l.wall_seconds == 0
     {
         return invalid(format!("every limit must be positive: {l:?}"));
     }
     if !request.work_dir.is_absolute() {
-        return invalid(format!("work_dir must be absolute: {}", request.work_dir.display()));
+        return invalid(format!(
+            "work_dir must be absolute: {}",
+            request.work_dir.display()
+        ));
     }
     if request.command.contains('\0') {
         return invalid("the command contains a NUL byte".into());
@@ -528,12 +564,17 @@ fn validate(request: &SandboxRequest) -> Result<(), SandboxError> {
         let simple = !name.is_empty()
             && name != "."
             && name != ".."
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !simple {
             return invalid(format!("dataset name {name:?} is not a simple name"));
         }
         if !path.is_absolute() || !path.is_dir() {
-            return invalid(format!("dataset {name:?}: {} is not a folder", path.display()));
+            return invalid(format!(
+                "dataset {name:?}: {} is not a folder",
+                path.display()
+            ));
         }
     }
     Ok(())
@@ -547,7 +588,9 @@ struct RunLayout {
 
 impl RunLayout {
     fn new(work_dir: &Path) -> Self {
-        RunLayout { root: work_dir.to_path_buf() }
+        RunLayout {
+            root: work_dir.to_path_buf(),
+        }
     }
     fn code(&self) -> PathBuf {
         self.root.join("code")
@@ -589,8 +632,14 @@ impl RunLayout {
                      nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
                 ),
             ),
-            ("group", format!("root:x:0:\nrunner:x:{gid}:\nnogroup:x:65534:\n")),
-            ("hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".into()),
+            (
+                "group",
+                format!("root:x:0:\nrunner:x:{gid}:\nnogroup:x:65534:\n"),
+            ),
+            (
+                "hosts",
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".into(),
+            ),
         ];
         for (name, content) in files {
             let path = etc.join(name);

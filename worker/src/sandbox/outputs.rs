@@ -100,7 +100,12 @@ pub(super) fn collect(
     let root_meta = match std::fs::symlink_metadata(output_dir) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(source) => return Err(OutputError::Io { path: output_dir.into(), source }),
+        Err(source) => {
+            return Err(OutputError::Io {
+                path: output_dir.into(),
+                source,
+            });
+        }
     };
     if !root_meta.is_dir() {
         return Err(OutputError::NotAFolder(output_dir.into()));
@@ -109,7 +114,10 @@ pub(super) fn collect(
     let mut stack: Vec<(String, PathBuf)> = vec![(String::new(), output_dir.to_path_buf())];
     while let Some((rel_dir, dir)) = stack.pop() {
         let mut entries: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(|source| OutputError::Io { path: dir.clone(), source })?
+            .map_err(|source| OutputError::Io {
+                path: dir.clone(),
+                source,
+            })?
             .filter_map(Result::ok)
             .collect();
         entries.sort_by_key(|e| e.file_name());
@@ -118,13 +126,19 @@ pub(super) fn collect(
             let name = entry.file_name();
             let Some(name) = name.to_str() else {
                 let path = join(&rel_dir, &name.to_string_lossy());
-                out.skipped.push(SkippedOutput { path, reason: SkipReason::BadName });
+                out.skipped.push(SkippedOutput {
+                    path,
+                    reason: SkipReason::BadName,
+                });
                 continue;
             };
             let rel = join(&rel_dir, name);
             let host = entry.path();
             let skip = |out: &mut CollectedOutputs, reason| {
-                out.skipped.push(SkippedOutput { path: rel.clone(), reason });
+                out.skipped.push(SkippedOutput {
+                    path: rel.clone(),
+                    reason,
+                });
             };
             // lstat: a symlink is seen as a symlink, never as what it points to.
             let Ok(meta) = std::fs::symlink_metadata(&host) else {
@@ -145,9 +159,14 @@ pub(super) fn collect(
                 skip(&mut out, SkipReason::OverLimit);
             } else {
                 // Re-check through an O_NOFOLLOW descriptor that it is the same inode.
-                let same = open_no_follow(&host).and_then(|f| f.metadata()).is_ok_and(|m| {
-                    m.is_file() && m.nlink() == 1 && m.dev() == meta.dev() && m.ino() == meta.ino()
-                });
+                let same = open_no_follow(&host)
+                    .and_then(|f| f.metadata())
+                    .is_ok_and(|m| {
+                        m.is_file()
+                            && m.nlink() == 1
+                            && m.dev() == meta.dev()
+                            && m.ino() == meta.ino()
+                    });
                 if !same {
                     skip(&mut out, SkipReason::Unreadable);
                     continue;
@@ -169,5 +188,9 @@ pub(super) fn collect(
 }
 
 fn join(dir: &str, name: &str) -> String {
-    if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") }
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
 }

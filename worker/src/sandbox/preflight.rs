@@ -24,7 +24,11 @@ use super::{Limits, RunLayout, Sandbox, SandboxConfig, procs};
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     #[error("{tool} not found (looked at {looked}): {hint}")]
-    MissingTool { tool: &'static str, looked: String, hint: &'static str },
+    MissingTool {
+        tool: &'static str,
+        looked: String,
+        hint: &'static str,
+    },
     #[error(
         "user namespaces are not available to unprivileged users ({detail}); bubblewrap needs \
          them: {hint}"
@@ -68,13 +72,19 @@ fn find_tool(
         .cloned()
         .ok_or_else(|| PreflightError::MissingTool {
             tool,
-            looked: candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+            looked: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             hint,
         })
 }
 
 fn read_sysctl(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn check_user_namespaces() -> Result<(), PreflightError> {
@@ -104,9 +114,14 @@ fn check_user_namespaces() -> Result<(), PreflightError> {
 /// The uid range must belong to nobody else on this host.
 fn check_uid_range(config: &SandboxConfig) -> Result<(), PreflightError> {
     if config.uid_count == 0 {
-        return Err(PreflightError::Config("uid_count must be at least 1".into()));
+        return Err(PreflightError::Config(
+            "uid_count must be at least 1".into(),
+        ));
     }
-    let end = config.uid_base.checked_add(config.uid_count).filter(|&e| e < 0xFFFF_0000);
+    let end = config
+        .uid_base
+        .checked_add(config.uid_count)
+        .filter(|&e| e < 0xFFFF_0000);
     if config.uid_base < 1000 || end.is_none() {
         return Err(PreflightError::Config(format!(
             "uid_base {} + uid_count {} is not a range of unprivileged uids",
@@ -138,23 +153,39 @@ pub(super) fn build(config: SandboxConfig) -> Result<Sandbox, PreflightError> {
             config.bwrap.as_deref(),
             "install bubblewrap: apt-get install bubblewrap",
         )?,
-        prlimit: find_tool("prlimit", None, "install util-linux: apt-get install util-linux")?,
-        setpriv: find_tool("setpriv", None, "install util-linux: apt-get install util-linux")?,
+        prlimit: find_tool(
+            "prlimit",
+            None,
+            "install util-linux: apt-get install util-linux",
+        )?,
+        setpriv: find_tool(
+            "setpriv",
+            None,
+            "install util-linux: apt-get install util-linux",
+        )?,
     };
     check_user_namespaces()?;
     if root {
         check_uid_range(&config)?;
     }
-    if config.cgroup_name.is_empty() || config.cgroup_name.contains('/') || config.cgroup_name.starts_with('.') {
+    if config.cgroup_name.is_empty()
+        || config.cgroup_name.contains('/')
+        || config.cgroup_name.starts_with('.')
+    {
         return Err(PreflightError::Config(format!(
             "cgroup_name {:?} must be a plain folder name",
             config.cgroup_name
         )));
     }
-    let cgroups = Cgroups::discover(&config.cgroup_name)
-        .map_err(|u| PreflightError::NoMemoryCgroup { path: u.path, reason: u.reason })?;
+    let cgroups =
+        Cgroups::discover(&config.cgroup_name).map_err(|u| PreflightError::NoMemoryCgroup {
+            path: u.path,
+            reason: u.reason,
+        })?;
     if !cgroups.has_pids() && !root {
-        tracing::warn!("no pids cgroup and not root: the number of processes of a run is not limited");
+        tracing::warn!(
+            "no pids cgroup and not root: the number of processes of a run is not limited"
+        );
     }
 
     let uids = root.then(|| UidPool::new(config.uid_base, config.uid_count));
@@ -187,25 +218,40 @@ fn trial_run(sandbox: &Sandbox) -> Result<(), PreflightError> {
     };
     let lease = sandbox.uids.as_ref().and_then(|pool| pool.acquire());
     let identity = match &lease {
-        Some(lease) => Identity::Drop { uid: lease.uid(), gid: lease.uid() },
-        None => Identity::Keep { uid: sandbox.worker_uid, gid: sandbox.worker_gid },
+        Some(lease) => Identity::Drop {
+            uid: lease.uid(),
+            gid: lease.uid(),
+        },
+        None => Identity::Keep {
+            uid: sandbox.worker_uid,
+            gid: sandbox.worker_gid,
+        },
     };
     let run_id = Uuid::new_v4();
     let dir = std::env::temp_dir().join(format!("coderun-preflight-{run_id}"));
     let layout = RunLayout::new(&dir);
     let (uid, gid) = identity.ids();
-    layout.prepare(uid, gid, run_id).map_err(|e| PreflightError::TrialRun {
-        command: "preparing a work dir".into(),
-        detail: e.to_string(),
-    })?;
-    let limits = Limits { cpu_millis: 1000, memory_mib: 64, disk_mib: 1, pids: 16, wall_seconds: 10 };
+    layout
+        .prepare(uid, gid, run_id)
+        .map_err(|e| PreflightError::TrialRun {
+            command: "preparing a work dir".into(),
+            detail: e.to_string(),
+        })?;
+    let limits = Limits {
+        cpu_millis: 1000,
+        memory_mib: 64,
+        disk_mib: 1,
+        pids: 16,
+        wall_seconds: 10,
+    };
     let result = (|| {
-        let cgroup = sandbox.cgroups.create(&format!("preflight-run-{run_id}"), &limits).map_err(
-            |e| PreflightError::NoMemoryCgroup {
+        let cgroup = sandbox
+            .cgroups
+            .create(&format!("preflight-run-{run_id}"), &limits)
+            .map_err(|e| PreflightError::NoMemoryCgroup {
                 path: sandbox.cgroups.describe(),
                 reason: e.to_string(),
-            },
-        )?;
+            })?;
         let launch = Launch {
             tools: &sandbox.tools,
             system: &sandbox.system,

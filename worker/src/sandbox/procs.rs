@@ -11,17 +11,28 @@ use nix::unistd::Pid;
 
 /// Pids of every host process that has `uid` in any of its uid fields.
 pub(crate) fn pids_with_uid(uid: u32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     let mut pids = Vec::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
             continue;
         };
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
         let has_uid = status
             .lines()
             .find_map(|l| l.strip_prefix("Uid:"))
-            .is_some_and(|ids| ids.split_whitespace().any(|id| id.parse::<u32>() == Ok(uid)));
+            .is_some_and(|ids| {
+                ids.split_whitespace()
+                    .any(|id| id.parse::<u32>() == Ok(uid))
+            });
         if has_uid {
             pids.push(pid);
         }

@@ -32,7 +32,11 @@ fn test_config() -> SandboxConfig {
     SandboxConfig {
         uid_base: if child { 310_000 } else { 300_000 },
         uid_count: 16,
-        cgroup_name: if child { "coderun-test-child".into() } else { "coderun-test".into() },
+        cgroup_name: if child {
+            "coderun-test-child".into()
+        } else {
+            "coderun-test".into()
+        },
         ..SandboxConfig::default()
     }
 }
@@ -49,7 +53,13 @@ fn sandbox() -> Option<&'static Sandbox> {
 }
 
 fn limits() -> Limits {
-    Limits { cpu_millis: 1000, memory_mib: 128, disk_mib: 16, pids: 32, wall_seconds: 10 }
+    Limits {
+        cpu_millis: 1000,
+        memory_mib: 128,
+        disk_mib: 16,
+        pids: 32,
+        wall_seconds: 10,
+    }
 }
 
 fn tests_root() -> PathBuf {
@@ -109,10 +119,17 @@ async fn run(sandbox: &Sandbox, req: SandboxRequest) -> Done {
         lines
     });
     let (run_id, dir) = (req.run_id, req.work_dir.clone());
-    let outcome = sandbox.run(req, tx, CancellationToken::new()).await.expect("run");
+    let outcome = sandbox
+        .run(req, tx, CancellationToken::new())
+        .await
+        .expect("run");
     let lines = collector.await.unwrap();
     assert_clean(sandbox, outcome.uid, run_id);
-    Done { outcome, lines, dir }
+    Done {
+        outcome,
+        lines,
+        dir,
+    }
 }
 
 /// No process of the run's uid (zombies included) and no cgroup folder of the run.
@@ -122,11 +139,25 @@ fn assert_clean(sandbox: &Sandbox, uid: u32, run_id: Uuid) {
         .into_iter()
         .map(|pid| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let pick = |k: &str| status.lines().find(|l| l.starts_with(k)).unwrap_or("").to_string();
-            format!("{pid} {} {} {}", pick("Name:"), pick("State:"), pick("PPid:"))
+            let pick = |k: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(k))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            format!(
+                "{pid} {} {} {}",
+                pick("Name:"),
+                pick("State:"),
+                pick("PPid:")
+            )
         })
         .collect();
-    assert!(left.is_empty(), "processes of uid {uid} left after the run: {left:?}");
+    assert!(
+        left.is_empty(),
+        "processes of uid {uid} left after the run: {left:?}"
+    );
     for dir in sandbox.cgroups.run_dirs(&run_id.to_string()) {
         assert!(!dir.exists(), "cgroup {} left after the run", dir.display());
     }
@@ -188,34 +219,59 @@ async fn the_run_environment_is_exactly_the_documented_one() {
 async fn worker_environment_is_not_visible() {
     let Some(_) = sandbox() else { return };
     let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "sandbox::tests::env_probe", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "sandbox::tests::env_probe",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(FAKE_SECRET_VAR, FAKE_SECRET)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "env_probe failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("env_probe: secret not visible"), "{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "env_probe failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("env_probe: secret not visible"),
+        "{stdout}\n{stderr}"
+    );
 }
 
 #[tokio::test]
 #[ignore = "run by worker_environment_is_not_visible with a fake secret in the environment"]
 async fn env_probe() {
-    assert_eq!(std::env::var(FAKE_SECRET_VAR).as_deref(), Ok(FAKE_SECRET), "start me via the test");
+    assert_eq!(
+        std::env::var(FAKE_SECRET_VAR).as_deref(),
+        Ok(FAKE_SECRET),
+        "start me via the test"
+    );
     let Some(sb) = sandbox() else { return };
     // Our own environment, PID 1's (bwrap) and every readable one.
     let cmd = "env; tr '\\0' '\\n' < /proc/1/environ; cat /proc/*/environ | tr '\\0' '\\n'";
     let done = run(sb, request(&work_dir(&[]), cmd, limits())).await;
     assert_eq!(done.outcome.termination, Termination::Exited(0));
     assert!(done.has("CODE_PATH=/code"), "{:?}", done.lines);
-    let leaked: Vec<_> = done.lines.iter().filter(|l| l.contains(FAKE_SECRET)).collect();
-    assert!(leaked.is_empty(), "the sandbox sees the worker's secret: {leaked:?}");
+    let leaked: Vec<_> = done
+        .lines
+        .iter()
+        .filter(|l| l.contains(FAKE_SECRET))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "the sandbox sees the worker's secret: {leaked:?}"
+    );
     // Nor anything else of the worker's environment (cargo sets plenty of variables).
     // (The sandbox sets PATH, HOME, LANG and the shell PWD to values of its own.)
     for (key, _) in std::env::vars() {
         if !["PATH", "HOME", "LANG", "PWD"].contains(&key.as_str()) {
             let prefix = format!("{key}=");
-            assert!(!done.lines.iter().any(|l| l.starts_with(&prefix)), "{key} leaked");
+            assert!(
+                !done.lines.iter().any(|l| l.starts_with(&prefix)),
+                "{key} leaked"
+            );
         }
     }
     println!("env_probe: secret not visible");
@@ -241,12 +297,37 @@ except OSError:
     let dir = work_dir(&[("net.py", script)]);
     let cmd = "python3 net.py; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '";
     let done = run(sb, request(&dir, cmd, limits())).await;
-    assert_eq!(done.outcome.termination, Termination::Exited(0), "{:?}", done.lines);
-    assert!(!done.lines.iter().any(|l| l.starts_with("CONNECTED") || l == "RESOLVED"), "{:?}", done.lines);
-    assert_eq!(done.lines.iter().filter(|l| l.starts_with("NO-NET")).count(), 2, "{:?}", done.lines);
+    assert_eq!(
+        done.outcome.termination,
+        Termination::Exited(0),
+        "{:?}",
+        done.lines
+    );
+    assert!(
+        !done
+            .lines
+            .iter()
+            .any(|l| l.starts_with("CONNECTED") || l == "RESOLVED"),
+        "{:?}",
+        done.lines
+    );
+    assert_eq!(
+        done.lines
+            .iter()
+            .filter(|l| l.starts_with("NO-NET"))
+            .count(),
+        2,
+        "{:?}",
+        done.lines
+    );
     assert!(done.has("NO-DNS"));
     // The only interface is the loopback.
-    assert_eq!(done.lines.last().map(String::as_str), Some("lo"), "{:?}", done.lines);
+    assert_eq!(
+        done.lines.last().map(String::as_str),
+        Some("lo"),
+        "{:?}",
+        done.lines
+    );
     assert!(!done.lines.iter().any(|l| l == "eth0"));
 }
 
@@ -276,18 +357,37 @@ async fn host_secrets_and_other_runs_are_not_visible() {
         cmd.push_str(&format!("test -e '{path}' && echo 'VISIBLE {path}'; "));
     }
     cmd.push_str(&format!("cat '{}' 2>&1; ", other_file.display()));
-    cmd.push_str("grep -rs TOPSECRET-OTHER-RUN / --exclude-dir=proc --exclude-dir=usr --exclude-dir=dev; ");
+    cmd.push_str(
+        "grep -rs TOPSECRET-OTHER-RUN / --exclude-dir=proc --exclude-dir=usr --exclude-dir=dev; ",
+    );
     cmd.push_str("ls /; ls /etc");
     let done = run(sb, request(&work_dir(&[]), &cmd, limits())).await;
     let _ = std::fs::remove_dir_all(&other);
-    let visible: Vec<_> = done.lines.iter().filter(|l| l.starts_with("VISIBLE")).collect();
+    let visible: Vec<_> = done
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("VISIBLE"))
+        .collect();
     assert!(visible.is_empty(), "{visible:?}");
-    assert!(!done.lines.iter().any(|l| l.contains("TOPSECRET-OTHER-RUN")), "{:?}", done.lines);
+    assert!(
+        !done.lines.iter().any(|l| l.contains("TOPSECRET-OTHER-RUN")),
+        "{:?}",
+        done.lines
+    );
     // The root holds exactly the sandbox's own folders.
-    let root: Vec<&str> = done.lines.iter().map(String::as_str).skip_while(|l| *l != "bin").take_while(|l| *l != "alternatives").collect();
+    let root: Vec<&str> = done
+        .lines
+        .iter()
+        .map(String::as_str)
+        .skip_while(|l| *l != "bin")
+        .take_while(|l| *l != "alternatives")
+        .collect();
     assert_eq!(
         root,
-        ["bin", "code", "data", "dev", "etc", "lib", "lib64", "output", "proc", "sbin", "tmp", "usr"]
+        [
+            "bin", "code", "data", "dev", "etc", "lib", "lib64", "output", "proc", "sbin", "tmp",
+            "usr"
+        ]
     );
     assert!(!done.has("shadow"), "{:?}", done.lines);
 }
@@ -305,9 +405,24 @@ async fn runs_as_its_own_non_root_uid_and_cannot_write_the_system() {
     assert!(uid >= 300_000, "uid {uid}");
     assert_eq!(done.lines[0], uid.to_string());
     assert_eq!(done.lines[1], uid.to_string());
-    assert_eq!(done.lines[2], uid.to_string(), "supplementary groups must be cleared");
-    assert!(!done.lines.iter().any(|l| l.starts_with("WROTE") || l == "NESTED-USERNS"), "{:?}", done.lines);
-    assert!(done.has("CODE-OK") && done.has("OUT-OK") && done.has("TMP-OK"), "{:?}", done.lines);
+    assert_eq!(
+        done.lines[2],
+        uid.to_string(),
+        "supplementary groups must be cleared"
+    );
+    assert!(
+        !done
+            .lines
+            .iter()
+            .any(|l| l.starts_with("WROTE") || l == "NESTED-USERNS"),
+        "{:?}",
+        done.lines
+    );
+    assert!(
+        done.has("CODE-OK") && done.has("OUT-OK") && done.has("TMP-OK"),
+        "{:?}",
+        done.lines
+    );
     assert!(done.has("CapEff:\t0000000000000000"), "{:?}", done.lines);
     assert!(done.has("NoNewPrivs:\t1"), "{:?}", done.lines);
 }
@@ -344,7 +459,10 @@ async fn datasets_are_mounted_read_only() {
     req.datasets = vec![("iris".into(), ds.clone())];
     let done = run(sb, req).await;
     assert_eq!(done.lines, ["a,b", "1,2", "Read-only file system", "iris"]);
-    assert_eq!(std::fs::read_to_string(ds.join("rows.csv")).unwrap(), "a,b\n1,2\n");
+    assert_eq!(
+        std::fs::read_to_string(ds.join("rows.csv")).unwrap(),
+        "a,b\n1,2\n"
+    );
     let _ = std::fs::remove_dir_all(&ds);
 }
 
@@ -360,7 +478,12 @@ async fn outputs_never_follow_symlinks_or_hard_links() {
         other_file.display()
     );
     let done = run(sb, request(&work_dir(&[]), &cmd, limits())).await;
-    assert_eq!(done.outcome.termination, Termination::Exited(0), "{:?}", done.lines);
+    assert_eq!(
+        done.outcome.termination,
+        Termination::Exited(0),
+        "{:?}",
+        done.lines
+    );
     // What a compromised host-side writer could also have planted: a hard link to a file of
     // another run (same file system) appears after the run.
     std::fs::hard_link(&other_file, done.dir.join("output/planted")).unwrap();
@@ -368,8 +491,11 @@ async fn outputs_never_follow_symlinks_or_hard_links() {
     let collected = sb.collect_outputs(&done.dir, 100, 1 << 20).unwrap();
     let files: Vec<&str> = collected.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(files, ["real.txt", "sub/n.txt"]);
-    let skipped: Vec<(&str, SkipReason)> =
-        collected.skipped.iter().map(|s| (s.path.as_str(), s.reason)).collect();
+    let skipped: Vec<(&str, SkipReason)> = collected
+        .skipped
+        .iter()
+        .map(|s| (s.path.as_str(), s.reason))
+        .collect();
     assert_eq!(
         skipped,
         [
@@ -389,14 +515,26 @@ async fn outputs_never_follow_symlinks_or_hard_links() {
     assert_eq!(content, "ok\n");
     // After the run the folder is the worker's again.
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::symlink_metadata(done.dir.join("output/real.txt")).unwrap().uid(), 0);
+    assert_eq!(
+        std::fs::symlink_metadata(done.dir.join("output/real.txt"))
+            .unwrap()
+            .uid(),
+        0
+    );
 
     // Caps: one file, or too few bytes.
     let one = sb.collect_outputs(&done.dir, 1, 1 << 20).unwrap();
     assert_eq!(one.files.len(), 1);
     assert!(one.truncated);
     let small = sb.collect_outputs(&done.dir, 100, 3).unwrap();
-    assert_eq!(small.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["real.txt"]);
+    assert_eq!(
+        small
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .collect::<Vec<_>>(),
+        ["real.txt"]
+    );
     assert!(small.truncated);
     let _ = std::fs::remove_dir_all(&other);
 }
@@ -404,51 +542,100 @@ async fn outputs_never_follow_symlinks_or_hard_links() {
 #[tokio::test]
 async fn fork_bomb_ends_within_the_wall_time() {
     let Some(sb) = sandbox() else { return };
-    let lim = Limits { pids: 32, wall_seconds: 5, ..limits() };
+    let lim = Limits {
+        pids: 32,
+        wall_seconds: 5,
+        ..limits()
+    };
     let done = run(sb, request(&work_dir(&[]), "f() { f | f & f; }; f", lim)).await;
     let t = done.outcome.termination;
     assert!(
         t == Termination::DeadlineExceeded || matches!(t, Termination::Exited(c) if c != 0),
         "{t:?}"
     );
-    assert!(done.outcome.duration < Duration::from_secs(7), "{:?}", done.outcome);
+    assert!(
+        done.outcome.duration < Duration::from_secs(7),
+        "{:?}",
+        done.outcome
+    );
 }
 
 #[tokio::test]
 async fn processes_are_limited_to_pids() {
     let Some(sb) = sandbox() else { return };
-    let lim = Limits { pids: 24, ..limits() };
+    let lim = Limits {
+        pids: 24,
+        ..limits()
+    };
     let cmd = "i=0; while [ $i -lt 100 ]; do sleep 30 & i=$((i+1)); echo started $i; done";
     let done = run(sb, request(&work_dir(&[]), cmd, lim)).await;
-    let started = done.lines.iter().filter(|l| l.starts_with("started")).count();
+    let started = done
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("started"))
+        .count();
     // bwrap (outside and as PID 1) and the shell count too.
-    assert!(started > 5 && started < 24, "started {started}: {:?}", done.lines);
-    assert!(done.lines.iter().any(|l| l.contains("Cannot fork")), "{:?}", done.lines);
+    assert!(
+        started > 5 && started < 24,
+        "started {started}: {:?}",
+        done.lines
+    );
+    assert!(
+        done.lines.iter().any(|l| l.contains("Cannot fork")),
+        "{:?}",
+        done.lines
+    );
     assert_ne!(done.outcome.termination, Termination::Exited(0));
-    assert!(done.outcome.duration < Duration::from_secs(5), "the sleeps died with the run");
+    assert!(
+        done.outcome.duration < Duration::from_secs(5),
+        "the sleeps died with the run"
+    );
 }
 
 #[tokio::test]
 async fn memory_bomb_is_oom_killed() {
     let Some(sb) = sandbox() else { return };
-    let lim = Limits { memory_mib: 64, ..limits() };
-    let done = run(sb, request(&work_dir(&[]), "head -c 1G /dev/zero | tail", lim)).await;
-    assert_eq!(done.outcome.termination, Termination::OomKilled, "{:?}", done.lines);
+    let lim = Limits {
+        memory_mib: 64,
+        ..limits()
+    };
+    let done = run(
+        sb,
+        request(&work_dir(&[]), "head -c 1G /dev/zero | tail", lim),
+    )
+    .await;
+    assert_eq!(
+        done.outcome.termination,
+        Termination::OomKilled,
+        "{:?}",
+        done.lines
+    );
 }
 
 #[tokio::test]
 async fn python_memory_bomb_is_oom_killed() {
     let Some(sb) = sandbox() else { return };
-    let lim = Limits { memory_mib: 64, ..limits() };
+    let lim = Limits {
+        memory_mib: 64,
+        ..limits()
+    };
     let cmd = "python3 -c \"x = 'a' * (512 * 1024 * 1024); print(len(x))\"";
     let done = run(sb, request(&work_dir(&[]), cmd, lim)).await;
-    assert_eq!(done.outcome.termination, Termination::OomKilled, "{:?}", done.lines);
+    assert_eq!(
+        done.outcome.termination,
+        Termination::OomKilled,
+        "{:?}",
+        done.lines
+    );
 }
 
 #[tokio::test]
 async fn one_big_file_is_cut_at_the_disk_limit() {
     let Some(sb) = sandbox() else { return };
-    let lim = Limits { disk_mib: 8, ..limits() };
+    let lim = Limits {
+        disk_mib: 8,
+        ..limits()
+    };
     let cmd = "dd if=/dev/zero of=$OUTPUT_DIR/big bs=1M count=64";
     let done = run(sb, request(&work_dir(&[]), cmd, lim)).await;
     let t = done.outcome.termination;
@@ -456,31 +643,48 @@ async fn one_big_file_is_cut_at_the_disk_limit() {
         t == Termination::DiskLimitExceeded || matches!(t, Termination::Exited(c) if c != 0),
         "{t:?}"
     );
-    let size = std::fs::metadata(done.dir.join("output/big")).unwrap().len();
+    let size = std::fs::metadata(done.dir.join("output/big"))
+        .unwrap()
+        .len();
     assert!(size <= 8 * 1024 * 1024, "{size}");
 }
 
 #[tokio::test]
 async fn tmp_is_a_sized_tmpfs() {
     let Some(sb) = sandbox() else { return };
-    let lim = Limits { disk_mib: 8, ..limits() };
+    let lim = Limits {
+        disk_mib: 8,
+        ..limits()
+    };
     let cmd = "dd if=/dev/zero of=/tmp/big bs=1M count=64 2>/dev/null; echo dd=$?; \
                echo $(($(stat -c %s /tmp/big) / 1048576))MiB";
     let done = run(sb, request(&work_dir(&[]), cmd, lim)).await;
     // ENOSPC (dd=1) or RLIMIT_FSIZE (SIGXFSZ, dd=153), whichever comes first: 8 MiB at most.
-    assert!(done.lines[0] == "dd=1" || done.lines[0] == "dd=153", "{:?}", done.lines);
+    assert!(
+        done.lines[0] == "dd=1" || done.lines[0] == "dd=153",
+        "{:?}",
+        done.lines
+    );
     assert_eq!(done.lines[1], "8MiB");
 }
 
 #[tokio::test]
 async fn many_files_trip_the_disk_budget() {
     let Some(sb) = sandbox() else { return };
-    let lim = Limits { disk_mib: 8, wall_seconds: 20, ..limits() };
+    let lim = Limits {
+        disk_mib: 8,
+        wall_seconds: 20,
+        ..limits()
+    };
     let cmd = "i=0; while :; do dd if=/dev/zero of=$OUTPUT_DIR/f$i bs=1M count=1 2>/dev/null; \
                i=$((i+1)); sleep 0.02; done";
     let done = run(sb, request(&work_dir(&[]), cmd, lim)).await;
     assert_eq!(done.outcome.termination, Termination::DiskLimitExceeded);
-    assert!(done.outcome.duration < Duration::from_secs(5), "{:?}", done.outcome);
+    assert!(
+        done.outcome.duration < Duration::from_secs(5),
+        "{:?}",
+        done.outcome
+    );
     let usage = disk::measure(&[done.dir.join("output")], u64::MAX, u64::MAX);
     assert!(usage.bytes < 24 * 1024 * 1024, "{usage:?}");
 }
@@ -488,17 +692,26 @@ async fn many_files_trip_the_disk_budget() {
 #[tokio::test]
 async fn infinite_loop_hits_the_deadline() {
     let Some(sb) = sandbox() else { return };
-    let lim = Limits { wall_seconds: 2, ..limits() };
+    let lim = Limits {
+        wall_seconds: 2,
+        ..limits()
+    };
     let done = run(sb, request(&work_dir(&[]), "while :; do :; done", lim)).await;
     assert_eq!(done.outcome.termination, Termination::DeadlineExceeded);
     let d = done.outcome.duration;
-    assert!(d >= Duration::from_secs(2) && d < Duration::from_millis(3500), "{d:?}");
+    assert!(
+        d >= Duration::from_secs(2) && d < Duration::from_millis(3500),
+        "{d:?}"
+    );
 }
 
 #[tokio::test]
 async fn sigterm_ignoring_program_still_hits_the_deadline() {
     let Some(sb) = sandbox() else { return };
-    let lim = Limits { wall_seconds: 2, ..limits() };
+    let lim = Limits {
+        wall_seconds: 2,
+        ..limits()
+    };
     let cmd = "trap '' TERM; sleep 100 & sleep 100 & sleep 100";
     let done = run(sb, request(&work_dir(&[]), cmd, lim)).await;
     assert_eq!(done.outcome.termination, Termination::DeadlineExceeded);
@@ -508,7 +721,11 @@ async fn sigterm_ignoring_program_still_hits_the_deadline() {
 #[tokio::test]
 async fn stop_kills_a_sigterm_ignoring_program_promptly() {
     let Some(sb) = sandbox() else { return };
-    let req = request(&work_dir(&[]), "trap '' TERM; sleep 100 & echo ready; sleep 100", limits());
+    let req = request(
+        &work_dir(&[]),
+        "trap '' TERM; sleep 100 & echo ready; sleep 100",
+        limits(),
+    );
     let (run_id, dir) = (req.run_id, req.work_dir.clone());
     let (tx, mut rx) = mpsc::channel(16);
     let stop = CancellationToken::new();
@@ -520,7 +737,11 @@ async fn stop_kills_a_sigterm_ignoring_program_promptly() {
     let stopped_at = Instant::now();
     stop.cancel();
     let outcome = running.await.unwrap().unwrap();
-    assert!(stopped_at.elapsed() < Duration::from_secs(1), "{:?}", stopped_at.elapsed());
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        stopped_at.elapsed()
+    );
     assert_eq!(outcome.termination, Termination::Killed);
     assert_clean(sb, outcome.uid, run_id);
     let _ = std::fs::remove_dir_all(dir);
@@ -581,7 +802,10 @@ async fn cpu_is_limited_to_its_share() {
     let script = "import time\nt = time.time(); c = time.process_time()\n\
                   while time.time() - t < 2: pass\nprint(round(time.process_time() - c, 2))\n";
     let dir = work_dir(&[("spin.py", script)]);
-    let lim = Limits { cpu_millis: 250, ..limits() };
+    let lim = Limits {
+        cpu_millis: 250,
+        ..limits()
+    };
     let done = run(sb, request(&dir, "python3 spin.py", lim)).await;
     let cpu: f64 = done.lines[0].parse().unwrap();
     // A quarter of a core for two seconds: about half a second of cpu.
@@ -595,7 +819,11 @@ async fn spawning_overhead_is_small() {
     let mut bare = Vec::new();
     for _ in 0..N {
         let t = Instant::now();
-        let status = tokio::process::Command::new("/bin/sh").args(["-c", "true"]).status().await.unwrap();
+        let status = tokio::process::Command::new("/bin/sh")
+            .args(["-c", "true"])
+            .status()
+            .await
+            .unwrap();
         assert!(status.success());
         bare.push(t.elapsed());
     }
@@ -604,7 +832,14 @@ async fn spawning_overhead_is_small() {
     for _ in 0..N {
         let t = Instant::now();
         let (tx, _rx) = mpsc::channel(4);
-        let out = sb.run(request(&dir, "true", limits()), tx, CancellationToken::new()).await.unwrap();
+        let out = sb
+            .run(
+                request(&dir, "true", limits()),
+                tx,
+                CancellationToken::new(),
+            )
+            .await
+            .unwrap();
         assert_eq!(out.termination, Termination::Exited(0));
         boxed.push(t.elapsed());
     }
@@ -620,4 +855,15 @@ async fn spawning_overhead_is_small() {
         boxed_med.saturating_sub(bare_med)
     );
     assert!(boxed_med < Duration::from_millis(500), "{boxed_med:?}");
+}
+
+#[test]
+fn missing_bubblewrap_is_a_clear_preflight_error() {
+    let config = SandboxConfig {
+        bwrap: Some("/nonexistent/bwrap".into()),
+        ..test_config()
+    };
+    let message = Sandbox::new(config).unwrap_err().to_string();
+    assert!(message.contains("/nonexistent/bwrap"), "{message}");
+    assert!(message.contains("apt-get install bubblewrap"), "{message}");
 }

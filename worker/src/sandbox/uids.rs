@@ -22,7 +22,10 @@ pub(super) struct UidLease {
 
 impl UidPool {
     pub fn new(base: u32, count: u32) -> Self {
-        UidPool { base, used: Arc::new(Mutex::new(vec![false; count as usize])) }
+        UidPool {
+            base,
+            used: Arc::new(Mutex::new(vec![false; count as usize])),
+        }
     }
 
     pub fn count(&self) -> u32 {
@@ -38,11 +41,17 @@ impl UidPool {
         let mut used = self.lock();
         let slot = used.iter().position(|u| !u)?;
         used[slot] = true;
-        Some(UidLease { uid: self.base + slot as u32, slot, used: self.used.clone() })
+        Some(UidLease {
+            uid: self.base + slot as u32,
+            slot,
+            used: self.used.clone(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<bool>> {
-        self.used.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.used
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -54,7 +63,10 @@ impl UidLease {
 
 impl Drop for UidLease {
     fn drop(&mut self) {
-        let mut used = self.used.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut used = self
+            .used
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         used[self.slot] = false;
     }
 }

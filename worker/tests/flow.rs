@@ -1,0 +1,330 @@
+//! Runs from HTTP submit to their end, through the real stream, semaphore, worker and sandbox.
+
+mod support;
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use serde_json::json;
+use support::{Platform, platform};
+
+const T: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_python_run_goes_from_submit_to_succeeded_with_its_log_and_outputs_stored() {
+    let p = platform(vec![]).await;
+    let worker = p.worker("w").await;
+    let code = "import os\nprint('hello from the sandbox')\nprint('second line', flush=True)\n\
+                open(os.path.join(os.environ['OUTPUT_DIR'], 'result.txt'), 'w').write('42')\n\
+                os.makedirs(os.path.join(os.environ['OUTPUT_DIR'], 'sub'), exist_ok=True)\n\
+                open(os.path.join(os.environ['OUTPUT_DIR'], 'sub', 'b.txt'), 'w').write('b')\n";
+    let id = p.submit_python(code, json!({})).await;
+    let run = p.wait_terminal(&id, T).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["exit_code"], 0);
+    assert_eq!(run["reason"], serde_json::Value::Null);
+    assert_eq!(
+        Platform::phases(&run),
+        ["queued", "dispatched", "pending", "running", "succeeded"]
+    );
+    assert!(run["started_at"].is_string() && run["finished_at"].is_string());
+
+    let (lines, complete) = p.log(&id).await;
+    assert_eq!(lines, ["hello from the sandbox", "second line"]);
+    assert!(complete);
+    let download = p
+        .app
+        .get(&format!("/api/v1/runs/{id}/log/download"), &p.token)
+        .await;
+    assert_eq!(download.status, 302);
+    let url = download.header("location").unwrap().to_owned();
+    let log = reqwest::get(url).await.unwrap().text().await.unwrap();
+    assert_eq!(log, "hello from the sandbox\nsecond line\n");
+
+    let outputs = p
+        .app
+        .get(&format!("/api/v1/runs/{id}/outputs"), &p.token)
+        .await
+        .expect(200);
+    let outputs = outputs["items"].as_array().unwrap();
+    let paths: Vec<&str> = outputs
+        .iter()
+        .map(|o| o["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["result.txt", "sub/b.txt"]);
+    let url = outputs[0]["url"].as_str().unwrap();
+    assert_eq!(reqwest::get(url).await.unwrap().text().await.unwrap(), "42");
+
+    // The permit came back.
+    assert!(support::run_permits(&worker.ctx).await.is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_program_reports_its_exit_code_and_its_stderr() {
+    let p = platform(vec![]).await;
+    let worker = p.worker("w").await;
+    let id = p
+        .submit_python(
+            "import sys\nprint('to stdout')\nprint('to stderr', file=sys.stderr)\nsys.exit(3)\n",
+            json!({}),
+        )
+        .await;
+    let run = p.wait_terminal(&id, T).await;
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["exit_code"], 3);
+    assert_eq!(run["reason"], serde_json::Value::Null);
+    let (lines, _) = p.log(&id).await;
+    assert_eq!(lines, ["to stdout", "to stderr"]);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_submission_may_name_its_own_command_and_spec() {
+    let p = platform(vec![]).await;
+    let worker = p.worker("w").await;
+    let id = p
+        .submit_python(
+            "print('unused')\n",
+            json!({"command": "echo \"$RUN_ID\" && pwd && ls", "spec": "medium"}),
+        )
+        .await;
+    let run = p.wait_terminal(&id, T).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(run["spec"]["name"], "medium");
+    let (lines, _) = p.log(&id).await;
+    assert_eq!(lines[0], id);
+    assert_eq!(lines[1], "/code");
+    assert_eq!(&lines[2..], ["README.md", "main.py"]);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn java_and_r_run_where_their_runtimes_are_installed() {
+    let p = platform(vec![]).await;
+    let worker = p.worker("w").await;
+    for (language, binary, code_file, code) in [
+        (
+            "java",
+            "java",
+            "Main.java",
+            "public class Main { public static void main(String[] a) { System.out.println(\"hi from java\"); } }\n",
+        ),
+        ("r", "Rscript", "main.R", "cat('hi from r\\n')\n"),
+        (
+            "scala",
+            "scala-cli",
+            "Main.scala",
+            "@main def main(): Unit = println(\"hi from scala\")\n",
+        ),
+    ] {
+        let installed = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {binary}"))
+            .output()
+            .unwrap()
+            .status
+            .success();
+        if !installed {
+            eprintln!("skipping {language}: `{binary}` is not installed on this machine");
+            continue;
+        }
+        let task = p.app.task(&p.token, language, language).await;
+        let task_id = task["id"].as_str().unwrap();
+        p.app
+            .put_text(
+                &format!("/api/v1/tasks/{task_id}/files/{code_file}"),
+                &p.token,
+                code,
+            )
+            .await
+            .expect(200);
+        let run = p
+            .app
+            .submit(&p.token, task_id, json!({"spec": "medium"}))
+            .await;
+        let id = run["id"].as_str().unwrap();
+        let run = p.wait_terminal(id, Duration::from_secs(120)).await;
+        let (lines, _) = p.log(id).await;
+        assert_eq!(run["status"], "succeeded", "{language}: {run} {lines:?}");
+        assert!(
+            lines.contains(&format!("hi from {language}")),
+            "{language}: {lines:?}"
+        );
+    }
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn stopping_a_queued_run_cancels_it_and_it_never_launches() {
+    let p = platform(vec![]).await;
+    let id = p.submit_python("print('must not run')\n", json!({})).await;
+    let stopped = p
+        .app
+        .post(&format!("/api/v1/runs/{id}/stop"), &p.token, json!({}))
+        .await
+        .expect(200);
+    assert_eq!(stopped["status"], "canceled");
+    let worker = p.worker("w").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let run = p.run(&id).await;
+    assert_eq!(run["status"], "canceled");
+    assert_eq!(run["reason"], "stopped_by_user");
+    assert_eq!(Platform::phases(&run), ["queued", "canceled"]);
+    assert_eq!(
+        p.app.stream_len().await,
+        1,
+        "the entry was read and acknowledged, not re-added"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn stopping_a_running_run_ends_it_stopped_with_its_log_kept() {
+    let p = platform(vec![]).await;
+    let worker = p.worker("w").await;
+    let id = p
+        .submit_python(
+            "import time\nprint('started', flush=True)\ntime.sleep(60)\nprint('never')\n",
+            json!({}),
+        )
+        .await;
+    p.wait_for(&id, T, |s| s == "running").await;
+    // Wait for the first line to reach the live log.
+    for _ in 0..100 {
+        if !p.log(&id).await.0.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stopping = p
+        .app
+        .post(&format!("/api/v1/runs/{id}/stop"), &p.token, json!({}))
+        .await
+        .expect(200);
+    assert_eq!(stopping["status"], "stopping");
+    let run = p.wait_terminal(&id, Duration::from_secs(20)).await;
+    assert_eq!(run["status"], "stopped", "{run}");
+    assert_eq!(run["reason"], "stopped_by_user");
+    let phases = Platform::phases(&run);
+    assert_eq!(&phases[phases.len() - 2..], ["stopping", "stopped"]);
+    let (lines, complete) = p.log(&id).await;
+    assert_eq!(lines, ["started"]);
+    assert!(complete);
+    assert!(support::run_permits(&worker.ctx).await.is_empty());
+    // Stopping again changes nothing.
+    p.app
+        .post(&format!("/api/v1/runs/{id}/stop"), &p.token, json!({}))
+        .await
+        .expect(200);
+    assert_eq!(p.run(&id).await["status"], "stopped");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_runs_the_same_snapshot_again() {
+    let p = platform(vec![]).await;
+    let worker = p.worker("w").await;
+    let id = p.submit_python("print('version 1')\n", json!({})).await;
+    p.wait_terminal(&id, T).await;
+    let task_id = p.run(&id).await["task_id"].as_str().unwrap().to_owned();
+    p.app
+        .put_text(
+            &format!("/api/v1/tasks/{task_id}/files/main.py"),
+            &p.token,
+            "print('version 2')\n",
+        )
+        .await
+        .expect(200);
+    let retry = p
+        .app
+        .post(&format!("/api/v1/runs/{id}/retry"), &p.token, json!({}))
+        .await
+        .expect(202);
+    let retry_id = retry["id"].as_str().unwrap();
+    let run = p.wait_terminal(retry_id, T).await;
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(
+        p.log(retry_id).await.0,
+        ["version 1"],
+        "a retry runs the snapshot, not the edited task"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_queued_run_whose_stream_entry_was_lost_is_enqueued_again() {
+    let p = platform(vec![]).await;
+    let id = p.submit_python("print('found again')\n", json!({})).await;
+    let entries = p.app.stream_entries().await;
+    assert_eq!(entries.len(), 1);
+    let stream = format!("{}:runs", p.settings().redis.prefix);
+    let redis = &p.app.state.redis;
+    let deleted: u64 = redis.xdel(&stream, entries[0].0.as_str()).await.unwrap();
+    assert_eq!(deleted, 1);
+    let worker = p.worker("w").await;
+    let run = p.wait_terminal(&id, T).await;
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(p.log(&id).await.0, ["found again"]);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn poison_entries_are_dead_lettered() {
+    let p = platform(vec![("queue.max_deliveries", "2".into())]).await;
+    let redis = &p.app.state.redis;
+    let prefix = p.settings().redis.prefix;
+    let stream = format!("{prefix}:runs");
+
+    // An entry that names no run.
+    let _: String = redis
+        .xadd(&stream, false, None, "*", vec![("garbage", "yes")])
+        .await
+        .unwrap();
+    // A run whose entry keeps being delivered and never handed off (a consumer that dies
+    // before acknowledging, three times over).
+    let id = p.submit_python("print('never')\n", json!({})).await;
+    let group = p.settings().queue.group;
+    let _: () = redis
+        .xgroup_create(&stream, &group, "0", true)
+        .await
+        .unwrap_or(());
+    for ghost in ["ghost-1", "ghost-2", "ghost-3"] {
+        let _: Value = redis
+            .xreadgroup(&group, ghost, Some(10), None, false, &stream, ">")
+            .await
+            .unwrap();
+        let pending: Vec<(String, String, u64, u64)> = redis
+            .xpending(&stream, &group, ("-", "+", 10))
+            .await
+            .unwrap();
+        for (entry, ..) in pending {
+            let _: Value = redis
+                .xclaim(
+                    &stream, &group, ghost, 0, entry, None, None, None, false, false,
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let worker = p.worker("w").await;
+    let run = p.wait_terminal(&id, T).await;
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["reason"], "dead_lettered");
+    let dead: Vec<(String, std::collections::HashMap<String, String>)> = redis
+        .xrange(format!("{prefix}:runs:dead"), "-", "+", None)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(dead.iter().any(|(_, f)| f["run_id"] == id));
+    assert!(dead.iter().any(|(_, f)| f["run_id"].is_empty()));
+    // Both entries are acknowledged.
+    let pending: (
+        u64,
+        Option<String>,
+        Option<String>,
+        Option<Vec<(String, String)>>,
+    ) = redis.xpending(&stream, &group, ()).await.unwrap();
+    assert_eq!(pending.0, 0);
+    worker.stop().await;
+}
