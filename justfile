@@ -9,21 +9,42 @@ export CODERUN_TOOLS_DIR := env("CODERUN_TOOLS_DIR", justfile_directory() / ".to
 default:
     @{{just_executable()}} --list
 
-# The whole platform locally: stack + API on http://127.0.0.1:8080 (Ctrl-C stops it).
+# The whole platform locally: stack + API on http://127.0.0.1:8080 + one worker (Ctrl-C stops it).
 dev:
     bash infra/local/dev.sh
+
+# A Python run end to end, followed live (starts the stack if needed and leaves it running).
+demo *args:
+    #!/usr/bin/env bash
+    # Options: `just demo --help`.
+    set -euo pipefail
+    started=0
+    bash infra/local/dev.sh --status >/dev/null 2>&1 || started=1
+    bash infra/local/dev.sh --detach
+    cargo build --quiet -p coderun-tests --bin coderun-demo
+    target="${CARGO_TARGET_DIR:-target}"
+    rc=0
+    "$target/debug/coderun-demo" {{args}} || rc=$?
+    if ((started)); then
+        echo
+        echo "demo: the local stack started for this demo keeps running (API http://127.0.0.1:8080);"
+        echo "demo: stop it with: bash infra/local/dev.sh --stop"
+    fi
+    exit "$rc"
 
 # Every test of the workspace, against real Postgres, Redis and S3 servers the harness starts.
 test:
     bash infra/local/install-deps.sh
     cargo test --workspace
 
-# Start the platform in the background, run the benchmark against it, stop it again.
+# Benchmark the platform (started in the background unless it runs, then stopped again).
 bench:
     #!/usr/bin/env bash
     set -euo pipefail
-    bash infra/local/dev.sh --detach
-    trap 'bash infra/local/dev.sh --stop' EXIT
+    if ! bash infra/local/dev.sh --status >/dev/null 2>&1; then
+        bash infra/local/dev.sh --detach
+        trap 'bash infra/local/dev.sh --stop' EXIT
+    fi
     cargo run --release -p coderun-tests --bin coderun-bench -- --base-url http://127.0.0.1:8080
 
 # Format the code.

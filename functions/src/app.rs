@@ -25,6 +25,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::auth::router())
         .merge(routes::tasks::router())
         .merge(routes::files::router(&limits))
+        .merge(routes::runs::router())
         .merge(routes::catalogue::router())
         .merge(routes::ops::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

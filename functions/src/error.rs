@@ -6,7 +6,7 @@ use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, Que
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use coderun_shared::domain::Invalid;
-use coderun_shared::{files, storage, tasks, users};
+use coderun_shared::{bundle, files, runs, storage, tasks, users};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +32,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A quota that frees up by itself; `Retry-After` says when to try again.
+    #[error("{detail}")]
+    TooManyRequests { detail: String, retry_after: u64 },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("{0}")]
@@ -62,6 +65,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -79,6 +83,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not-found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload-too-large",
+            ApiError::TooManyRequests { .. } => "too-many-requests",
             ApiError::MethodNotAllowed => "method-not-allowed",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
@@ -116,6 +121,9 @@ impl IntoResponse for ApiError {
         if matches!(self, ApiError::Unauthorized | ApiError::BadCredentials) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let ApiError::TooManyRequests { retry_after, .. } = &self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+        }
         response
     }
 }
@@ -135,6 +143,36 @@ impl From<sqlx::Error> for ApiError {
 impl From<storage::Error> for ApiError {
     fn from(e: storage::Error) -> Self {
         ApiError::Internal(e.into())
+    }
+}
+
+impl From<fred::error::Error> for ApiError {
+    fn from(e: fred::error::Error) -> Self {
+        ApiError::Internal(anyhow::Error::new(e).context("redis"))
+    }
+}
+
+impl From<bundle::Error> for ApiError {
+    fn from(e: bundle::Error) -> Self {
+        ApiError::Internal(anyhow::Error::new(e).context("code bundle"))
+    }
+}
+
+/// How long a caller at the cap on active runs is told to wait: runs of the default spec
+/// usually finish within seconds, and a retry then costs one cheap refusal.
+pub const ACTIVE_RUNS_RETRY_AFTER_SECONDS: u64 = 10;
+
+impl From<runs::Error> for ApiError {
+    fn from(e: runs::Error) -> Self {
+        match e {
+            runs::Error::NotFound => ApiError::not_found("run"),
+            runs::Error::TaskBusy | runs::Error::NotFinished => ApiError::Conflict(e.to_string()),
+            runs::Error::TooManyActive { .. } => ApiError::TooManyRequests {
+                detail: e.to_string(),
+                retry_after: ACTIVE_RUNS_RETRY_AFTER_SECONDS,
+            },
+            runs::Error::Db(e) => e.into(),
+        }
     }
 }
 

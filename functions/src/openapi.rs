@@ -3,7 +3,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{auth, catalogue, files, ops, tasks};
+use crate::routes::{auth, catalogue, files, ops, runs, tasks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -13,6 +13,8 @@ use crate::routes::{auth, catalogue, files, ops, tasks};
         tasks::create_task, tasks::list_tasks, tasks::get_task, tasks::update_task, tasks::delete_task,
         files::read_file, files::save_file, files::delete_path, files::batch_files, files::move_path,
         files::download_archive,
+        runs::submit_run, runs::list_runs, runs::get_run, runs::stop_run, runs::retry_run,
+        runs::get_log, runs::stream_log, runs::download_log, runs::list_outputs,
         catalogue::list_languages, catalogue::list_specs, catalogue::list_datasets,
         ops::healthz, ops::readyz, ops::render_metrics, ops::openapi,
     ),

@@ -6,8 +6,11 @@ use std::sync::Arc;
 use coderun_shared::auth::Authenticator;
 use coderun_shared::config::Settings;
 use coderun_shared::domain::{Role, Username};
+use coderun_shared::livelog::LiveLog;
+use coderun_shared::queue::RunQueue;
+use coderun_shared::redis::Keys;
 use coderun_shared::storage::Storage;
-use coderun_shared::{db, users};
+use coderun_shared::{db, redis, users};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
@@ -18,20 +21,35 @@ pub struct AppState {
     pub storage: Storage,
     pub auth: Arc<Authenticator>,
     pub metrics: PrometheusHandle,
+    /// One multiplexed Redis connection for every non-blocking command (the API never blocks
+    /// on Redis: it adds stream entries, reads live logs and publishes stop requests).
+    pub redis: fred::prelude::Client,
+    pub keys: Keys,
+    pub queue: RunQueue,
+    pub live_log: LiveLog,
 }
 
 impl AppState {
-    /// Connects to Postgres (applying migrations) and S3, and seeds the local stack's users.
+    /// Connects to Postgres (applying migrations), S3 and Redis, and seeds the local stack's
+    /// users.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let db = db::connect_and_migrate(&settings.database).await?;
         let storage = Storage::connect(&settings.storage).await?;
         let auth = Arc::new(Authenticator::new(&settings.auth)?);
+        let redis = redis::connect(&settings.redis).await?;
+        let keys = Keys::new(&settings.redis.prefix);
+        let queue = RunQueue::new(redis.clone(), keys.clone(), settings.queue.clone());
+        let live_log = LiveLog::new(redis.clone(), keys.clone());
         let state = Self {
             settings: Arc::new(settings),
             db,
             storage,
             auth,
             metrics: crate::metrics::handle(),
+            redis,
+            keys,
+            queue,
+            live_log,
         };
         if state.settings.local_stack {
             state.seed_local_users().await?;

@@ -1,5 +1,7 @@
 //! `spawn_app`: a coderun API for one test, with its own database (cloned from a migrated
-//! template) and its own bucket, on the process's shared real servers.
+//! template), its own bucket and its own Redis key prefix, on the process's shared real servers.
+
+use std::collections::HashMap;
 
 use axum::Router;
 use axum::body::Body;
@@ -7,8 +9,9 @@ use bytes::Bytes;
 use coderun_functions::app;
 use coderun_functions::state::AppState;
 use coderun_shared::config::Settings;
+use fred::interfaces::StreamsInterface;
 use http::{HeaderMap, Method, Request, StatusCode, header};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::OnceCell;
 use tower::ServiceExt;
@@ -27,7 +30,8 @@ pub struct TestApp {
 }
 
 /// The settings every test app starts from: the local stack's, on this test's database and
-/// bucket, with a cheap password hash so logins do not dominate test time.
+/// bucket, with a Redis key prefix of its own (`t-<uuid>`) and a cheap password hash so logins
+/// do not dominate test time.
 pub fn test_settings(database: &str, bucket: &str) -> Vec<(&'static str, String)> {
     let servers = TestServers::get();
     vec![
@@ -40,6 +44,7 @@ pub fn test_settings(database: &str, bucket: &str) -> Vec<(&'static str, String)
         ("storage.bucket", bucket.into()),
         ("storage.create_bucket", "true".into()),
         ("redis.url", servers.redis_url.clone()),
+        ("redis.prefix", format!("t-{}", Uuid::new_v4().simple())),
         ("auth.argon2_memory_kib", "1024".into()),
         ("auth.argon2_iterations", "1".into()),
     ]
@@ -195,7 +200,22 @@ impl TestApp {
         token: Option<&str>,
         payload: Payload,
     ) -> TestResponse {
+        self.send_with(method, uri, token, &[], payload).await
+    }
+
+    /// Like [`send`](Self::send), with extra request headers.
+    pub async fn send_with(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        payload: Payload,
+    ) -> TestResponse {
         let mut request = Request::builder().method(method).uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
@@ -313,9 +333,68 @@ impl TestApp {
         let query = "SELECT json_build_object(
             'users', (SELECT coalesce(json_agg(u ORDER BY u.username), '[]') FROM users u),
             'tasks', (SELECT coalesce(json_agg(t ORDER BY t.id), '[]') FROM tasks t),
-            'files', (SELECT coalesce(json_agg(f ORDER BY f.task_id, f.path), '[]') FROM task_files f)
+            'files', (SELECT coalesce(json_agg(f ORDER BY f.task_id, f.path), '[]') FROM task_files f),
+            'runs', (SELECT coalesce(json_agg(r ORDER BY r.id), '[]') FROM runs r),
+            'run_events', (SELECT coalesce(json_agg(e ORDER BY e.id), '[]') FROM run_events e),
+            'run_outputs', (SELECT coalesce(json_agg(o ORDER BY o.run_id, o.path), '[]') FROM run_outputs o)
         )::text";
         let text: String = sqlx::query_scalar(query).fetch_one(&self.db).await.unwrap();
         serde_json::from_str(&text).unwrap()
+    }
+
+    /// Everything the API can store anywhere: Postgres ([`snapshot`](Self::snapshot)), the
+    /// runs stream's entries and every object key in the bucket.
+    pub async fn stored(&self) -> Value {
+        let entries: Vec<Value> = self
+            .stream_entries()
+            .await
+            .into_iter()
+            .map(|(id, fields)| json!({"id": id, "fields": fields}))
+            .collect();
+        json!({
+            "db": self.snapshot().await,
+            "stream": entries,
+            "objects": self.objects("").await,
+        })
+    }
+
+    /// The runs stream's entries (id and fields), oldest first.
+    pub async fn stream_entries(&self) -> Vec<(String, HashMap<String, String>)> {
+        self.state
+            .redis
+            .xrange_values(self.state.keys.stream(), "-", "+", None)
+            .await
+            .expect("XRANGE the runs stream")
+    }
+
+    /// The runs stream's length (XLEN).
+    pub async fn stream_len(&self) -> u64 {
+        self.state
+            .redis
+            .xlen(self.state.keys.stream())
+            .await
+            .expect("XLEN the runs stream")
+    }
+
+    /// The keys of every object below `prefix` in this test's bucket, sorted.
+    pub async fn objects(&self, prefix: &str) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .state
+            .storage
+            .list(prefix)
+            .await
+            .expect("list the bucket")
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Submits a run of the task with `body` and returns the run's JSON (asserting 202).
+    pub async fn submit(&self, token: &str, task_id: &str, body: Value) -> Value {
+        self.post(&format!("/api/v1/tasks/{task_id}/runs"), token, body)
+            .await
+            .expect(202)
     }
 }

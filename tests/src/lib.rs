@@ -3,4 +3,5 @@
 
 pub mod app;
 pub mod bench;
+pub mod demo;
 pub mod servers;

@@ -201,19 +201,26 @@ fn start_all() -> Result<TestServers, String> {
         ]
         .map(str::to_owned),
     );
-    let output = Command::new(&initdb[0])
-        .args(&initdb[1..])
-        .current_dir(&top)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", initdb.join(" ")))?;
-    if !output.status.success() {
+    // Under a watchdog too: should this process die midway, initdb is stopped and its files go.
+    let initdb_log = pg_dir.join("initdb.log");
+    let initdb_line = initdb.join(" ");
+    let initdb_pid = spawn_watchdog("initdb", initdb, "TERM", &initdb_log, &pg_dir, &top)?;
+    let deadline = Instant::now() + 2 * READY_TIMEOUT;
+    while process_alive(initdb_pid) {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "initdb did not finish within {:?}: {initdb_line}\n{}",
+                2 * READY_TIMEOUT,
+                log_tail(&initdb_log)
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // initdb empties the data folder when it fails.
+    if !pg_data.join("PG_VERSION").is_file() {
         return Err(format!(
-            "initdb failed ({}): {}\n{}\n{}{}",
-            output.status,
-            initdb.join(" "),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr),
+            "initdb failed: {initdb_line}\n{}{}\n{KEEP_HINT}",
+            log_tail(&initdb_log),
             match &run_as {
                 Some(user) => format!(
                     "\n(initdb ran as user {}: every folder above {} must be searchable by it)",
@@ -545,14 +552,15 @@ fn unprivileged_user() -> Result<Option<User>, String> {
     for wanted in ["postgres", "nobody"] {
         for line in passwd.lines() {
             let fields: Vec<&str> = line.split(':').collect();
-            if fields.len() >= 4 && fields[0] == wanted {
-                if let (Ok(uid), Ok(gid)) = (fields[2].parse(), fields[3].parse()) {
-                    return Ok(Some(User {
-                        name: wanted.to_owned(),
-                        uid,
-                        gid,
-                    }));
-                }
+            if fields.len() >= 4
+                && fields[0] == wanted
+                && let (Ok(uid), Ok(gid)) = (fields[2].parse(), fields[3].parse())
+            {
+                return Ok(Some(User {
+                    name: wanted.to_owned(),
+                    uid,
+                    gid,
+                }));
             }
         }
     }
@@ -640,10 +648,10 @@ fn find_postgres() -> Result<PathBuf, String> {
     if let Some((_, dir)) = versions.pop() {
         return Ok(dir);
     }
-    if let Some(postgres) = on_path("postgres") {
-        if let Some(dir) = postgres.parent().filter(|d| has_server(d)) {
-            return Ok(dir.to_owned());
-        }
+    if let Some(postgres) = on_path("postgres")
+        && let Some(dir) = postgres.parent().filter(|d| has_server(d))
+    {
+        return Ok(dir.to_owned());
     }
     Err(format!(
         "PostgreSQL server binaries (initdb, postgres) not found; {INSTALL_HINT}"
@@ -763,6 +771,7 @@ mod tests {
             .lock()
             .unwrap()
             .iter()
+            .filter(|w| w.name != "initdb")
             .map(|w| format!("{}={}", w.name, w.server_pid))
             .collect();
         println!(
@@ -770,7 +779,12 @@ mod tests {
             DATA_DIR.get().unwrap().display(),
             pids.join(" ")
         );
-        for watchdog in WATCHDOGS.lock().unwrap().iter() {
+        for watchdog in WATCHDOGS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|w| w.name != "initdb")
+        {
             assert!(
                 process_alive(watchdog.server_pid),
                 "{} died: {}",

@@ -4,4 +4,5 @@ pub mod auth;
 pub mod catalogue;
 pub mod files;
 pub mod ops;
+pub mod runs;
 pub mod tasks;

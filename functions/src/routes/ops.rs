@@ -1,11 +1,12 @@
-//! Operations: liveness, readiness (Postgres and S3 answer), Prometheus metrics, the OpenAPI
-//! document.
+//! Operations: liveness, readiness (Postgres, S3 and Redis answer), Prometheus metrics, the
+//! OpenAPI document.
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use fred::interfaces::ClientLike;
 use serde::Serialize;
 
 use crate::error::{ApiError, ApiResult, Problem};
@@ -31,7 +32,7 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Postgres and the bucket answer.
+/// Postgres, the bucket and Redis answer.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Health), (status = 503, body = Problem)))]
 pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
@@ -45,6 +46,11 @@ pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
     state.storage.check().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness: object storage does not answer");
         ApiError::Unavailable("object storage does not answer".into())
+    })?;
+    let pong: Result<String, _> = state.redis.ping(None).await;
+    pong.map_err(|e| {
+        tracing::warn!(error = %e, "readiness: Redis does not answer");
+        ApiError::Unavailable("Redis does not answer".into())
     })?;
     Ok(Json(Health { status: "ready" }))
 }

@@ -241,7 +241,7 @@ pub async fn update_task(
     Ok(Json(detail(&state, task).await?))
 }
 
-/// Delete a task and its files.
+/// Delete a task and its files; refused (409) while one of its runs is active.
 #[utoipa::path(delete, path = "/api/v1/tasks/{task_id}", tag = "tasks", security(("bearer" = [])),
     params(("task_id" = Uuid, Path)),
     responses((status = 204), (status = 401, body = Problem), (status = 403, body = Problem),
@@ -252,6 +252,12 @@ pub async fn delete_task(
     Path(task_id): Path<Uuid>,
 ) -> ApiResult<StatusCode> {
     authorize(&state, &caller, task_id, Access::Write).await?;
+    if coderun_shared::runs::task_has_active(&state.db, task_id).await? {
+        return Err(ApiError::Conflict(
+            "the task has an active run; stop it (or let it finish) before deleting the task"
+                .into(),
+        ));
+    }
     if !tasks::delete(&state.db, task_id).await? {
         return Err(ApiError::not_found("task"));
     }

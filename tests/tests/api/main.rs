@@ -4,4 +4,5 @@ mod auth;
 mod catalogue;
 mod files;
 mod ops;
+mod runs;
 mod tasks;

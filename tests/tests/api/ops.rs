@@ -94,6 +94,15 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/tasks/{task_id}/files:batch"),
     ("post", "/api/v1/tasks/{task_id}/files:move"),
     ("get", "/api/v1/tasks/{task_id}/archive"),
+    ("post", "/api/v1/tasks/{task_id}/runs"),
+    ("get", "/api/v1/tasks/{task_id}/runs"),
+    ("get", "/api/v1/runs/{run_id}"),
+    ("post", "/api/v1/runs/{run_id}/stop"),
+    ("post", "/api/v1/runs/{run_id}/retry"),
+    ("get", "/api/v1/runs/{run_id}/log"),
+    ("get", "/api/v1/runs/{run_id}/log/stream"),
+    ("get", "/api/v1/runs/{run_id}/log/download"),
+    ("get", "/api/v1/runs/{run_id}/outputs"),
     ("get", "/api/v1/languages"),
     ("get", "/api/v1/specs"),
     ("get", "/api/v1/datasets"),
@@ -132,6 +141,7 @@ async fn the_openapi_document_describes_every_route() {
     for (method, path) in ROUTES {
         let uri = path
             .replace("{task_id}", &uuid::Uuid::new_v4().to_string())
+            .replace("{run_id}", &uuid::Uuid::new_v4().to_string())
             .replace("{path}", "main.py");
         let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
         let response = app

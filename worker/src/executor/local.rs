@@ -32,6 +32,10 @@ const LOG_FLUSH: Duration = Duration::from_millis(50);
 struct Execution {
     go: Option<oneshot::Sender<bool>>,
     stop: CancellationToken,
+    /// The program has ended; only recording and clean-up remain. A finished execution holds
+    /// no capacity (it is not `live`) but is still this worker's (`has`), so the reconciler
+    /// leaves its run to the recorder.
+    finished: bool,
 }
 
 struct Inner {
@@ -89,6 +93,7 @@ impl Executor for LocalExecutor {
             Execution {
                 go: Some(go),
                 stop: stop.clone(),
+                finished: false,
             },
         );
         drop(executions);
@@ -127,7 +132,8 @@ impl Executor for LocalExecutor {
 
     async fn drain(&self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
-        while !self.live().is_empty() && tokio::time::Instant::now() < deadline {
+        let busy = || !self.inner.executions.lock().expect("executions lock").is_empty();
+        while busy() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -156,6 +162,9 @@ impl Inner {
                     }
                 }
             };
+            if let Some(execution) = self.executions.lock().expect("executions lock").get_mut(&run.id) {
+                execution.finished = true;
+            }
             if let Err(e) = self.recorder.finish(run.id, ending).await {
                 // The reconciler will find the run without an execution and end it.
                 tracing::error!(run = %run.id, error = ?e, "cannot record the end of the run");

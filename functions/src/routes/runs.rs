@@ -1,0 +1,902 @@
+//! Runs: submit a task as a run, list and read runs, stop and retry them, read their log (by
+//! page, as a stream of server-sent events, or as a download) and their output files.
+//!
+//! Submitting keeps the design's order (invariant 1): every check first, then the code snapshot
+//! to S3, then the run row in Postgres, then the stream entry in Redis. A refused submission
+//! stores nothing; a lost stream entry is repaired by the worker's reconciler, which re-enqueues
+//! queued runs. A run is visible to its owner and readable by teachers and admins.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use coderun_shared::config::Spec;
+use coderun_shared::domain::{Command, Page, PageRequest};
+use coderun_shared::runs::{self, NewRun, OutputFile, Run, RunEvent, RunSpec, RunStatus};
+use coderun_shared::{bundle, files};
+use fred::interfaces::PubsubInterface;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{Caller, Json, Path, Query};
+use crate::routes::tasks::{Access, authorize};
+use crate::state::AppState;
+
+/// A submission names at most this many datasets.
+pub const MAX_DATASETS: usize = 8;
+/// Remarks are at most this many characters.
+pub const MAX_REMARKS_CHARS: usize = 2000;
+/// S3 uploads of one snapshot run this many at a time.
+const UPLOAD_CONCURRENCY: usize = 16;
+/// How often a log stream looks for new lines while the run is active.
+const STREAM_POLL: Duration = Duration::from_millis(200);
+/// How often a log stream looks at the run's status (a Postgres read).
+const STREAM_STATUS_EVERY: Duration = Duration::from_secs(1);
+/// A log stream with nothing to say sends a comment this often, so proxies keep it open.
+const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Lines read from the live log per round trip while streaming.
+const STREAM_BATCH: u64 = 500;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/tasks/{task_id}/runs",
+            get(list_runs).post(submit_run),
+        )
+        .route("/api/v1/runs/{run_id}", get(get_run))
+        .route("/api/v1/runs/{run_id}/stop", post(stop_run))
+        .route("/api/v1/runs/{run_id}/retry", post(retry_run))
+        .route("/api/v1/runs/{run_id}/log", get(get_log))
+        .route("/api/v1/runs/{run_id}/log/stream", get(stream_log))
+        .route("/api/v1/runs/{run_id}/log/download", get(download_log))
+        .route("/api/v1/runs/{run_id}/outputs", get(list_outputs))
+}
+
+/// The S3 prefix of everything a run stores.
+fn run_prefix(run_id: Uuid) -> String {
+    format!("runs/{run_id}/")
+}
+
+fn log_key(run_id: Uuid) -> String {
+    format!("runs/{run_id}/log.txt")
+}
+
+/// Loads a run the caller may use, by the same rule as tasks: someone else's run is a 404,
+/// except that teachers and admins may read it, and are told 403 on a write.
+pub async fn authorize_run(
+    state: &AppState,
+    caller: &Caller,
+    run_id: Uuid,
+    access: Access,
+) -> ApiResult<Run> {
+    let run = runs::get(&state.db, run_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("run"))?;
+    if run.owner_id == caller.id {
+        return Ok(run);
+    }
+    if caller.role.reads_everything() {
+        return match access {
+            Access::Read => Ok(run),
+            Access::Write => Err(ApiError::Forbidden(
+                "teachers and admins may read other users' runs but not stop or retry them",
+            )),
+        };
+    }
+    Err(ApiError::not_found("run"))
+}
+
+/// A run with its phase history, oldest first.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RunDetail {
+    #[serde(flatten)]
+    pub run: Run,
+    pub events: Vec<RunEvent>,
+}
+
+async fn detail(state: &AppState, run: Run) -> ApiResult<RunDetail> {
+    let events = runs::events(&state.db, run.id).await?;
+    Ok(RunDetail { run, events })
+}
+
+/// `202 Accepted` with the new run and its `Location`.
+fn accepted(run: RunDetail) -> ApiResult<Response> {
+    let location = HeaderValue::from_str(&format!("/api/v1/runs/{}", run.run.id))
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(run),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRun {
+    /// A shell command run by `sh -c`; by default the task's command, else the language's.
+    pub command: Option<String>,
+    /// A note kept with the run (at most 2000 characters).
+    pub remarks: Option<String>,
+    /// One of `GET /api/v1/specs`; by default the configured default spec.
+    pub spec: Option<String>,
+    /// Datasets (`GET /api/v1/datasets`) mounted read-only under `$DATA_DIR/{name}`; at most 8.
+    pub datasets: Option<Vec<String>>,
+}
+
+/// A JSON body that may also be absent: an empty body means `T::default()`, so
+/// `POST …/runs` with no body submits with every default.
+fn optional_json<T: DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<T> {
+    let body = body?;
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            let essence = v
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            essence == "application/json"
+                || (essence.starts_with("application/") && essence.ends_with("+json"))
+        })
+        .unwrap_or(false);
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType(
+            "expected no body, or a body with Content-Type: application/json".into(),
+        ));
+    }
+    Ok(axum::Json::<T>::from_bytes(&body)?.0)
+}
+
+/// A submission's values, checked.
+struct Submission {
+    command: Option<Command>,
+    remarks: String,
+    spec: RunSpec,
+    datasets: Vec<String>,
+}
+
+/// Checks everything that needs neither the task nor the bucket.
+fn check_submission(state: &AppState, body: SubmitRun) -> ApiResult<Submission> {
+    let command = body.command.as_deref().map(Command::parse).transpose()?;
+    let remarks = body.remarks.unwrap_or_default();
+    if remarks.chars().count() > MAX_REMARKS_CHARS {
+        return Err(ApiError::BadRequest(format!(
+            "remarks must be at most {MAX_REMARKS_CHARS} characters long"
+        )));
+    }
+    if remarks.contains('\0') {
+        return Err(ApiError::BadRequest(
+            "remarks must not contain NUL characters".into(),
+        ));
+    }
+    let name = body
+        .spec
+        .unwrap_or_else(|| state.settings.run.default_spec.clone());
+    let limits: &Spec = state.settings.specs.get(&name).ok_or_else(|| {
+        let known: Vec<&str> = state.settings.specs.keys().map(String::as_str).collect();
+        ApiError::BadRequest(format!(
+            "unknown spec `{name}`; known specs: {}",
+            known.join(", ")
+        ))
+    })?;
+    let datasets = body.datasets.unwrap_or_default();
+    if datasets.len() > MAX_DATASETS {
+        return Err(ApiError::BadRequest(format!(
+            "a run mounts at most {MAX_DATASETS} datasets"
+        )));
+    }
+    let mut seen = HashSet::new();
+    if let Some(twice) = datasets.iter().find(|d| !seen.insert(d.as_str())) {
+        return Err(ApiError::BadRequest(format!(
+            "dataset `{twice}` is named twice"
+        )));
+    }
+    Ok(Submission {
+        command,
+        remarks,
+        spec: RunSpec {
+            name,
+            limits: limits.clone(),
+        },
+        datasets,
+    })
+}
+
+/// The first of `datasets` that is not in the bucket, with the names that are.
+async fn missing_dataset(
+    state: &AppState,
+    datasets: &[String],
+) -> ApiResult<Option<(String, Vec<String>)>> {
+    if datasets.is_empty() {
+        return Ok(None);
+    }
+    let known: Vec<String> = state
+        .storage
+        .list_datasets()
+        .await?
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    Ok(datasets
+        .iter()
+        .find(|d| !known.contains(d))
+        .map(|d| (d.clone(), known)))
+}
+
+/// The 409 and 429 a new run may meet, checked before anything is stored. `runs::create`
+/// checks both again atomically, so a race that slips past here is still refused.
+async fn check_room(state: &AppState, task_id: Uuid, owner_id: Uuid) -> ApiResult<()> {
+    if runs::task_has_active(&state.db, task_id).await? {
+        return Err(runs::Error::TaskBusy.into());
+    }
+    let max = state.settings.runs.max_active_per_user;
+    if runs::active_count_of(&state.db, owner_id).await? >= i64::from(max) {
+        return Err(runs::Error::TooManyActive { max }.into());
+    }
+    Ok(())
+}
+
+/// Commits the run row; on a refusal, deletes the snapshot uploaded for it (when `uploaded`).
+async fn create_run(state: &AppState, new: NewRun, uploaded: bool) -> ApiResult<Run> {
+    let run_id = new.id;
+    let created = runs::create(&state.db, new, state.settings.runs.max_active_per_user).await;
+    let error = match created {
+        Ok(run) => return Ok(run),
+        Err(runs::Error::Db(sqlx::Error::Database(e))) if e.is_foreign_key_violation() => {
+            // The task (or its owner) was deleted while we were snapshotting.
+            ApiError::not_found("task")
+        }
+        Err(e) => ApiError::from(e),
+    };
+    if uploaded {
+        discard_snapshot(state, run_id).await;
+    }
+    Err(error)
+}
+
+async fn discard_snapshot(state: &AppState, run_id: Uuid) {
+    if let Err(e) = state.storage.delete_prefix(&run_prefix(run_id)).await {
+        tracing::warn!(run_id = %run_id, error = %e, "could not delete the snapshot of a refused run");
+    }
+}
+
+/// Adds the run's stream entry. The row is committed already, so a failure here loses nothing:
+/// the reconciler re-enqueues queued runs whose entry never arrived.
+async fn enqueue(state: &AppState, run_id: Uuid) {
+    if let Err(e) = state.queue.enqueue(run_id).await {
+        tracing::warn!(run_id = %run_id, error = %e,
+            "could not add the run to the stream; the reconciler will enqueue it");
+    }
+}
+
+/// Uploads every file to `runs/{id}/code/{path}` and the bundle to `runs/{id}/code.tar.gz`.
+async fn upload_snapshot(
+    state: &AppState,
+    run_id: Uuid,
+    files: Arc<Vec<(String, String)>>,
+) -> ApiResult<String> {
+    let for_bundle = files.clone();
+    let bundle = tokio::task::spawn_blocking(move || bundle::create(&for_bundle))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("bundle the code")))?;
+    let storage = &state.storage;
+    futures::stream::iter(files.iter().map(Ok))
+        .try_for_each_concurrent(UPLOAD_CONCURRENCY, |(path, content)| async move {
+            let key = format!("runs/{run_id}/code/{path}");
+            let body = Bytes::copy_from_slice(content.as_bytes());
+            storage.put(&key, body, "text/plain; charset=utf-8").await
+        })
+        .await?;
+    storage
+        .put(
+            &format!("runs/{run_id}/code.tar.gz"),
+            Bytes::from(bundle.bytes),
+            "application/gzip",
+        )
+        .await?;
+    Ok(bundle.sha256)
+}
+
+/// Submit the task's files as a run: snapshot, commit, queue.
+#[utoipa::path(post, path = "/api/v1/tasks/{task_id}/runs", tag = "runs", security(("bearer" = [])),
+    params(("task_id" = Uuid, Path)),
+    request_body(content = Option<SubmitRun>, description = "may be omitted: every field has a default"),
+    responses((status = 202, body = RunDetail, headers(("Location" = String, description = "the run's URL"))),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem), (status = 415, body = Problem),
+        (status = 422, body = Problem),
+        (status = 429, body = Problem, headers(("Retry-After" = u64, description = "seconds")))))]
+pub async fn submit_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(task_id): Path<Uuid>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let body: SubmitRun = optional_json(&headers, body)?;
+    let submission = check_submission(&state, body)?;
+    let task = authorize(&state, &caller, task_id, Access::Write).await?;
+    if let Some((missing, known)) = missing_dataset(&state, &submission.datasets).await? {
+        return Err(ApiError::BadRequest(if known.is_empty() {
+            format!("unknown dataset `{missing}`; there are no datasets")
+        } else {
+            format!(
+                "unknown dataset `{missing}`; known datasets: {}",
+                known.join(", ")
+            )
+        }));
+    }
+    let language = state
+        .settings
+        .languages
+        .get(&task.language)
+        .ok_or_else(|| {
+            ApiError::Conflict(format!(
+                "the task's language `{}` is no longer offered",
+                task.language
+            ))
+        })?;
+    let command = match (&submission.command, &task.command) {
+        (Some(command), _) => command.as_str().to_owned(),
+        (None, Some(command)) => command.clone(),
+        (None, None) => {
+            language.command_for(task.main_file.as_deref().unwrap_or(&language.main_file))
+        }
+    };
+    check_room(&state, task.id, task.owner_id).await?;
+
+    let run_id = Uuid::new_v4();
+    let files = Arc::new(files::read_all(&state.db, task.id).await?);
+    let code_sha256 = match upload_snapshot(&state, run_id, files).await {
+        Ok(sha) => sha,
+        Err(e) => {
+            discard_snapshot(&state, run_id).await;
+            return Err(e);
+        }
+    };
+    let new = NewRun {
+        id: run_id,
+        task_id: task.id,
+        owner_id: task.owner_id,
+        command,
+        language: task.language.clone(),
+        image: language.image.clone(),
+        spec: submission.spec,
+        datasets: submission.datasets,
+        remarks: submission.remarks,
+        snapshot_of: run_id,
+        code_sha256,
+        retry_of: None,
+    };
+    let run = create_run(&state, new, true).await?;
+    enqueue(&state, run.id).await;
+    metrics::counter!("runs_submitted_total").increment(1);
+    tracing::info!(run_id = %run.id, task_id = %task.id, spec = %run.spec.name, "run submitted");
+    accepted(detail(&state, run).await?)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListRunsQuery {
+    /// Page number, from 1.
+    pub page: Option<i64>,
+    /// Items per page, 1 to 100.
+    pub per_page: Option<i64>,
+    /// Only runs in this phase (`queued`, `running`, `succeeded` …).
+    pub status: Option<String>,
+}
+
+/// The task's runs, newest first.
+#[utoipa::path(get, path = "/api/v1/tasks/{task_id}/runs", tag = "runs", security(("bearer" = [])),
+    params(("task_id" = Uuid, Path), ListRunsQuery),
+    responses((status = 200, body = Page<Run>), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 404, body = Problem)))]
+pub async fn list_runs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(task_id): Path<Uuid>,
+    Query(query): Query<ListRunsQuery>,
+) -> ApiResult<Json<Page<Run>>> {
+    let page = PageRequest::parse(query.page, query.per_page, &state.settings.limits)?;
+    let status = query
+        .status
+        .as_deref()
+        .map(|raw| {
+            RunStatus::parse(raw).ok_or_else(|| {
+                let known: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::BadRequest(format!(
+                    "unknown status `{raw}`; known statuses: {}",
+                    known.join(", ")
+                ))
+            })
+        })
+        .transpose()?;
+    authorize(&state, &caller, task_id, Access::Read).await?;
+    let (items, total) = runs::list(&state.db, task_id, status, page).await?;
+    Ok(Json(Page::new(items, page, total)))
+}
+
+/// A run: status, reason, exit code, timings, spec and its phase history.
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}", tag = "runs", security(("bearer" = [])),
+    params(("run_id" = Uuid, Path)),
+    responses((status = 200, body = RunDetail), (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn get_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(run_id): Path<Uuid>,
+) -> ApiResult<Json<RunDetail>> {
+    let run = authorize_run(&state, &caller, run_id, Access::Read).await?;
+    Ok(Json(detail(&state, run).await?))
+}
+
+/// Stop a run: a queued run is canceled and never launches, a launched one moves to `stopping`
+/// and ends `stopped`. Stopping a run that is stopping or finished changes nothing.
+#[utoipa::path(post, path = "/api/v1/runs/{run_id}/stop", tag = "runs", security(("bearer" = [])),
+    params(("run_id" = Uuid, Path)),
+    responses((status = 200, body = RunDetail), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem)))]
+pub async fn stop_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(run_id): Path<Uuid>,
+) -> ApiResult<Json<RunDetail>> {
+    let before = authorize_run(&state, &caller, run_id, Access::Write).await?;
+    let run = runs::request_stop(&state.db, run_id, "api").await?;
+    if run.status == RunStatus::Stopping && before.status != RunStatus::Stopping {
+        // Tell the worker holding the run at once; workers also sweep for stopping runs, so a
+        // lost message only delays the stop.
+        let published: Result<i64, _> = state
+            .redis
+            .publish(state.keys.stops(), run_id.to_string())
+            .await;
+        if let Err(e) = published {
+            tracing::warn!(run_id = %run_id, error = %e,
+                "could not announce the stop; workers will find it on their sweep");
+        }
+    }
+    if run.status != before.status {
+        tracing::info!(run_id = %run_id, status = run.status.as_str(), "stop requested");
+    }
+    Ok(Json(detail(&state, run).await?))
+}
+
+/// A new run of the same code snapshot, command, spec, datasets and remarks (finished runs only).
+#[utoipa::path(post, path = "/api/v1/runs/{run_id}/retry", tag = "runs", security(("bearer" = [])),
+    params(("run_id" = Uuid, Path)),
+    responses((status = 202, body = RunDetail, headers(("Location" = String, description = "the new run's URL"))),
+        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem),
+        (status = 429, body = Problem, headers(("Retry-After" = u64, description = "seconds")))))]
+pub async fn retry_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(run_id): Path<Uuid>,
+) -> ApiResult<Response> {
+    let original = authorize_run(&state, &caller, run_id, Access::Write).await?;
+    if !original.status.is_terminal() {
+        return Err(runs::Error::NotFinished.into());
+    }
+    if let Some((missing, _)) = missing_dataset(&state, &original.datasets).await? {
+        return Err(ApiError::Conflict(format!(
+            "dataset `{missing}` of the original run no longer exists"
+        )));
+    }
+    check_room(&state, original.task_id, original.owner_id).await?;
+    let new = NewRun {
+        id: Uuid::new_v4(),
+        task_id: original.task_id,
+        owner_id: original.owner_id,
+        command: original.command.clone(),
+        language: original.language.clone(),
+        image: original.image.clone(),
+        spec: original.spec.0.clone(),
+        datasets: original.datasets.clone(),
+        remarks: original.remarks.clone(),
+        snapshot_of: original.snapshot_of,
+        code_sha256: original.code_sha256.clone(),
+        retry_of: Some(original.id),
+    };
+    let run = create_run(&state, new, false).await?;
+    enqueue(&state, run.id).await;
+    metrics::counter!("runs_submitted_total").increment(1);
+    tracing::info!(run_id = %run.id, retry_of = %original.id, "run retried");
+    accepted(detail(&state, run).await?)
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogQuery {
+    /// Page number, from 1.
+    pub page: Option<i64>,
+}
+
+/// One page of a run's log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LogPage {
+    pub page: u64,
+    /// At least 1: page 1 exists (empty) before the run wrote anything.
+    pub total_pages: u64,
+    pub total_lines: u64,
+    pub lines: Vec<String>,
+    /// The run has ended and this is its whole log: it will not change any more.
+    pub complete: bool,
+}
+
+/// `log.txt` split into lines on `\n`; the empty piece after a final newline is no line.
+fn split_lines(bytes: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
+    if lines.last().is_some_and(String::is_empty) {
+        lines.pop();
+    }
+    lines
+}
+
+/// The stored log of a finished run, when the worker has written it.
+async fn stored_lines(state: &AppState, run_id: Uuid) -> ApiResult<Option<Vec<String>>> {
+    Ok(state
+        .storage
+        .get_optional(&log_key(run_id))
+        .await?
+        .map(|bytes| split_lines(&bytes)))
+}
+
+/// A finished run that never reached an executor (canceled while queued, dead-lettered) has no
+/// log and never will.
+async fn never_launched(state: &AppState, run_id: Uuid) -> ApiResult<bool> {
+    let events = runs::events(&state.db, run_id).await?;
+    Ok(!events.iter().any(|e| {
+        matches!(
+            e.phase.as_str(),
+            "dispatched" | "pending" | "running" | "stopping"
+        )
+    }))
+}
+
+/// A page of the log: live from Redis while the run is active, from `log.txt` once it ended.
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}/log", tag = "runs", security(("bearer" = [])),
+    params(("run_id" = Uuid, Path), LogQuery),
+    responses((status = 200, body = LogPage), (status = 400, body = Problem), (status = 401, body = Problem),
+        (status = 404, body = Problem)))]
+pub async fn get_log(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(run_id): Path<Uuid>,
+    Query(query): Query<LogQuery>,
+) -> ApiResult<Json<LogPage>> {
+    let page = query.page.unwrap_or(1);
+    if page < 1 {
+        return Err(ApiError::BadRequest("page must be at least 1".into()));
+    }
+    let page = page as u64;
+    let run = authorize_run(&state, &caller, run_id, Access::Read).await?;
+    let per_page = u64::from(state.settings.runs.log_page_lines.max(1));
+    let first = (page - 1).saturating_mul(per_page).saturating_add(1);
+    let last = first.saturating_add(per_page - 1);
+    let total_pages = |total: u64| total.div_ceil(per_page).max(1);
+
+    if run.status.is_terminal()
+        && let Some(all) = stored_lines(&state, run.id).await?
+    {
+        let total = all.len() as u64;
+        let lines = all
+            .into_iter()
+            .skip(usize::try_from(first - 1).unwrap_or(usize::MAX))
+            .take(per_page as usize)
+            .collect();
+        return Ok(Json(LogPage {
+            page,
+            total_pages: total_pages(total),
+            total_lines: total,
+            lines,
+            complete: true,
+        }));
+    }
+    let total = state.live_log.len(run.id).await?;
+    let lines = if first <= total {
+        state.live_log.range(run.id, first, last.min(total)).await?
+    } else {
+        Vec::new()
+    };
+    let complete = run.status.is_terminal() && never_launched(&state, run.id).await?;
+    Ok(Json(LogPage {
+        page,
+        total_pages: total_pages(total),
+        total_lines: total,
+        lines,
+        complete,
+    }))
+}
+
+/// What the `end` event says.
+#[derive(Serialize)]
+struct EndOfLog<'a> {
+    status: RunStatus,
+    reason: Option<&'a str>,
+    exit_code: Option<i32>,
+}
+
+/// Follows one run's log for a stream: live lines while the run is active, then the rest from
+/// `log.txt`, then the end.
+struct Tail {
+    state: AppState,
+    run_id: Uuid,
+    /// The next line to send, from 1.
+    next: u64,
+    status_checked: Option<Instant>,
+    last_sent: Instant,
+    done: bool,
+}
+
+impl Tail {
+    /// The next piece of the stream, or `None` once the end has been sent (or the run is gone).
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        loop {
+            if self.done {
+                return None;
+            }
+            if self
+                .status_checked
+                .is_none_or(|t| t.elapsed() >= STREAM_STATUS_EVERY)
+            {
+                self.status_checked = Some(Instant::now());
+                match runs::get(&self.state.db, self.run_id).await {
+                    Ok(None) => {
+                        // Deleted with its task: nothing more will come.
+                        self.done = true;
+                        return None;
+                    }
+                    Ok(Some(run)) if run.status.is_terminal() => {
+                        self.done = true;
+                        return Some(self.finish(&run).await);
+                    }
+                    Ok(Some(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(run_id = %self.run_id, error = %e, "log stream: cannot read the run")
+                    }
+                }
+            }
+            match self.live_batch().await {
+                Ok(lines) if !lines.is_empty() => return Some(self.frame(lines)),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(run_id = %self.run_id, error = %e, "log stream: cannot read the live log")
+                }
+            }
+            if self.last_sent.elapsed() >= STREAM_KEEP_ALIVE {
+                self.last_sent = Instant::now();
+                return Some(Bytes::from_static(b": keep-alive\n\n"));
+            }
+            tokio::time::sleep(STREAM_POLL).await;
+        }
+    }
+
+    async fn live_batch(&self) -> Result<Vec<String>, fred::error::Error> {
+        self.state
+            .live_log
+            .range(
+                self.run_id,
+                self.next,
+                self.next.saturating_add(STREAM_BATCH - 1),
+            )
+            .await
+    }
+
+    /// The lines not sent yet (from `log.txt` when it is stored, else what the live log still
+    /// holds), then the `end` event.
+    async fn finish(&mut self, run: &Run) -> Bytes {
+        let mut out = Vec::new();
+        match stored_lines(&self.state, self.run_id).await {
+            Ok(Some(all)) => {
+                let rest: Vec<String> = all
+                    .into_iter()
+                    .skip(usize::try_from(self.next - 1).unwrap_or(usize::MAX))
+                    .collect();
+                out.extend_from_slice(&self.frame(rest));
+            }
+            stored => {
+                if let Err(e) = stored {
+                    tracing::warn!(run_id = %self.run_id, error = %e, "log stream: cannot read log.txt");
+                }
+                while let Ok(lines) = self.live_batch().await {
+                    if lines.is_empty() {
+                        break;
+                    }
+                    out.extend_from_slice(&self.frame(lines));
+                }
+            }
+        }
+        let end = EndOfLog {
+            status: run.status,
+            reason: run.reason.as_deref(),
+            exit_code: run.exit_code,
+        };
+        out.extend_from_slice(b"event: end\ndata: ");
+        out.extend_from_slice(&serde_json::to_vec(&end).unwrap_or_default());
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+
+    /// `lines` as `line` events numbered from `next` (the number is the event id, so a client
+    /// reconnecting with `Last-Event-ID` resumes after it).
+    fn frame(&mut self, lines: Vec<String>) -> Bytes {
+        let mut out = String::new();
+        for line in lines {
+            out.push_str("event: line\nid: ");
+            out.push_str(&self.next.to_string());
+            out.push('\n');
+            // SSE cannot carry a CR or LF inside a field: a CRLF ending is dropped, and any
+            // other break becomes a second `data` field (the client joins them with `\n`). An
+            // empty line still gets its (empty) `data` field, so the event is delivered.
+            let line = line.strip_suffix('\r').unwrap_or(&line);
+            for part in line.split(['\r', '\n']) {
+                out.push_str("data: ");
+                out.push_str(part);
+                out.push('\n');
+            }
+            out.push('\n');
+            self.next += 1;
+        }
+        self.last_sent = Instant::now();
+        Bytes::from(out)
+    }
+}
+
+/// The log as server-sent events: `line` events (id = line number) as it grows, then one `end`
+/// event with `{status, reason, exit_code}`; the stream closes after it. Send `Last-Event-ID`
+/// to resume after a line.
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}/log/stream", tag = "runs", security(("bearer" = [])),
+    params(("run_id" = Uuid, Path),
+        ("Last-Event-ID" = Option<u64>, Header, description = "resume after this line")),
+    responses((status = 200, content_type = "text/event-stream", body = String),
+        (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn stream_log(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(run_id): Path<Uuid>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    authorize_run(&state, &caller, run_id, Access::Read).await?;
+    let after: u64 = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let tail = Tail {
+        state,
+        run_id,
+        next: after.saturating_add(1),
+        status_checked: None,
+        last_sent: Instant::now(),
+        done: false,
+    };
+    let stream = futures::stream::unfold(tail, |mut tail| async move {
+        let chunk = tail.next_chunk().await?;
+        Some((Ok::<_, Infallible>(chunk), tail))
+    });
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+            (
+                header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            ),
+        ],
+        Body::from_stream(stream.boxed()),
+    )
+        .into_response())
+}
+
+/// A redirect (302) to a time-limited download URL of the run's whole log, once it is stored.
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}/log/download", tag = "runs", security(("bearer" = [])),
+    params(("run_id" = Uuid, Path)),
+    responses((status = 302, headers(("Location" = String, description = "a presigned URL of log.txt"))),
+        (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn download_log(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(run_id): Path<Uuid>,
+) -> ApiResult<Response> {
+    let run = authorize_run(&state, &caller, run_id, Access::Read).await?;
+    let key = log_key(run.id);
+    if !state.storage.exists(&key).await? {
+        return Err(ApiError::NotFound(if run.status.is_terminal() {
+            "this run has no stored log".into()
+        } else {
+            "the log is stored when the run ends; read it live with /log or /log/stream".into()
+        }));
+    }
+    let url = state.storage.presigned_get(&key).await?;
+    let location = HeaderValue::from_str(&url).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok((StatusCode::FOUND, [(header::LOCATION, location)]).into_response())
+}
+
+/// A file the program wrote under `$OUTPUT_DIR`, with a time-limited download URL.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OutputLink {
+    pub path: String,
+    pub size: i64,
+    pub url: String,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListOutputsQuery {
+    /// Page number, from 1.
+    pub page: Option<i64>,
+    /// Items per page, 1 to 100.
+    pub per_page: Option<i64>,
+}
+
+/// The run's output files by path, each with a presigned download URL.
+#[utoipa::path(get, path = "/api/v1/runs/{run_id}/outputs", tag = "runs", security(("bearer" = [])),
+    params(("run_id" = Uuid, Path), ListOutputsQuery),
+    responses((status = 200, body = Page<OutputLink>), (status = 400, body = Problem),
+        (status = 401, body = Problem), (status = 404, body = Problem)))]
+pub async fn list_outputs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(run_id): Path<Uuid>,
+    Query(query): Query<ListOutputsQuery>,
+) -> ApiResult<Json<Page<OutputLink>>> {
+    let page = PageRequest::parse(query.page, query.per_page, &state.settings.limits)?;
+    let run = authorize_run(&state, &caller, run_id, Access::Read).await?;
+    let all: Vec<OutputFile> = runs::outputs(&state.db, run.id).await?;
+    let total = all.len() as i64;
+    let mut items = Vec::new();
+    for file in all
+        .into_iter()
+        .skip(page.offset() as usize)
+        .take(page.limit() as usize)
+    {
+        let url = state
+            .storage
+            .presigned_get(&format!("runs/{}/output/{}", run.id, file.path))
+            .await?;
+        items.push(OutputLink {
+            path: file.path,
+            size: file.size,
+            url,
+        });
+    }
+    Ok(Json(Page::new(items, page, total)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_text_splits_on_newlines_without_a_phantom_last_line() {
+        assert_eq!(split_lines(b"a\nb\n"), ["a", "b"]);
+        assert_eq!(split_lines(b"a\nb"), ["a", "b"]);
+        assert_eq!(split_lines(b"a\n\n"), ["a", ""]);
+        assert!(split_lines(b"").is_empty());
+        assert_eq!(split_lines(b"\n"), [""]);
+    }
+}
