@@ -15,13 +15,26 @@ async fn three_workers_never_exceed_the_capacity_with_two_hundred_submissions() 
     const CAPACITY: u32 = 4;
     const RUNS: usize = 200;
     let p = platform(vec![("capacity.default", CAPACITY.to_string())]).await;
-    let workers = vec![p.worker("a").await, p.worker("b").await, p.worker("c").await];
+    let workers = vec![
+        p.worker("a").await,
+        p.worker("b").await,
+        p.worker("c").await,
+    ];
 
     let done = Arc::new(AtomicBool::new(false));
-    let (max_permits, max_live, max_db) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let (max_permits, max_live, max_db) = (
+        Arc::new(AtomicU32::new(0)),
+        Arc::new(AtomicU32::new(0)),
+        Arc::new(AtomicU32::new(0)),
+    );
     let sampler = {
         let ctxs: Vec<_> = workers.iter().map(|w| w.ctx.clone()).collect();
-        let (done, max_permits, max_live, max_db) = (done.clone(), max_permits.clone(), max_live.clone(), max_db.clone());
+        let (done, max_permits, max_live, max_db) = (
+            done.clone(),
+            max_permits.clone(),
+            max_live.clone(),
+            max_db.clone(),
+        );
         let db = p.app.db.clone();
         tokio::spawn(async move {
             let mut samples = 0u32;
@@ -52,20 +65,37 @@ async fn three_workers_never_exceed_the_capacity_with_two_hundred_submissions() 
     let mut ids = Vec::new();
     for i in 0..RUNS {
         let task = p.app.task(&p.token, &format!("burst {i}"), "python").await;
-        let run = p.app.submit(&p.token, task["id"].as_str().unwrap(), json!({"command": "sleep 0.05; echo done"})).await;
+        let run = p
+            .app
+            .submit(
+                &p.token,
+                task["id"].as_str().unwrap(),
+                json!({"command": "sleep 0.05; echo done"}),
+            )
+            .await;
         ids.push(run["id"].as_str().unwrap().to_owned());
     }
     for id in &ids {
         let run = p.wait_terminal(id, Duration::from_secs(240)).await;
         assert_eq!(run["status"], "succeeded", "{run}");
         let phases = Platform::phases(&run);
-        assert_eq!(phases.iter().filter(|p| *p == "dispatched").count(), 1, "launched once: {phases:?}");
+        assert_eq!(
+            phases.iter().filter(|p| *p == "dispatched").count(),
+            1,
+            "launched once: {phases:?}"
+        );
     }
     done.store(true, Ordering::Relaxed);
     let samples = sampler.await.unwrap();
 
-    let (permits, live, db) = (max_permits.load(Ordering::Relaxed), max_live.load(Ordering::Relaxed), max_db.load(Ordering::Relaxed));
-    eprintln!("{samples} samples: at most {permits} permits, {live} executions, {db} active runs (capacity {CAPACITY})");
+    let (permits, live, db) = (
+        max_permits.load(Ordering::Relaxed),
+        max_live.load(Ordering::Relaxed),
+        max_db.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "{samples} samples: at most {permits} permits, {live} executions, {db} active runs (capacity {CAPACITY})"
+    );
     assert!(permits <= CAPACITY, "{permits} permits held at once");
     assert!(live <= CAPACITY, "{live} executions at once");
     assert!(db <= CAPACITY, "{db} runs active at once");

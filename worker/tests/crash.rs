@@ -28,16 +28,25 @@ async fn wait_no_run_permits(ctx: &coderun_worker::Context) {
 #[tokio::test]
 async fn a_worker_dying_between_permit_and_launch_leaves_the_run_to_another() {
     let p = platform(vec![]).await;
-    let mut victim = p.worker_process("victim-permit", &[("CODERUN__WORKER__CRASH_AT", "after_permit")]);
+    let mut victim = p.worker_process(
+        "victim-permit",
+        &[("CODERUN__WORKER__CRASH_AT", "after_permit")],
+    );
     let id = p.submit_python("print('ran once')\n", json!({})).await;
-    assert!(victim.wait_exit(T).is_some(), "the victim crashes at its crash point");
+    assert!(
+        victim.wait_exit(T).is_some(),
+        "the victim crashes at its crash point"
+    );
     assert_eq!(p.run(&id).await["status"], "queued");
 
     let survivor = p.worker("survivor").await;
     let run = p.wait_terminal(&id, T).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     let phases = Platform::phases(&run);
-    assert_eq!(phases, ["queued", "dispatched", "pending", "running", "succeeded"]);
+    assert_eq!(
+        phases,
+        ["queued", "dispatched", "pending", "running", "succeeded"]
+    );
     assert_eq!(p.log(&id).await.0, ["ran once"]);
     wait_no_run_permits(&survivor.ctx).await;
     survivor.stop().await;
@@ -46,9 +55,15 @@ async fn a_worker_dying_between_permit_and_launch_leaves_the_run_to_another() {
 #[tokio::test]
 async fn a_worker_dying_between_launch_and_ack_ends_its_run_once_as_executor_lost() {
     let p = platform(vec![]).await;
-    let mut victim = p.worker_process("victim-launch", &[("CODERUN__WORKER__CRASH_AT", "after_launch")]);
+    let mut victim = p.worker_process(
+        "victim-launch",
+        &[("CODERUN__WORKER__CRASH_AT", "after_launch")],
+    );
     let id = p.submit_python("print('never started')\n", json!({})).await;
-    assert!(victim.wait_exit(T).is_some(), "the victim crashes at its crash point");
+    assert!(
+        victim.wait_exit(T).is_some(),
+        "the victim crashes at its crash point"
+    );
     assert_eq!(p.run(&id).await["status"], "dispatched");
 
     let survivor = p.worker("survivor").await;
@@ -78,7 +93,10 @@ async fn a_worker_killed_while_its_run_executes_takes_the_program_with_it_and_th
     let mut victim = p.worker_process("victim-exec", &[]);
     let marker = format!("marker-{}", uuid::Uuid::new_v4().simple());
     let id = p
-        .submit_python("print('working', flush=True)\n", json!({"command": format!("echo started; sleep 60; echo {marker}")}))
+        .submit_python(
+            "print('working', flush=True)\n",
+            json!({"command": format!("echo started; sleep 60; echo {marker}")}),
+        )
         .await;
     p.wait_for(&id, T, |s| s == "running").await;
     victim.kill9();
@@ -94,13 +112,20 @@ async fn a_worker_killed_while_its_run_executes_takes_the_program_with_it_and_th
     // The sandboxed program died with its worker (bubblewrap --die-with-parent).
     let mut survivors = String::new();
     for _ in 0..50 {
-        let out = std::process::Command::new("pgrep").arg("-f").arg(&marker).output().unwrap();
+        let out = std::process::Command::new("pgrep")
+            .arg("-f")
+            .arg(&marker)
+            .output()
+            .unwrap();
         survivors = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if survivors.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(survivors.is_empty(), "the program outlived its worker: pids {survivors}");
+    assert!(
+        survivors.is_empty(),
+        "the program outlived its worker: pids {survivors}"
+    );
     survivor.stop().await;
 }
