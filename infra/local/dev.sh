@@ -12,8 +12,9 @@
 # The functions server listens on 127.0.0.1:8080; the stack's ports are in stack.sh. In the
 # local stack (CODERUN__LOCAL_STACK=true) the server seeds the users admin/admin and demo/demo.
 # The worker (`coderun-worker`, local executor) runs programs in a bubblewrap sandbox under
-# per-run uids and cgroups, which needs root; it refuses to start when the sandbox cannot be
-# built, and this script then shows why and fails. Its run folders are in .local/runs.
+# per-run uids and cgroups (as root; otherwise under the caller's uid in a delegated cgroup); it
+# refuses to start when the sandbox cannot be built, and this script then shows why and fails.
+# Its run folders are in .local/runs.
 # Logs: .local/logs/ (functions.log, worker.log, postgres.log, redis.log, s3s-fs.log).
 set -euo pipefail
 
@@ -143,12 +144,16 @@ fi
 
 bash "$here/install-deps.sh"
 
-log "cargo build --bin coderun-functions --bin coderun-worker"
-(cd "$repo" && cargo build --bin coderun-functions --bin coderun-worker)
+# CODERUN_BUILD_PROFILE=release builds optimised binaries (what `just bench` measures).
+profile="${CODERUN_BUILD_PROFILE:-debug}"
+profile_flag=()
+[[ "$profile" == release ]] && profile_flag=(--release)
+log "cargo build ${profile_flag[*]} --bin coderun-functions --bin coderun-worker"
+(cd "$repo" && cargo build "${profile_flag[@]}" --bin coderun-functions --bin coderun-worker)
 target="${CARGO_TARGET_DIR:-$repo/target}"
 [[ "$target" == /* ]] || target="$repo/$target"
-fbin="$target/debug/coderun-functions"
-wbin="$target/debug/coderun-worker"
+fbin="$target/$profile/coderun-functions"
+wbin="$target/$profile/coderun-worker"
 [[ -x "$fbin" ]] || die "built binary not found at $fbin"
 [[ -x "$wbin" ]] || die "built binary not found at $wbin"
 
@@ -197,7 +202,7 @@ fi
 export CODERUN__WORKER__NAME="$worker_name"
 export CODERUN__WORKER__WORK_DIR="$runs_dir"
 if [[ "$(id -u)" -ne 0 ]]; then
-    log "note: not running as root; the worker's sandbox needs root for per-run uids and cgroups"
+    log "note: not root: the worker runs programs under your uid (per-run uids need root) and needs a delegated memory cgroup"
 fi
 log "starting coderun-worker $worker_name (log: $wlog)"
 echo "--- $(date -u +%FT%TZ) dev.sh start" >>"$wlog"

@@ -126,6 +126,7 @@ pub struct WorkerSettings {
     pub janitor_seconds: u64,
     pub reconcile_seconds: u64,
     pub work_dir: std::path::PathBuf,
+    pub local_slots: u32,
     pub sandbox_uid_base: u32,
     pub shutdown_grace_seconds: u64,
     /// Fault injection for tests (`after_permit`, `after_launch`); empty otherwise.

@@ -22,6 +22,24 @@ pub struct Options {
     /// The admin's password (the local stack's is `admin`).
     #[arg(long, default_value = "admin")]
     pub admin_password: String,
+    /// Which benchmarks: `files`, `runs` or `all`.
+    #[arg(long, default_value = "all")]
+    pub suite: String,
+    /// The local stack's Redis (the runs suite pauses the fleet through the capacity key).
+    #[arg(long, default_value = "redis://127.0.0.1:56379")]
+    pub redis_url: String,
+    /// The Redis key prefix of the stack.
+    #[arg(long, default_value = "coderun")]
+    pub redis_prefix: String,
+    /// Submissions in the burst.
+    #[arg(long, default_value_t = 20_000)]
+    pub burst: usize,
+    /// Concurrent clients of the burst.
+    #[arg(long, default_value_t = 200)]
+    pub burst_clients: usize,
+    /// The worker's pid file (for its resident memory).
+    #[arg(long, default_value = ".local/run/worker.pid")]
+    pub worker_pid_file: String,
 }
 
 /// What one scenario measured.
@@ -51,7 +69,7 @@ impl std::fmt::Display for Report {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -107,7 +125,7 @@ where
     }
 }
 
-async fn post(
+pub(crate) async fn post(
     client: &reqwest::Client,
     url: String,
     token: Option<&str>,
@@ -128,6 +146,17 @@ async fn post(
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
+    if options.suite == "files" || options.suite == "all" {
+        files_suite(&options).await?;
+    }
+    if options.suite == "runs" || options.suite == "all" {
+        crate::bench_runs::run(&options).await?;
+    }
+    Ok(())
+}
+
+/// Saving a 4 KiB file and reading a task's tree at `clients` concurrent clients.
+async fn files_suite(options: &Options) -> anyhow::Result<()> {
     let base = options.base_url.trim_end_matches('/').to_owned();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(options.clients * 2)

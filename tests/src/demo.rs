@@ -21,7 +21,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 #[derive(clap::Parser, Debug)]
-#[command(name = "coderun-demo", about = "Runs a small Python program on coderun and follows it live")]
+#[command(
+    name = "coderun-demo",
+    about = "Runs a small Python program on coderun and follows it live"
+)]
 pub struct Options {
     /// The API's base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -134,7 +137,10 @@ impl Api {
             })
             .unwrap_or(body);
         let expected: Vec<String> = expected.iter().map(|s| s.as_u16().to_string()).collect();
-        bail!("{what}: expected {}, got {status} — {detail}", expected.join(" or "))
+        bail!(
+            "{what}: expected {}, got {status} — {detail}",
+            expected.join(" or ")
+        )
     }
 
     async fn json(
@@ -144,7 +150,10 @@ impl Api {
         expected: StatusCode,
     ) -> anyhow::Result<Value> {
         let response = self.send(what, request, &[expected]).await?;
-        response.json().await.with_context(|| format!("{what}: the answer is not JSON"))
+        response
+            .json()
+            .await
+            .with_context(|| format!("{what}: the answer is not JSON"))
     }
 }
 
@@ -245,12 +254,23 @@ enum Update {
 }
 
 /// Polls `GET /runs/{id}` until the run is terminal.
-async fn follow_phases(api: std::sync::Arc<Api>, run_id: String, tx: mpsc::UnboundedSender<Update>) {
+async fn follow_phases(
+    api: std::sync::Arc<Api>,
+    run_id: String,
+    tx: mpsc::UnboundedSender<Update>,
+) {
     let mut seen = 0usize;
     let mut errors = 0u32;
     loop {
         let what = format!("GET /api/v1/runs/{run_id}");
-        match api.json(&what, api.request(Method::GET, &format!("/api/v1/runs/{run_id}")), StatusCode::OK).await {
+        match api
+            .json(
+                &what,
+                api.request(Method::GET, &format!("/api/v1/runs/{run_id}")),
+                StatusCode::OK,
+            )
+            .await
+        {
             Ok(run) => {
                 errors = 0;
                 let events = run["events"].as_array().cloned().unwrap_or_default();
@@ -327,7 +347,11 @@ impl SseParser {
 
 /// Follows the log through `/log/stream`, resuming with `Last-Event-ID` when the connection
 /// drops; falls back to polling pages when the stream is not available.
-async fn follow_log_stream(api: std::sync::Arc<Api>, run_id: String, tx: mpsc::UnboundedSender<Update>) {
+async fn follow_log_stream(
+    api: std::sync::Arc<Api>,
+    run_id: String,
+    tx: mpsc::UnboundedSender<Update>,
+) {
     let mut last_id: Option<String> = None;
     let mut delivered = 0u64;
     let mut attempts = 0u32;
@@ -338,7 +362,7 @@ async fn follow_log_stream(api: std::sync::Arc<Api>, run_id: String, tx: mpsc::U
         if let Some(id) = &last_id {
             request = request.header("last-event-id", id);
         }
-        let response = match request.send().await {
+        let mut response = match request.send().await {
             Ok(r) if r.status() == StatusCode::OK => r,
             Ok(r) => {
                 let _ = tx.send(Update::Note(format!(
@@ -359,32 +383,26 @@ async fn follow_log_stream(api: std::sync::Arc<Api>, run_id: String, tx: mpsc::U
                 continue;
             }
         };
-        let mut response = response;
         let mut parser = SseParser::default();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    for event in parser.push(&chunk) {
-                        match event.event.as_str() {
-                            "line" | "" => {
-                                last_id = event.id.clone().or(last_id);
-                                delivered += 1;
-                                if tx.send(Update::Line(event.data)).is_err() {
-                                    return;
-                                }
-                            }
-                            "end" => {
-                                let _ = tx.send(Update::LogEnd);
-                                return;
-                            }
-                            _ => {}
+        while let Ok(Some(chunk)) = response.chunk().await {
+            for event in parser.push(&chunk) {
+                match event.event.as_str() {
+                    "line" | "" => {
+                        last_id = event.id.clone().or(last_id);
+                        delivered += 1;
+                        if tx.send(Update::Line(event.data)).is_err() {
+                            return;
                         }
                     }
+                    "end" => {
+                        let _ = tx.send(Update::LogEnd);
+                        return;
+                    }
+                    _ => {}
                 }
-                // Closed before its `end` event, or broken: resume after the last line.
-                Ok(None) | Err(_) => break,
             }
         }
+        // Closed before its `end` event, or broken: resume after the last line.
         attempts += 1;
         if attempts > 5 {
             let _ = tx.send(Update::Note(
@@ -409,7 +427,10 @@ async fn follow_log_pages(
     let mut errors = 0u32;
     loop {
         let what = format!("GET /api/v1/runs/{run_id}/log?page={page}");
-        let request = api.request(Method::GET, &format!("/api/v1/runs/{run_id}/log?page={page}"));
+        let request = api.request(
+            Method::GET,
+            &format!("/api/v1/runs/{run_id}/log?page={page}"),
+        );
         let body = match api.json(&what, request, StatusCode::OK).await {
             Ok(body) => body,
             Err(e) => {
@@ -425,7 +446,11 @@ async fn follow_log_pages(
         errors = 0;
         let lines: Vec<String> = body["lines"]
             .as_array()
-            .map(|l| l.iter().map(|v| v.as_str().unwrap_or_default().to_owned()).collect())
+            .map(|l| {
+                l.iter()
+                    .map(|v| v.as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         for (index, line) in lines.iter().enumerate().skip(taken_on_page) {
             if before_page + index as u64 >= skip && tx.send(Update::Line(line.clone())).is_err() {
@@ -615,7 +640,10 @@ async fn follow(
             if !log_done {
                 screen.line(&format!(
                     "  {}",
-                    screen.paint("33", "the log did not end within 10 s of the run; not waiting longer")
+                    screen.paint(
+                        "33",
+                        "the log did not end within 10 s of the run; not waiting longer"
+                    )
                 ));
             }
             for event in held_final.drain(..) {
@@ -649,7 +677,11 @@ async fn prune_old_demo_tasks(api: &Api, screen: &mut Screen, keep: usize) -> an
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|t| t["name"].as_str().is_some_and(|n| n.starts_with("coderun-demo ")))
+        .filter(|t| {
+            t["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("coderun-demo "))
+        })
         .skip(keep.saturating_sub(1))
         .filter_map(|t| Some((t["id"].as_str()?.to_owned(), t["name"].as_str()?.to_owned())))
         .collect();
@@ -660,7 +692,9 @@ async fn prune_old_demo_tasks(api: &Api, screen: &mut Screen, keep: usize) -> an
             .send()
             .await?;
         if response.status().is_success() {
-            screen.step(&format!("deleted the old demo task \"{name}\" (keeping the newest {keep})"));
+            screen.step(&format!(
+                "deleted the old demo task \"{name}\" (keeping the newest {keep})"
+            ));
         }
     }
     Ok(())
@@ -670,16 +704,27 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
     let fancy = !options.plain
         && std::io::stdout().is_terminal()
         && std::env::var("TERM").map_or(true, |t| t != "dumb");
-    let mut screen = Screen { fancy, status_drawn: false, frame: 0 };
+    let mut screen = Screen {
+        fancy,
+        status_drawn: false,
+        frame: 0,
+    };
     let base = options.base_url.trim_end_matches('/').to_owned();
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         // The log download answers 302; the demo shows the Location rather than following it.
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
-    let mut api = Api { client: client.clone(), base: base.clone(), token: None };
+    let mut api = Api {
+        client: client.clone(),
+        base: base.clone(),
+        token: None,
+    };
 
-    println!("{}", screen.paint("1", &format!("coderun demo against {base}")));
+    println!(
+        "{}",
+        screen.paint("1", &format!("coderun demo against {base}"))
+    );
     let ready = client
         .get(format!("{base}/readyz"))
         .timeout(Duration::from_secs(5))
@@ -687,7 +732,10 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("coderun does not answer at {base}; start it with `just dev`"))?;
     if ready.status() != StatusCode::OK {
-        bail!("{base}/readyz answers {}; is the stack healthy? (infra/local/dev.sh --status)", ready.status());
+        bail!(
+            "{base}/readyz answers {}; is the stack healthy? (infra/local/dev.sh --status)",
+            ready.status()
+        );
     }
     screen.step("the API is ready");
 
@@ -700,10 +748,17 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
             StatusCode::OK,
         )
         .await?;
-    api.token = Some(login["token"].as_str().context("the login answer has no token")?.to_owned());
+    api.token = Some(
+        login["token"]
+            .as_str()
+            .context("the login answer has no token")?
+            .to_owned(),
+    );
     screen.step(&format!(
         "logged in as {} (role {}), token valid until {}",
-        login["user"]["username"].as_str().unwrap_or(&options.username),
+        login["user"]["username"]
+            .as_str()
+            .unwrap_or(&options.username),
         login["user"]["role"].as_str().unwrap_or("?"),
         login["expires_at"].as_str().unwrap_or("?"),
     ));
@@ -723,7 +778,10 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
             StatusCode::CREATED,
         )
         .await?;
-    let task_id = task["id"].as_str().context("the task has no id")?.to_owned();
+    let task_id = task["id"]
+        .as_str()
+        .context("the task has no id")?
+        .to_owned();
     let defaults: Vec<&str> = task["files"]
         .as_array()
         .into_iter()
@@ -737,9 +795,12 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
     let source = program(options.steps, options.delay, options.exit_code);
     api.send(
         "PUT main.py",
-        api.request(Method::PUT, &format!("/api/v1/tasks/{task_id}/files/main.py"))
-            .header("content-type", "text/plain; charset=utf-8")
-            .body(source.clone()),
+        api.request(
+            Method::PUT,
+            &format!("/api/v1/tasks/{task_id}/files/main.py"),
+        )
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(source.clone()),
         // 200 replaced (main.py is one of the default files), 201 created.
         &[StatusCode::OK, StatusCode::CREATED],
     )
@@ -760,7 +821,10 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
             StatusCode::ACCEPTED,
         )
         .await?;
-    let run_id = submitted["id"].as_str().context("the run has no id")?.to_owned();
+    let run_id = submitted["id"]
+        .as_str()
+        .context("the run has no id")?
+        .to_owned();
     screen.step(&format!(
         "submitted run {run_id} (202 Accepted): `{}`, spec {} ({})",
         submitted["command"].as_str().unwrap_or("?"),
@@ -784,7 +848,9 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
     println!();
 
     // The outcome, in numbers.
-    let seconds = |a: &str, b: &str| Some(epoch_seconds(run[b].as_str()?)? - epoch_seconds(run[a].as_str()?)?);
+    let seconds = |a: &str, b: &str| {
+        Some(epoch_seconds(run[b].as_str()?)? - epoch_seconds(run[a].as_str()?)?)
+    };
     let mut outcome = format!("run {status}");
     if let Some(code) = run["exit_code"].as_i64() {
         outcome.push_str(&format!(", exit code {code}"));
@@ -799,7 +865,11 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
         outcome.push_str(&format!(", ran {ran:.2} s"));
     }
     outcome.push_str(&format!("; {} log lines", followed.lines));
-    let colour = if status == "succeeded" { "1;32" } else { "1;31" };
+    let colour = if status == "succeeded" {
+        "1;32"
+    } else {
+        "1;31"
+    };
     screen.line(&screen.paint(colour, &outcome));
 
     // Where the log is, and the log itself through the presigned URL.
@@ -818,7 +888,9 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
                 .and_then(|v| v.to_str().ok())
                 .context("the 302 has no Location")?
                 .to_owned();
-            screen.line(&format!("log        GET {base}/api/v1/runs/{run_id}/log/download"));
+            screen.line(&format!(
+                "log        GET {base}/api/v1/runs/{run_id}/log/download"
+            ));
             screen.line(&format!("           → 302 {location}"));
             let log = client
                 .get(&location)
@@ -827,7 +899,10 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
                 .await
                 .context("downloading the log")?;
             if !log.status().is_success() {
-                bail!("downloading the log from its presigned URL: {}", log.status());
+                bail!(
+                    "downloading the log from its presigned URL: {}",
+                    log.status()
+                );
             }
             let bytes = log.bytes().await?;
             let expected = run["log_bytes"].as_u64();
@@ -842,7 +917,10 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
                 }
             ));
         }
-        Err(e) => screen.line(&format!("log        {}", screen.paint("31", &format!("{e:#}")))),
+        Err(e) => screen.line(&format!(
+            "log        {}",
+            screen.paint("31", &format!("{e:#}"))
+        )),
     }
 
     // The outputs, each downloaded through its presigned URL.
@@ -854,30 +932,60 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
         )
         .await?;
     // The contract pages lists (`{items, …}`); a bare array is read as well.
-    let outputs = outputs["items"].as_array().or(outputs.as_array()).cloned().unwrap_or_default();
-    screen.line(&format!("outputs    GET {base}/api/v1/runs/{run_id}/outputs → {} file(s)", outputs.len()));
+    let outputs = outputs["items"]
+        .as_array()
+        .or(outputs.as_array())
+        .cloned()
+        .unwrap_or_default();
+    screen.line(&format!(
+        "outputs    GET {base}/api/v1/runs/{run_id}/outputs → {} file(s)",
+        outputs.len()
+    ));
     for output in &outputs {
         let path = output["path"].as_str().unwrap_or("?");
         let size = output["size"].as_u64().unwrap_or(0);
         let url = output["url"].as_str().unwrap_or_default();
         screen.line(&format!("  {path} ({})  {url}", human_bytes(size)));
-        let fetched = client.get(url).timeout(Duration::from_secs(30)).send().await;
+        let fetched = client
+            .get(url)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
         match fetched {
             Ok(r) if r.status().is_success() => {
                 let body = r.bytes().await.unwrap_or_default();
-                let preview = String::from_utf8_lossy(&body[..body.len().min(200)]).trim_end().replace('\n', " ⏎ ");
-                let check = if body.len() as u64 == size { "" } else { " (size differs from the listing!)" };
-                screen.line(&format!("    {}{check}", screen.paint("2", &format!("» {preview}"))));
+                let preview = String::from_utf8_lossy(&body[..body.len().min(200)])
+                    .trim_end()
+                    .replace('\n', " ⏎ ");
+                let check = if body.len() as u64 == size {
+                    ""
+                } else {
+                    " (size differs from the listing!)"
+                };
+                screen.line(&format!(
+                    "    {}{check}",
+                    screen.paint("2", &format!("» {preview}"))
+                ));
             }
-            Ok(r) => screen.line(&format!("    {}", screen.paint("31", &format!("download failed: {}", r.status())))),
-            Err(e) => screen.line(&format!("    {}", screen.paint("31", &format!("download failed: {e}")))),
+            Ok(r) => screen.line(&format!(
+                "    {}",
+                screen.paint("31", &format!("download failed: {}", r.status()))
+            )),
+            Err(e) => screen.line(&format!(
+                "    {}",
+                screen.paint("31", &format!("download failed: {e}"))
+            )),
         }
     }
     println!();
     println!("task       {base}/api/v1/tasks/{task_id}");
     println!("run        {base}/api/v1/runs/{run_id}");
 
-    Ok(if status == "succeeded" { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if status == "succeeded" {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 #[cfg(test)]
@@ -892,9 +1000,21 @@ mod tests {
         assert_eq!(
             events,
             [
-                SseEvent { event: "line".into(), data: "hello".into(), id: Some("1".into()) },
-                SseEvent { event: "line".into(), data: "a\nb".into(), id: Some("2".into()) },
-                SseEvent { event: "end".into(), data: "{\"status\":\"succeeded\"}".into(), id: Some("2".into()) },
+                SseEvent {
+                    event: "line".into(),
+                    data: "hello".into(),
+                    id: Some("1".into())
+                },
+                SseEvent {
+                    event: "line".into(),
+                    data: "a\nb".into(),
+                    id: Some("2".into())
+                },
+                SseEvent {
+                    event: "end".into(),
+                    data: "{\"status\":\"succeeded\"}".into(),
+                    id: Some("2".into())
+                },
             ]
         );
     }
@@ -903,7 +1023,14 @@ mod tests {
     fn an_empty_line_is_still_a_line_event() {
         let mut parser = SseParser::default();
         let events = parser.push(b"event: line\nid: 3\ndata: \n\n");
-        assert_eq!(events, [SseEvent { event: "line".into(), data: String::new(), id: Some("3".into()) }]);
+        assert_eq!(
+            events,
+            [SseEvent {
+                event: "line".into(),
+                data: String::new(),
+                id: Some("3".into())
+            }]
+        );
     }
 
     #[test]
@@ -913,7 +1040,10 @@ mod tests {
         assert!((b - a - 1.5).abs() < 1e-6);
         assert_eq!(epoch_seconds("1970-01-01T00:00:00Z"), Some(0.0));
         assert_eq!(epoch_seconds("2000-03-01T00:00:00Z"), Some(951_868_800.0));
-        assert_eq!(epoch_seconds("2000-03-01T01:00:00+01:00"), Some(951_868_800.0));
+        assert_eq!(
+            epoch_seconds("2000-03-01T01:00:00+01:00"),
+            Some(951_868_800.0)
+        );
         assert_eq!(epoch_seconds("nonsense"), None);
     }
 }

@@ -3,5 +3,6 @@
 
 pub mod app;
 pub mod bench;
+pub mod bench_runs;
 pub mod demo;
 pub mod servers;

@@ -70,7 +70,12 @@ impl Context {
         let executor: Arc<dyn Executor> = match settings.worker.executor.as_str() {
             "local" => {
                 let config = SandboxConfig {
-                    uid_base: uid_base(settings.worker.sandbox_uid_base, &name),
+                    uid_base: uid_base(
+                        settings.worker.sandbox_uid_base,
+                        settings.worker.local_slots,
+                        &name,
+                    ),
+                    uid_count: settings.worker.local_slots,
                     cgroup_name: format!("coderun-{}", sanitize(&name)),
                     ..SandboxConfig::default()
                 };
@@ -89,6 +94,7 @@ impl Context {
                     })?;
                 Arc::new(LocalExecutor::new(
                     Arc::new(sandbox),
+                    settings.worker.local_slots as usize,
                     recorder.clone(),
                     settings.worker.work_dir.clone(),
                     settings.runs.clone(),
@@ -124,13 +130,13 @@ impl Context {
     }
 }
 
-/// Each worker on a host takes its own block of 64 sandbox uids, chosen by its name, so two
-/// workers on one machine never hand the same uid to two runs.
-fn uid_base(base: u32, name: &str) -> u32 {
+/// Each worker on a host takes its own block of `slots` sandbox uids, chosen by its name, so
+/// two workers on one machine (almost surely) never hand the same uid to two runs.
+fn uid_base(base: u32, slots: u32, name: &str) -> u32 {
     let hash = name.bytes().fold(2_166_136_261u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(16_777_619)
     });
-    base + (hash % 4096) * 64
+    base + (hash % 1024) * slots
 }
 
 fn sanitize(name: &str) -> String {

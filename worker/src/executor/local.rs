@@ -40,6 +40,8 @@ struct Execution {
 
 struct Inner {
     sandbox: Arc<Sandbox>,
+    /// Executions this worker runs at once at most (one sandbox uid each).
+    slots: usize,
     recorder: Recorder,
     http: reqwest::Client,
     work_root: PathBuf,
@@ -56,6 +58,7 @@ pub struct LocalExecutor {
 impl LocalExecutor {
     pub fn new(
         sandbox: Arc<Sandbox>,
+        slots: usize,
         recorder: Recorder,
         work_root: PathBuf,
         runs: RunLimits,
@@ -64,6 +67,7 @@ impl LocalExecutor {
         Self {
             inner: Arc::new(Inner {
                 sandbox,
+                slots,
                 recorder,
                 http: reqwest::Client::new(),
                 work_root,
@@ -85,6 +89,12 @@ impl Executor for LocalExecutor {
         let mut executions = self.inner.executions.lock().expect("executions lock");
         if executions.contains_key(&run.id) {
             return Ok(());
+        }
+        if executions.len() >= self.inner.slots {
+            return Err(LaunchError::Retryable(format!(
+                "all {} local sandbox slots of this worker are busy",
+                self.inner.slots
+            )));
         }
         let (go, wait) = oneshot::channel();
         let stop = CancellationToken::new();
@@ -132,7 +142,14 @@ impl Executor for LocalExecutor {
 
     async fn drain(&self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
-        let busy = || !self.inner.executions.lock().expect("executions lock").is_empty();
+        let busy = || {
+            !self
+                .inner
+                .executions
+                .lock()
+                .expect("executions lock")
+                .is_empty()
+        };
         while busy() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -162,7 +179,12 @@ impl Inner {
                     }
                 }
             };
-            if let Some(execution) = self.executions.lock().expect("executions lock").get_mut(&run.id) {
+            if let Some(execution) = self
+                .executions
+                .lock()
+                .expect("executions lock")
+                .get_mut(&run.id)
+            {
                 execution.finished = true;
             }
             if let Err(e) = self.recorder.finish(run.id, ending).await {
