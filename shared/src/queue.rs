@@ -122,8 +122,8 @@ impl RunQueue {
     /// Reads one new entry for `consumer`, blocking up to `block_ms`. Call it on a client of
     /// its own: a blocking read stalls every other command on its connection.
     pub async fn read_new(&self, reader: &Client, consumer: &str) -> Result<Option<Entry>, Error> {
-        let response: HashMap<String, Vec<(String, HashMap<String, String>)>> = reader
-            .xreadgroup_map(
+        let reply: Value = reader
+            .xreadgroup(
                 &self.settings.group,
                 consumer,
                 Some(1),
@@ -133,6 +133,12 @@ impl RunQueue {
                 ">",
             )
             .await?;
+        // A read that times out answers nil.
+        if reply.is_null() {
+            return Ok(None);
+        }
+        let response: HashMap<String, Vec<(String, HashMap<String, String>)>> =
+            reply.into_xread_response()?;
         Ok(response
             .into_values()
             .flatten()
