@@ -328,3 +328,98 @@ async fn poison_entries_are_dead_lettered() {
     assert_eq!(pending.0, 0);
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn the_sandbox_limits_end_runs_with_the_right_reasons() {
+    let p = platform(vec![
+        ("specs.small.wall_seconds", "3".into()),
+        ("specs.small.memory_mib", "64".into()),
+        ("specs.small.disk_mib", "8".into()),
+        ("runs.log_max_bytes", "65536".into()),
+    ])
+    .await;
+    let worker = p.worker("w").await;
+    let cases = [
+        (
+            "a memory bomb",
+            "x = 'a' * (512 * 1024 * 1024)\n",
+            "oom_killed",
+        ),
+        (
+            "an infinite loop",
+            "while True:\n    pass\n",
+            "deadline_exceeded",
+        ),
+        (
+            "a log flood",
+            "while True:\n    print('y' * 100)\n",
+            "output_limit_exceeded",
+        ),
+        (
+            "a program ignoring SIGTERM",
+            "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n",
+            "deadline_exceeded",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (what, code, _) in &cases {
+        ids.push((what, p.submit_python(code, json!({})).await));
+    }
+    for ((what, id), (_, _, reason)) in ids.iter().zip(cases.iter()) {
+        let run = p.wait_terminal(id, T).await;
+        assert_eq!(run["status"], "failed", "{what}: {run}");
+        assert_eq!(run["reason"], *reason, "{what}: {run}");
+    }
+    let flood = &ids[2].1;
+    let run = p.run(flood).await;
+    assert_eq!(run["log_truncated"], true);
+    assert!(run["log_bytes"].as_i64().unwrap() <= 65536);
+    assert!(support::run_permits(&worker.ctx).await.is_empty());
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_program_cannot_reach_the_network_or_the_hosts_secrets() {
+    let p = platform(vec![]).await;
+    let worker = p.worker("w").await;
+    let code = "import os, socket\n\
+        try:\n    socket.create_connection(('1.1.1.1', 53), timeout=2); print('network: open')\n\
+        except OSError:\n    print('network: closed')\n\
+        for path in ['/root', '/work', '/etc/shadow', '/home']:\n    print(path, os.path.exists(path))\n\
+        print('secrets in env:', sorted(k for k in os.environ if k.startswith('CODERUN')))\n\
+        print('uid', os.getuid() != 0)\n";
+    let id = p.submit_python(code, json!({})).await;
+    let run = p.wait_terminal(&id, T).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let (lines, _) = p.log(&id).await;
+    assert_eq!(
+        lines,
+        [
+            "network: closed",
+            "/root False",
+            "/work False",
+            "/etc/shadow False",
+            "/home False",
+            "secrets in env: []",
+            "uid True"
+        ]
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_read_that_times_out_is_idle_not_an_error() {
+    let p = platform(vec![]).await;
+    let queue = &p.app.state.queue;
+    queue.ensure_group().await.unwrap();
+    let started = std::time::Instant::now();
+    let entry = queue
+        .read_new(&p.app.state.redis, "idle-consumer")
+        .await
+        .unwrap();
+    assert_eq!(entry, None);
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "the read blocked for block_ms"
+    );
+}
