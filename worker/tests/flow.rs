@@ -423,3 +423,53 @@ async fn a_read_that_times_out_is_idle_not_an_error() {
         "the read blocked for block_ms"
     );
 }
+
+#[tokio::test]
+async fn stop_wins_in_every_phase_even_when_the_executing_worker_is_gone() {
+    use coderun_shared::runs::{self, Change, RunStatus};
+    let p = platform(vec![]).await;
+    // A run left in each launched phase by a worker that then vanished.
+    let mut ids = Vec::new();
+    for phase in [
+        RunStatus::Dispatched,
+        RunStatus::Pending,
+        RunStatus::Running,
+    ] {
+        let id = p.submit_python("print('never')\n", json!({})).await;
+        let uuid: uuid::Uuid = id.parse().unwrap();
+        let change = Change {
+            worker: Some("vanished-worker".into()),
+            executor: Some("local".into()),
+            ..Change::by("worker:vanished-worker")
+        };
+        for step in [
+            RunStatus::Dispatched,
+            RunStatus::Pending,
+            RunStatus::Running,
+        ] {
+            runs::transition(&p.app.db, uuid, step, &change)
+                .await
+                .unwrap();
+            if step == phase {
+                break;
+            }
+        }
+        let stopping = p
+            .app
+            .post(&format!("/api/v1/runs/{id}/stop"), &p.token, json!({}))
+            .await
+            .expect(200);
+        assert_eq!(stopping["status"], "stopping", "{phase:?}");
+        ids.push(id);
+    }
+    // A live worker's reconciler finds their worker gone: stop wins over executor_lost.
+    let _worker = p.worker("w").await;
+    for id in &ids {
+        let run = p.wait_terminal(id, T).await;
+        assert_eq!(run["status"], "stopped", "{run}");
+        assert_eq!(run["reason"], "stopped_by_user");
+        let phases = Platform::phases(&run);
+        assert_eq!(&phases[phases.len() - 2..], ["stopping", "stopped"]);
+        assert!(!phases.contains(&"failed".to_owned()));
+    }
+}
