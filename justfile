@@ -32,10 +32,12 @@ demo *args:
     fi
     exit "$rc"
 
-# Every test of the workspace, against real Postgres, Redis and S3 servers the harness starts.
+# Every test of the workspace, against real Postgres, Redis and S3 servers the harness starts;
+# then the offline validation of the deployment material in infra/ (manifests, Dockerfiles, SAM).
 test:
     bash infra/local/install-deps.sh
     cargo test --workspace
+    bash infra/validate.sh
 
 # Benchmark the platform (started in the background unless it runs, then stopped again).
 bench *args:

@@ -42,6 +42,7 @@ pub struct Settings {
     pub run: RunSettings,
     pub specs: BTreeMap<String, Spec>,
     pub languages: BTreeMap<String, LanguageSettings>,
+    pub kubernetes: KubernetesSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -201,6 +202,33 @@ impl LanguageSettings {
 pub struct DefaultFile {
     pub path: String,
     pub content: String,
+}
+
+/// The Kubernetes executor (`worker.executor = "kubernetes"`): one `batch/v1` Job per run.
+#[derive(Debug, Clone, Deserialize)]
+pub struct KubernetesSettings {
+    /// Where the run Jobs live; the namespace's NetworkPolicy denies their egress.
+    pub namespace: String,
+    /// A kubeconfig file; empty: in-cluster service account, else `$KUBECONFIG` / `~/.kube`.
+    pub kubeconfig: String,
+    /// Job creates per second, per worker: a client-side limit (the API server is shared and
+    /// kube has no limiter of its own).
+    pub creates_per_second: f64,
+    pub ttl_seconds_after_finished: u32,
+    /// A run whose image cannot be pulled for this long fails `image_pull_failed`.
+    pub image_pull_timeout_seconds: u64,
+    /// An image with `sh`, `curl`, `tar` and `sha256sum`: fetches the code and datasets, and
+    /// uploads the outputs.
+    pub init_image: String,
+    /// Lifetime of the presigned code and dataset URLs a Job carries: short, as they are
+    /// readable by whoever can read the Job.
+    pub presign_seconds: u64,
+    /// The run pods' service account; empty: the namespace's `default`. No token is mounted
+    /// either way.
+    pub service_account: String,
+    pub image_pull_secrets: Vec<String>,
+    /// The pod's termination grace: also the time the outputs upload gets once the program ends.
+    pub termination_grace_seconds: u32,
 }
 
 impl Settings {

@@ -5,4 +5,5 @@ pub mod app;
 pub mod bench;
 pub mod bench_runs;
 pub mod demo;
+pub mod kube;
 pub mod servers;

@@ -13,6 +13,7 @@ use fred::prelude::Client;
 use sqlx::PgPool;
 
 use crate::executor::Executor;
+use crate::executor::kubernetes::{self, KubernetesExecutor};
 use crate::executor::local::LocalExecutor;
 use crate::recorder::Recorder;
 use crate::sandbox::{Sandbox, SandboxConfig};
@@ -101,7 +102,21 @@ impl Context {
                     settings.limits.clone(),
                 ))
             }
-            other => anyhow::bail!("worker.executor `{other}` is not known (expected `local`)"),
+            kubernetes::KIND => Arc::new(
+                KubernetesExecutor::connect(
+                    &settings,
+                    kubernetes::Parts {
+                        name: name.clone(),
+                        recorder: recorder.clone(),
+                        redis: redis.clone(),
+                        keys: keys.clone(),
+                    },
+                )
+                .await?,
+            ),
+            other => anyhow::bail!(
+                "worker.executor `{other}` is not known (expected `local` or `kubernetes`)"
+            ),
         };
         Ok(Self {
             settings: Arc::new(settings),

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+pub mod cli;
 pub mod consumer;
 pub mod context;
 pub mod executor;
@@ -45,6 +46,10 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) -> anyhow::Re
         tokio::spawn(janitor::run(ctx.clone(), stop_background.clone())),
         tokio::spawn(reconciler::run(ctx.clone(), stop_background.clone())),
         tokio::spawn(stops::run(ctx.clone(), stop_background.clone())),
+        tokio::spawn({
+            let (executor, stop) = (ctx.executor.clone(), stop_background.clone());
+            async move { executor.run(stop).await }
+        }),
     ];
 
     tokio::pin!(shutdown);

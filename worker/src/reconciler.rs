@@ -1,8 +1,10 @@
 //! The reconciler repairs what crashes and lost messages leave behind, from Postgres (the
 //! truth): a queued run whose stream entry is gone is enqueued again; a launched run whose
 //! worker died (or lost its execution) ends `executor_lost` — or `stopped` if it was being
-//! stopped; permits of finished runs and of dead workers' reservations are released. Every
-//! action is idempotent, so all workers may reconcile at once.
+//! stopped — unless its executor adopts executions (Kubernetes Jobs outlive their worker),
+//! in which case it is lost only when its execution no longer exists; permits of finished runs
+//! and of dead workers' reservations are released. Every action is idempotent, so all workers
+//! may reconcile at once.
 
 use std::time::Duration;
 
@@ -56,8 +58,13 @@ pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
         let Some(worker) = run.worker.as_deref() else {
             continue;
         };
-        let lost = if worker == ctx.name {
-            let launched_at = run.dispatched_at.unwrap_or(run.queued_at);
+        let launched_at = run.dispatched_at.unwrap_or(run.queued_at);
+        let adopted = ctx.executor.adopts() && run.executor.as_deref() == Some(ctx.executor.kind());
+        let lost = if adopted {
+            // The execution outlives its worker (a Job): lost only once it is gone, whoever
+            // launched it.
+            now - launched_at > HANDOFF_GRACE && ctx.executor.exists(run).await == Some(false)
+        } else if worker == ctx.name {
             !ctx.executor.has(run.id) && now - launched_at > HANDOFF_GRACE
         } else {
             !heartbeat::is_alive(ctx, worker).await?
@@ -66,7 +73,11 @@ pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
             continue;
         }
         let source = format!("reconciler:{}", ctx.name);
-        let detail = format!("its worker {worker} is gone or lost the execution");
+        let detail = if adopted {
+            "its execution is gone".to_owned()
+        } else {
+            format!("its worker {worker} is gone or lost the execution")
+        };
         let ended = if run.status == RunStatus::Stopping {
             let change = Change::by(source)
                 .detail(detail)

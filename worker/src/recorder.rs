@@ -69,6 +69,18 @@ impl Recorder {
         Ok(())
     }
 
+    /// Stores `log` as `runs/{run}/log.txt` (an executor that holds the log in memory).
+    pub async fn store_log_bytes(&self, run: Uuid, log: Vec<u8>) -> anyhow::Result<()> {
+        self.storage
+            .put(
+                &format!("runs/{run}/log.txt"),
+                Bytes::from(log),
+                "text/plain; charset=utf-8",
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Stores each output file as `runs/{run}/output/{path}` and lists them on the run.
     pub async fn store_outputs(
         &self,

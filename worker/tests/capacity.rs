@@ -52,9 +52,19 @@ async fn three_workers_never_exceed_the_capacity_with_two_hundred_submissions() 
                 if live > CAPACITY {
                     let lists: Vec<_> = ctxs.iter().map(|c| c.executor.live()).collect();
                     let holders = ctxs[0].semaphore.holders().await.unwrap();
-                    eprintln!("DEBUG live {lists:?} holders {holders:?}");
+                    let mut states = Vec::new();
+                    for id in lists.iter().flatten() {
+                        let events: Vec<(String, String)> = sqlx::query_as(
+                            "SELECT phase, source FROM run_events WHERE run_id = $1 ORDER BY id",
+                        )
+                        .bind(id)
+                        .fetch_all(&db)
+                        .await
+                        .unwrap();
+                        states.push((id.to_string(), events));
+                    }
+                    eprintln!("DEBUG live {lists:?} holders {holders:?} states {states:?}");
                 }
-                max_db.fetch_max(active as u32, Ordering::Relaxed);
                 samples += 1;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

@@ -131,13 +131,20 @@ impl Executor for LocalExecutor {
     }
 
     fn live(&self) -> Vec<Uuid> {
+        let executions = self.inner.executions.lock().expect("executions lock");
+        executions
+            .iter()
+            .filter(|(_, e)| !e.finished)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn has(&self, run_id: Uuid) -> bool {
         self.inner
             .executions
             .lock()
             .expect("executions lock")
-            .keys()
-            .copied()
-            .collect()
+            .contains_key(&run_id)
     }
 
     async fn drain(&self, grace: Duration) {

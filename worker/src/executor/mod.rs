@@ -1,11 +1,17 @@
-//! Executors run a run somewhere: the local sandbox on this machine, or (later) a Kubernetes
-//! Job. Both keep invariant 3 — one execution per run attempt — and report every phase of the
+//! Executors run a run somewhere: the local sandbox on this machine, or a Kubernetes Job. Both
+//! keep invariant 3 — one execution per run attempt — and report every phase of the
 //! executions they own through the [`Recorder`](crate::recorder::Recorder).
+//!
+//! A local execution dies with its worker; a Job does not, so the Kubernetes executor
+//! [`adopts`](Executor::adopts): any worker may observe, stop and finish any run's Job, and a
+//! run is lost only when its execution no longer [`exists`](Executor::exists).
 
 use async_trait::async_trait;
 use coderun_shared::runs::Run;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+pub mod kubernetes;
 pub mod local;
 
 /// Why a launch failed, which decides what happens to the stream entry.
@@ -46,4 +52,23 @@ pub trait Executor: Send + Sync + 'static {
 
     /// Waits (at most `grace`) for the executions in flight to end: graceful shutdown.
     async fn drain(&self, grace: std::time::Duration);
+
+    /// Whether executions outlive the worker that launched them (a Kubernetes Job does, a
+    /// local process does not). Then any worker carries on a run whose worker died, and the
+    /// reconciler judges a run lost only by [`exists`](Executor::exists).
+    fn adopts(&self) -> bool {
+        false
+    }
+
+    /// Whether `run`'s execution exists, wherever it was launched; `None` when this executor
+    /// cannot tell (now).
+    async fn exists(&self, _run: &Run) -> Option<bool> {
+        None
+    }
+
+    /// The executor's own background work (the Kubernetes watchers) until `shutdown`; the
+    /// worker runs it beside its other loops.
+    async fn run(&self, shutdown: CancellationToken) {
+        shutdown.cancelled().await;
+    }
 }

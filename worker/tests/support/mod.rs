@@ -298,3 +298,31 @@ pub async fn run_permits(ctx: &Context) -> Vec<String> {
         .filter(|member| member.parse::<Uuid>().is_ok())
         .collect()
 }
+
+/// Overrides that make workers use the Kubernetes executor through `kubeconfig` (the stand-in
+/// API server's), with a test-sized image-pull timeout.
+pub fn kubernetes_settings(kubeconfig: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("worker.executor", "kubernetes".into()),
+        ("kubernetes.kubeconfig", kubeconfig.display().to_string()),
+        ("kubernetes.image_pull_timeout_seconds", "2".into()),
+        ("kubernetes.creates_per_second", "50".into()),
+    ]
+}
+
+/// The environment that makes a `coderun-worker` process use the Kubernetes executor through
+/// `kubeconfig`.
+pub fn kubernetes_env(kubeconfig: &std::path::Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("CODERUN__WORKER__EXECUTOR", "kubernetes".into()),
+        (
+            "CODERUN__KUBERNETES__KUBECONFIG",
+            kubeconfig.display().to_string(),
+        ),
+        (
+            "CODERUN__KUBERNETES__IMAGE_PULL_TIMEOUT_SECONDS",
+            "2".into(),
+        ),
+        ("CODERUN__KUBERNETES__CREATES_PER_SECOND", "50".into()),
+    ]
+}
