@@ -93,6 +93,9 @@ pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
             tracing::warn!(run = %run.id, %worker, "ended a run whose execution was lost");
             report.lost.push(run.id);
         }
+        if !adopted {
+            ctx.executor.reap(run.id).await;
+        }
         ctx.semaphore.release(&run.id.to_string()).await?;
     }
 

@@ -109,9 +109,10 @@ async fn a_worker_killed_while_its_run_executes_takes_the_program_with_it_and_th
     assert_eq!(count(&phases, "failed"), 1);
     assert_eq!(count(&phases, "running"), 1);
     wait_no_run_permits(&survivor.ctx).await;
-    // The sandboxed program died with its worker (bubblewrap --die-with-parent).
+    // The sandboxed program died with its worker (bubblewrap --die-with-parent), or at the
+    // latest when a live worker reconciled the run and reaped its cgroups.
     let mut survivors = String::new();
-    for _ in 0..50 {
+    for _ in 0..100 {
         let out = std::process::Command::new("pgrep")
             .arg("-f")
             .arg(&marker)
@@ -123,9 +124,24 @@ async fn a_worker_killed_while_its_run_executes_takes_the_program_with_it_and_th
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        survivors.is_empty(),
-        "the program outlived its worker: pids {survivors}"
-    );
+    if !survivors.is_empty() {
+        let pids: Vec<&str> = survivors.split_whitespace().collect();
+        let ps = std::process::Command::new("ps")
+            .args([
+                "-o",
+                "pid,ppid,pgid,uid,stat,etimes,args",
+                "-p",
+                &pids.join(","),
+            ])
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&ps.stdout).into_owned();
+        for pid in &pids {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", pid])
+                .status();
+        }
+        panic!("the program outlived its worker:\n{listing}");
+    }
     survivor.stop().await;
 }

@@ -147,6 +147,17 @@ impl Executor for LocalExecutor {
             .contains_key(&run_id)
     }
 
+    async fn reap(&self, run_id: Uuid) {
+        let sandbox = self.inner.sandbox.clone();
+        match tokio::task::spawn_blocking(move || sandbox.kill_orphans(run_id)).await {
+            Ok(0) => {}
+            Ok(killed) => {
+                tracing::warn!(%run_id, killed, "killed the processes a dead worker left behind")
+            }
+            Err(e) => tracing::warn!(%run_id, error = %e, "cannot reap a lost run's processes"),
+        }
+    }
+
     async fn drain(&self, grace: Duration) {
         let deadline = tokio::time::Instant::now() + grace;
         let busy = || {

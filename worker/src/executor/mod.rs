@@ -50,6 +50,10 @@ pub trait Executor: Send + Sync + 'static {
         self.live().contains(&run_id)
     }
 
+    /// Kills whatever is left on this host of a run whose worker died (the reconciler ended
+    /// it); a no-op for executors whose executions live elsewhere.
+    async fn reap(&self, _run_id: Uuid) {}
+
     /// Waits (at most `grace`) for the executions in flight to end: graceful shutdown.
     async fn drain(&self, grace: std::time::Duration);
 

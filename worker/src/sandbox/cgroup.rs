@@ -338,6 +338,45 @@ impl Cgroups {
         dirs
     }
 
+    /// Kills every process left in a cgroup named `name` beside this worker's own cgroup
+    /// folders — whichever worker on this host created it — and removes the folders. Returns
+    /// how many processes it killed.
+    pub fn kill_everywhere(&self, name: &str) -> usize {
+        let mut killed = 0;
+        for parent in self.parents() {
+            let Some(siblings) = parent.parent() else {
+                continue;
+            };
+            let Ok(entries) = std::fs::read_dir(siblings) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if !entry.file_name().to_string_lossy().starts_with("coderun") {
+                    continue;
+                }
+                let dir = entry.path().join(name);
+                for _ in 0..50 {
+                    let pids: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .collect();
+                    if pids.is_empty() {
+                        break;
+                    }
+                    for pid in pids {
+                        if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                            killed += 1;
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+        killed
+    }
+
     /// Creates the run's cgroup with its limits; on failure nothing is left.
     pub fn create(&self, name: &str, limits: &Limits) -> io::Result<RunCgroup> {
         let memory = self.memory.join(name);

@@ -534,6 +534,14 @@ impl Sandbox {
         outputs::collect(&RunLayout::new(work_dir).output(), max_files, max_bytes)
     }
 
+    /// Kills what is left of a run's sandbox on this host, whichever worker started it: every
+    /// process in the run's cgroups. A worker killed with SIGKILL cleans up nothing, and its
+    /// sandbox's parent-death signal has been seen not to arrive every time; the reconciler
+    /// calls this when it ends such a run. Returns how many processes it killed.
+    pub fn kill_orphans(&self, run_id: Uuid) -> usize {
+        self.cgroups.kill_everywhere(&run_id.to_string())
+    }
+
     /// Whether the cgroup is v1 or v2 (for logs and health pages).
     pub fn cgroup_description(&self) -> String {
         self.cgroups.describe()
