@@ -45,8 +45,18 @@ pub const NAMESPACE: &str = "coderun-jobs";
 /// being carried out) or delayed by `delay` (then carried out), `times` times.
 #[derive(Debug, Clone)]
 pub enum Fault {
-    Status { method: &'static str, path_contains: String, status: u16, times: usize },
-    Delay { method: &'static str, path_contains: String, delay: Duration, times: usize },
+    Status {
+        method: &'static str,
+        path_contains: String,
+        status: u16,
+        times: usize,
+    },
+    Delay {
+        method: &'static str,
+        path_contains: String,
+        delay: Duration,
+        times: usize,
+    },
 }
 
 /// The stand-in API server. It runs until dropped.
@@ -61,14 +71,21 @@ pub struct StandIn {
 impl StandIn {
     /// Binds 127.0.0.1:0, serves in a background task, and writes the kubeconfig.
     pub async fn start() -> StandIn {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the stand-in API server");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the stand-in API server");
         let addr = listener.local_addr().expect("local address");
         let shared = Shared::new();
-        let app = axum::Router::new().fallback(server::handle).with_state(shared.clone());
+        let app = axum::Router::new()
+            .fallback(server::handle)
+            .with_state(shared.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        let dir = std::env::temp_dir().join(format!("coderun-kube-stand-in-{}", uuid::Uuid::new_v4().simple()));
+        let dir = std::env::temp_dir().join(format!(
+            "coderun-kube-stand-in-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
         std::fs::create_dir_all(&dir).expect("create the kubeconfig directory");
         let kubeconfig = dir.join("kubeconfig");
         let yaml = format!(
@@ -93,7 +110,13 @@ users:
 "
         );
         std::fs::write(&kubeconfig, yaml).expect("write the kubeconfig");
-        StandIn { shared, addr, dir, kubeconfig, server }
+        StandIn {
+            shared,
+            addr,
+            dir,
+            kubeconfig,
+            server,
+        }
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -110,19 +133,33 @@ users:
     // ------------------------------------------------------------ reading the store
 
     pub fn jobs(&self, ns: &str) -> Vec<Job> {
-        self.shared.read(|st| st.jobs.iter().filter(|((n, _), _)| n == ns).map(|(_, j)| j.clone()).collect())
+        self.shared.read(|st| {
+            st.jobs
+                .iter()
+                .filter(|((n, _), _)| n == ns)
+                .map(|(_, j)| j.clone())
+                .collect()
+        })
     }
 
     pub fn job(&self, ns: &str, name: &str) -> Option<Job> {
-        self.shared.read(|st| st.jobs.get(&(ns.to_string(), name.to_string())).cloned())
+        self.shared
+            .read(|st| st.jobs.get(&(ns.to_string(), name.to_string())).cloned())
     }
 
     pub fn pods(&self, ns: &str) -> Vec<Pod> {
-        self.shared.read(|st| st.pods.iter().filter(|((n, _), _)| n == ns).map(|(_, p)| p.clone()).collect())
+        self.shared.read(|st| {
+            st.pods
+                .iter()
+                .filter(|((n, _), _)| n == ns)
+                .map(|(_, p)| p.clone())
+                .collect()
+        })
     }
 
     pub fn pod(&self, ns: &str, name: &str) -> Option<Pod> {
-        self.shared.read(|st| st.pods.get(&(ns.to_string(), name.to_string())).cloned())
+        self.shared
+            .read(|st| st.pods.get(&(ns.to_string(), name.to_string())).cloned())
     }
 
     /// The job's newest pod (after a retry, the replacement).
@@ -132,7 +169,12 @@ users:
 
     /// All pods the job owns, oldest first.
     pub fn pods_of_job(&self, ns: &str, job: &str) -> Vec<String> {
-        self.shared.read(|st| st.pods_of(ns, job).into_iter().filter_map(|p| p.metadata.name).collect())
+        self.shared.read(|st| {
+            st.pods_of(ns, job)
+                .into_iter()
+                .filter_map(|p| p.metadata.name)
+                .collect()
+        })
     }
 
     pub fn network_policies(&self, ns: &str) -> Vec<NetworkPolicy> {
@@ -153,7 +195,10 @@ users:
 
     fn drive(&self, ns: &str, pod: &str, what: &str, f: impl FnOnce(&mut state::State)) {
         self.shared.write(|st| {
-            assert!(st.pods.contains_key(&(ns.to_string(), pod.to_string())), "stand-in: {what}: no pod {ns}/{pod}");
+            assert!(
+                st.pods.contains_key(&(ns.to_string(), pod.to_string())),
+                "stand-in: {what}: no pod {ns}/{pod}"
+            );
             f(st)
         });
     }
@@ -167,7 +212,9 @@ users:
     /// Main containers terminated with exit code 0, reason Completed; phase Succeeded; the Job
     /// gets `succeeded`, `completionTime` and the conditions SuccessCriteriaMet, then Complete.
     pub fn set_pod_succeeded(&self, ns: &str, pod: &str) {
-        self.drive(ns, pod, "set_pod_succeeded", |st| st.set_pod_succeeded(ns, pod));
+        self.drive(ns, pod, "set_pod_succeeded", |st| {
+            st.set_pod_succeeded(ns, pod)
+        });
     }
 
     /// Main containers terminated with `exit_code` / `reason` ("Error", or "OOMKilled" with
@@ -175,13 +222,17 @@ users:
     /// Job's `podFailurePolicy`): past the limit the Job gets `failed` and the conditions
     /// FailureTarget, then Failed (reason BackoffLimitExceeded); otherwise a replacement pod.
     pub fn set_pod_failed(&self, ns: &str, pod: &str, exit_code: i32, reason: &str) {
-        self.drive(ns, pod, "set_pod_failed", |st| st.set_pod_failed(ns, pod, exit_code, reason));
+        self.drive(ns, pod, "set_pod_failed", |st| {
+            st.set_pod_failed(ns, pod, exit_code, reason)
+        });
     }
 
     /// Main containers waiting with `reason` (ErrImagePull / ImagePullBackOff) and the
     /// runtime's message; the pod stays Pending.
     pub fn set_image_pull_failure(&self, ns: &str, pod: &str, reason: &str) {
-        self.drive(ns, pod, "set_image_pull_failure", |st| st.set_image_pull_failure(ns, pod, reason));
+        self.drive(ns, pod, "set_image_pull_failure", |st| {
+            st.set_image_pull_failure(ns, pod, reason)
+        });
     }
 
     /// Kubelet eviction: phase Failed, `status.reason` "Evicted" with a message, containers
@@ -200,7 +251,10 @@ users:
     /// gets `failed` and the conditions FailureTarget, then Failed, reason DeadlineExceeded.
     pub fn job_deadline_exceeded(&self, ns: &str, job: &str) {
         self.shared.write(|st| {
-            assert!(st.jobs.contains_key(&(ns.to_string(), job.to_string())), "stand-in: job_deadline_exceeded: no job {ns}/{job}");
+            assert!(
+                st.jobs.contains_key(&(ns.to_string(), job.to_string())),
+                "stand-in: job_deadline_exceeded: no job {ns}/{job}"
+            );
             st.job_deadline_exceeded(ns, job);
         });
     }
@@ -217,7 +271,10 @@ users:
     /// Appends to the log of one container of the pod (init containers included).
     pub fn append_container_log(&self, ns: &str, pod: &str, container: &str, text: &str) {
         self.drive(ns, pod, "append_container_log", |st| {
-            st.logs.entry((ns.to_string(), pod.to_string(), container.to_string())).or_default().push_str(text);
+            st.logs
+                .entry((ns.to_string(), pod.to_string(), container.to_string()))
+                .or_default()
+                .push_str(text);
         });
     }
 
@@ -243,7 +300,11 @@ users:
 
     /// [`Self::run_ttl`] as if `elapsed` more time had passed. Returns the deleted Jobs' names.
     pub fn run_ttl_after(&self, elapsed: Duration) -> Vec<String> {
-        self.shared.write(|st| st.run_ttl(elapsed)).into_iter().map(|(_, n)| n).collect()
+        self.shared
+            .write(|st| st.run_ttl(elapsed))
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect()
     }
 
     /// Drops the retained history (as etcd compaction does): every open watch stream ends, and a
@@ -287,19 +348,41 @@ users:
 
     pub fn inject(&self, fault: Fault) {
         let entry = match fault {
-            Fault::Status { method, path_contains, status, times } => {
-                FaultEntry { method: method.to_string(), path_contains, action: FaultAction::Status(status), times }
-            }
-            Fault::Delay { method, path_contains, delay, times } => {
-                FaultEntry { method: method.to_string(), path_contains, action: FaultAction::Delay(delay), times }
-            }
+            Fault::Status {
+                method,
+                path_contains,
+                status,
+                times,
+            } => FaultEntry {
+                method: method.to_string(),
+                path_contains,
+                action: FaultAction::Status(status),
+                times,
+            },
+            Fault::Delay {
+                method,
+                path_contains,
+                delay,
+                times,
+            } => FaultEntry {
+                method: method.to_string(),
+                path_contains,
+                action: FaultAction::Delay(delay),
+                times,
+            },
         };
         self.shared.write(|st| st.faults.push(entry));
     }
 
     /// Like `Fault::Status`, but the request is carried out first: the response is lost (the
     /// Job exists, the client sees `status`), as when a connection drops after the commit.
-    pub fn inject_after_commit(&self, method: &'static str, path_contains: &str, status: u16, times: usize) {
+    pub fn inject_after_commit(
+        &self,
+        method: &'static str,
+        path_contains: &str,
+        status: u16,
+        times: usize,
+    ) {
         let entry = FaultEntry {
             method: method.to_string(),
             path_contains: path_contains.to_string(),

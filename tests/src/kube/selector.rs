@@ -46,7 +46,9 @@ fn check_key(key: &str) -> Result<String, String> {
     if is_label_key(key) {
         Ok(key.to_string())
     } else {
-        Err(format!("unable to parse requirement: invalid label key \"{key}\""))
+        Err(format!(
+            "unable to parse requirement: invalid label key \"{key}\""
+        ))
     }
 }
 
@@ -54,7 +56,9 @@ fn check_value(value: &str) -> Result<String, String> {
     if is_label_value(value) {
         Ok(value.to_string())
     } else {
-        Err(format!("unable to parse requirement: invalid label value: \"{value}\""))
+        Err(format!(
+            "unable to parse requirement: invalid label value: \"{value}\""
+        ))
     }
 }
 
@@ -68,7 +72,9 @@ impl LabelSelector {
         for part in split_top_level(s) {
             let part = part.trim();
             if part.is_empty() {
-                return Err(format!("unable to parse requirement: empty requirement in \"{s}\""));
+                return Err(format!(
+                    "unable to parse requirement: empty requirement in \"{s}\""
+                ));
             }
             if let Some(key) = part.strip_prefix('!') {
                 reqs.push(Req::NotExists(check_key(key.trim())?));
@@ -87,15 +93,22 @@ impl LabelSelector {
                 };
                 let tail = tail.trim();
                 if !op.is_empty() && tail.starts_with('(') {
-                    let Some(inner) = tail.strip_prefix('(').and_then(|t| t.strip_suffix(')')) else {
-                        return Err(format!("unable to parse requirement: unbalanced parentheses in \"{part}\""));
+                    let Some(inner) = tail.strip_prefix('(').and_then(|t| t.strip_suffix(')'))
+                    else {
+                        return Err(format!(
+                            "unable to parse requirement: unbalanced parentheses in \"{part}\""
+                        ));
                     };
                     let key = check_key(words[0])?;
                     let mut values = Vec::new();
                     for v in inner.split(',') {
                         values.push(check_value(v.trim())?);
                     }
-                    reqs.push(if op == "in" { Req::In(key, values) } else { Req::NotIn(key, values) });
+                    reqs.push(if op == "in" {
+                        Req::In(key, values)
+                    } else {
+                        Req::NotIn(key, values)
+                    });
                     continue;
                 }
             }
@@ -106,7 +119,9 @@ impl LabelSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 reqs.push(Req::Equals(check_key(k.trim())?, check_value(v.trim())?));
             } else if part.contains(['<', '>', '(', ')', ' ']) {
-                return Err(format!("unable to parse requirement: unsupported or malformed requirement \"{part}\""));
+                return Err(format!(
+                    "unable to parse requirement: unsupported or malformed requirement \"{part}\""
+                ));
             } else {
                 reqs.push(Req::Exists(check_key(part)?));
             }
@@ -149,10 +164,15 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once('=') {
                 (f, true, v)
             } else {
-                return Err(format!("invalid selector: '{s}'; can't understand '{part}'"));
+                return Err(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                ));
             };
             let field = field.trim();
-            if !(field == "metadata.name" || field == "metadata.namespace" || fields.contains(&field)) {
+            if !(field == "metadata.name"
+                || field == "metadata.namespace"
+                || fields.contains(&field))
+            {
                 return Err(format!("field label not supported: {field}"));
             }
             out.push((field.to_string(), eq, value.trim().to_string()));
@@ -212,11 +232,17 @@ mod tests {
 
     #[test]
     fn field_selectors_know_their_fields() {
-        let pod = json!({"metadata": {"name": "p", "namespace": "ns"}, "status": {"phase": "Running"}});
-        let f = FieldSelector::parse("metadata.name=p,status.phase!=Pending", &["status.phase"]).unwrap();
+        let pod =
+            json!({"metadata": {"name": "p", "namespace": "ns"}, "status": {"phase": "Running"}});
+        let f = FieldSelector::parse("metadata.name=p,status.phase!=Pending", &["status.phase"])
+            .unwrap();
         assert!(f.matches(&pod));
         assert!(FieldSelector::parse("spec.nope=x", &["status.phase"]).is_err());
         let job = json!({"metadata": {"name": "j"}, "status": {"succeeded": 1}});
-        assert!(FieldSelector::parse("status.successful=1", &["status.successful"]).unwrap().matches(&job));
+        assert!(
+            FieldSelector::parse("status.successful=1", &["status.successful"])
+                .unwrap()
+                .matches(&job)
+        );
     }
 }

@@ -39,7 +39,12 @@ fn reason_for(code: u16) -> &'static str {
     }
 }
 
-pub(crate) fn status_object(code: u16, reason: &str, message: &str, details: Option<Value>) -> Value {
+pub(crate) fn status_object(
+    code: u16,
+    reason: &str,
+    message: &str,
+    details: Option<Value>,
+) -> Value {
     let mut v = json!({
         "kind": "Status",
         "apiVersion": "v1",
@@ -56,15 +61,23 @@ pub(crate) fn status_object(code: u16, reason: &str, message: &str, details: Opt
 }
 
 fn json_response(code: u16, v: &Value) -> Response {
-    let mut resp = (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), v.to_string()).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut resp = (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        v.to_string(),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
 fn error(code: u16, reason: &str, message: impl Into<String>, details: Option<Value>) -> Response {
     let mut resp = json_response(code, &status_object(code, reason, &message.into(), details));
     if code == 429 {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     resp
 }
@@ -78,15 +91,32 @@ fn details(kind: Kind, name: &str) -> Value {
 }
 
 fn not_found(kind: Kind, name: &str) -> Response {
-    error(404, "NotFound", format!("{} \"{name}\" not found", kind.qualified()), Some(details(kind, name)))
+    error(
+        404,
+        "NotFound",
+        format!("{} \"{name}\" not found", kind.qualified()),
+        Some(details(kind, name)),
+    )
 }
 
 fn invalid(kind: Kind, name: &str, causes: &[validate::Cause]) -> Response {
     let lines: Vec<String> = causes.iter().map(validate::Cause::line).collect();
-    let joined = if lines.len() == 1 { lines[0].clone() } else { format!("[{}]", lines.join(", ")) };
+    let joined = if lines.len() == 1 {
+        lines[0].clone()
+    } else {
+        format!("[{}]", lines.join(", "))
+    };
     let mut d = details(kind, name);
-    d["causes"] = causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect();
-    error(422, "Invalid", format!("{} \"{name}\" is invalid: {joined}", kind.qualified_kind()), Some(d))
+    d["causes"] = causes
+        .iter()
+        .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+        .collect();
+    error(
+        422,
+        "Invalid",
+        format!("{} \"{name}\" is invalid: {joined}", kind.qualified_kind()),
+        Some(d),
+    )
 }
 
 // ---------------------------------------------------------------- query strings
@@ -99,7 +129,11 @@ fn percent_decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()).ok_or(()) {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or(())
+                {
                     Ok(b) => {
                         out.push(b);
                         i += 2;
@@ -134,7 +168,11 @@ pub(crate) async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) 
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
-    let target = if query.is_empty() { path.clone() } else { format!("{path}?{query}") };
+    let target = if query.is_empty() {
+        path.clone()
+    } else {
+        format!("{path}?{query}")
+    };
     let authorized = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -151,9 +189,17 @@ pub(crate) async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) 
         Ok(b) => b,
         Err(e) => return plain_error(400, format!("reading the request body: {e}")),
     };
-    let segs: Vec<String> = path.trim_matches('/').split('/').map(percent_decode).collect();
+    let segs: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(percent_decode)
+        .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let is_job_create = method == Method::POST && matches!(segs.as_slice(), ["apis", "batch", "v1", "namespaces", _, "jobs"]);
+    let is_job_create = method == Method::POST
+        && matches!(
+            segs.as_slice(),
+            ["apis", "batch", "v1", "namespaces", _, "jobs"]
+        );
 
     let fault = shared.write(|st| {
         st.requests.push(format!("{method} {target}"));
@@ -165,7 +211,10 @@ pub(crate) async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) 
     let mut after_commit = None;
     match fault {
         Some(FaultAction::Status(code)) => {
-            return plain_error(code, format!("injected fault: {code} for {method} {target}"));
+            return plain_error(
+                code,
+                format!("injected fault: {code} for {method} {target}"),
+            );
         }
         Some(FaultAction::Delay(d)) => tokio::time::sleep(d).await,
         Some(FaultAction::AfterCommit(code)) => after_commit = Some(code),
@@ -177,7 +226,12 @@ pub(crate) async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) 
     let q = parse_query(&query);
     let resp = route(&shared, &method, &segs, &q, &content_type, body).await;
     if let Some(code) = after_commit {
-        return plain_error(code, format!("injected fault after the request was carried out: {code} for {method} {target}"));
+        return plain_error(
+            code,
+            format!(
+                "injected fault after the request was carried out: {code} for {method} {target}"
+            ),
+        );
     }
     resp
 }
@@ -190,30 +244,64 @@ async fn route(
     content_type: &str,
     body: Bytes,
 ) -> Response {
-    let not_allowed = || plain_error(405, format!("the stand-in does not implement {method} here"));
+    let not_allowed = || {
+        plain_error(
+            405,
+            format!("the stand-in does not implement {method} here"),
+        )
+    };
     let (kind, ns, name, sub) = match segs {
         ["version"] => {
-            return json_response(200, &json!({
-                "major": "1", "minor": "34", "gitVersion": "v1.34.0-coderun-stand-in",
-                "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-                "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"
-            }));
+            return json_response(
+                200,
+                &json!({
+                    "major": "1", "minor": "34", "gitVersion": "v1.34.0-coderun-stand-in",
+                    "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+                    "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64"
+                }),
+            );
         }
         ["api", "v1", "namespaces", ns] if *method == Method::GET => {
-            return json_response(200, &json!({
-                "kind": "Namespace", "apiVersion": "v1",
-                "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}},
-                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}
-            }));
+            return json_response(
+                200,
+                &json!({
+                    "kind": "Namespace", "apiVersion": "v1",
+                    "metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}},
+                    "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}
+                }),
+            );
         }
         ["api", "v1", "pods"] => (Kind::Pod, None, None, None),
         ["apis", "batch", "v1", "jobs"] => (Kind::Job, None, None, None),
-        ["apis", "networking.k8s.io", "v1", "networkpolicies"] => (Kind::NetworkPolicy, None, None, None),
-        ["api", "v1", "namespaces", ns, "pods", rest @ ..] => (Kind::Pod, Some(*ns), rest.first().copied(), rest.get(1).copied()),
-        ["apis", "batch", "v1", "namespaces", ns, "jobs", rest @ ..] => (Kind::Job, Some(*ns), rest.first().copied(), rest.get(1).copied()),
-        ["apis", "networking.k8s.io", "v1", "namespaces", ns, "networkpolicies", rest @ ..] => {
-            (Kind::NetworkPolicy, Some(*ns), rest.first().copied(), rest.get(1).copied())
+        ["apis", "networking.k8s.io", "v1", "networkpolicies"] => {
+            (Kind::NetworkPolicy, None, None, None)
         }
+        ["api", "v1", "namespaces", ns, "pods", rest @ ..] => (
+            Kind::Pod,
+            Some(*ns),
+            rest.first().copied(),
+            rest.get(1).copied(),
+        ),
+        ["apis", "batch", "v1", "namespaces", ns, "jobs", rest @ ..] => (
+            Kind::Job,
+            Some(*ns),
+            rest.first().copied(),
+            rest.get(1).copied(),
+        ),
+        [
+            "apis",
+            "networking.k8s.io",
+            "v1",
+            "namespaces",
+            ns,
+            "networkpolicies",
+            rest @ ..,
+        ] => (
+            Kind::NetworkPolicy,
+            Some(*ns),
+            rest.first().copied(),
+            rest.get(1).copied(),
+        ),
         _ => return plain_error(404, "the server could not find the requested resource"),
     };
     if segs.len() > 8 || (sub.is_some() && segs.last() != sub.as_ref()) {
@@ -235,8 +323,12 @@ async fn route(
             match *method {
                 Method::GET => get(shared, kind, ns, name),
                 Method::DELETE => delete(shared, kind, ns, name, q, &body),
-                Method::PUT if kind == Kind::NetworkPolicy => put_other(shared, kind, ns, name, &body),
-                Method::PATCH if kind == Kind::NetworkPolicy => patch_other(shared, kind, ns, name, content_type, &body),
+                Method::PUT if kind == Kind::NetworkPolicy => {
+                    put_other(shared, kind, ns, name, &body)
+                }
+                Method::PATCH if kind == Kind::NetworkPolicy => {
+                    patch_other(shared, kind, ns, name, content_type, &body)
+                }
                 _ => not_allowed(),
             }
         }
@@ -253,11 +345,23 @@ async fn route(
 
 // ---------------------------------------------------------------- reads
 
-fn selectors(kind: Kind, q: &HashMap<String, String>) -> Result<(LabelSelector, FieldSelector), Response> {
-    let labels = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default())
-        .map_err(|e| plain_error(400, e))?;
-    let fields = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or_default(), kind.selectable_fields())
-        .map_err(|e| plain_error(400, e))?;
+fn selectors(
+    kind: Kind,
+    q: &HashMap<String, String>,
+) -> Result<(LabelSelector, FieldSelector), Response> {
+    let labels = LabelSelector::parse(
+        q.get("labelSelector")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    )
+    .map_err(|e| plain_error(400, e))?;
+    let fields = FieldSelector::parse(
+        q.get("fieldSelector")
+            .map(String::as_str)
+            .unwrap_or_default(),
+        kind.selectable_fields(),
+    )
+    .map_err(|e| plain_error(400, e))?;
     Ok((labels, fields))
 }
 
@@ -269,7 +373,12 @@ fn strip_type(mut v: Value) -> Value {
     v
 }
 
-fn list(shared: &Arc<Shared>, kind: Kind, ns: Option<&str>, q: &HashMap<String, String>) -> Response {
+fn list(
+    shared: &Arc<Shared>,
+    kind: Kind,
+    ns: Option<&str>,
+    q: &HashMap<String, String>,
+) -> Response {
     let (labels, fields) = match selectors(kind, q) {
         Ok(s) => s,
         Err(r) => return r,
@@ -279,7 +388,10 @@ fn list(shared: &Arc<Shared>, kind: Kind, ns: Option<&str>, q: &HashMap<String, 
         Some(Ok(n)) => Some(n),
         Some(Err(_)) => return plain_error(400, "limit must be an integer"),
     };
-    let after = q.get("continue").filter(|c| !c.is_empty()).map(|c| c.trim_start_matches("standin:").to_string());
+    let after = q
+        .get("continue")
+        .filter(|c| !c.is_empty())
+        .map(|c| c.trim_start_matches("standin:").to_string());
     shared.read(|st| {
         if let Some(rv) = q.get("resourceVersion").filter(|r| !r.is_empty() && *r != "0") {
             let Ok(n) = rv.parse::<u64>() else {
@@ -333,7 +445,10 @@ fn list(shared: &Arc<Shared>, kind: Kind, ns: Option<&str>, q: &HashMap<String, 
 }
 
 fn invalid_rv(rv: &str) -> Response {
-    plain_error(400, format!("invalid resource version \"{rv}\": the resource version must be a decimal number"))
+    plain_error(
+        400,
+        format!("invalid resource version \"{rv}\": the resource version must be a decimal number"),
+    )
 }
 
 fn get(shared: &Arc<Shared>, kind: Kind, ns: &str, name: &str) -> Response {
@@ -352,7 +467,15 @@ fn event_line(typ: &str, object: &Value) -> String {
 }
 
 fn expired_line(from: u64, current: u64) -> String {
-    event_line("ERROR", &status_object(410, "Expired", &format!("too old resource version: {from} ({current})"), None))
+    event_line(
+        "ERROR",
+        &status_object(
+            410,
+            "Expired",
+            &format!("too old resource version: {from} ({current})"),
+            None,
+        ),
+    )
 }
 
 fn bookmark_line(kind: Kind, rv: u64, initial_end: bool) -> String {
@@ -360,7 +483,10 @@ fn bookmark_line(kind: Kind, rv: u64, initial_end: bool) -> String {
     if initial_end {
         meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    event_line("BOOKMARK", &json!({"kind": kind.kind(), "apiVersion": kind.api_version(), "metadata": meta}))
+    event_line(
+        "BOOKMARK",
+        &json!({"kind": kind.kind(), "apiVersion": kind.api_version(), "metadata": meta}),
+    )
 }
 
 struct Watch {
@@ -379,7 +505,10 @@ struct Watch {
 
 impl Watch {
     fn matches(&self, kind: Kind, ns: &str, obj: &Value) -> bool {
-        kind == self.kind && self.ns.as_deref().is_none_or(|n| n == ns) && self.labels.matches(obj) && self.fields.matches(obj)
+        kind == self.kind
+            && self.ns.as_deref().is_none_or(|n| n == ns)
+            && self.labels.matches(obj)
+            && self.fields.matches(obj)
     }
 
     /// Collects what is due, or `None` when the stream should end.
@@ -431,7 +560,12 @@ impl Watch {
     }
 }
 
-fn watch(shared: &Arc<Shared>, kind: Kind, ns: Option<&str>, q: &HashMap<String, String>) -> Response {
+fn watch(
+    shared: &Arc<Shared>,
+    kind: Kind,
+    ns: Option<&str>,
+    q: &HashMap<String, String>,
+) -> Response {
     let (labels, fields) = match selectors(kind, q) {
         Ok(s) => s,
         Err(r) => return r,
@@ -439,7 +573,12 @@ fn watch(shared: &Arc<Shared>, kind: Kind, ns: Option<&str>, q: &HashMap<String,
     let bookmarks = flag(q, "allowWatchBookmarks");
     let send_initial = flag(q, "sendInitialEvents");
     if send_initial && !bookmarks {
-        return error(422, "Invalid", "sendInitialEvents requires allowWatchBookmarks=true", None);
+        return error(
+            422,
+            "Invalid",
+            "sendInitialEvents requires allowWatchBookmarks=true",
+            None,
+        );
     }
     let timeout = match q.get("timeoutSeconds").map(|t| t.parse::<u64>()) {
         None => 1800,
@@ -467,7 +606,11 @@ fn watch(shared: &Arc<Shared>, kind: Kind, ns: Option<&str>, q: &HashMap<String,
         match rv_param.as_deref() {
             None | Some("0") => {
                 for o in st.objects(kind, ns) {
-                    let obj_ns = o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_string();
+                    let obj_ns = o
+                        .pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
                     if w.matches(kind, &obj_ns, &o) {
                         out.push_str(&event_line("ADDED", &o));
                     }
@@ -478,7 +621,9 @@ fn watch(shared: &Arc<Shared>, kind: Kind, ns: Option<&str>, q: &HashMap<String,
                 w.cursor = st.rv;
             }
             Some(rv) => {
-                let Ok(n) = rv.parse::<u64>() else { return Err(invalid_rv(rv)) };
+                let Ok(n) = rv.parse::<u64>() else {
+                    return Err(invalid_rv(rv));
+                };
                 if n < st.history_start {
                     w.done = true;
                     out.push_str(&expired_line(n, st.rv));
@@ -492,10 +637,15 @@ fn watch(shared: &Arc<Shared>, kind: Kind, ns: Option<&str>, q: &HashMap<String,
         Ok(i) => i,
         Err(r) => return r,
     };
-    let head = futures::stream::iter((!initial.is_empty()).then(|| Ok::<Bytes, Infallible>(Bytes::from(initial))));
+    let head = futures::stream::iter(
+        (!initial.is_empty()).then(|| Ok::<Bytes, Infallible>(Bytes::from(initial))),
+    );
     let tail = futures::stream::unfold(w, Watch::next_chunk);
     let mut resp = Response::new(Body::from_stream(head.chain(tail)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -503,8 +653,19 @@ fn watch(shared: &Arc<Shared>, kind: Kind, ns: Option<&str>, q: &HashMap<String,
 
 fn parse_body(body: &[u8]) -> Result<Value, Response> {
     serde_json::from_slice::<Value>(body)
-        .map_err(|e| plain_error(400, format!("couldn't get version/kind; json parse error: {e}")))
-        .and_then(|v| if v.is_object() { Ok(v) } else { Err(plain_error(400, "the body must be a JSON object")) })
+        .map_err(|e| {
+            plain_error(
+                400,
+                format!("couldn't get version/kind; json parse error: {e}"),
+            )
+        })
+        .and_then(|v| {
+            if v.is_object() {
+                Ok(v)
+            } else {
+                Err(plain_error(400, "the body must be a JSON object"))
+            }
+        })
 }
 
 /// The checks every create shares: apiVersion/kind, namespace, no resourceVersion.
@@ -512,21 +673,42 @@ fn check_envelope(kind: Kind, ns: &str, v: &Value) -> Result<(), Response> {
     if let Some(k) = v.get("kind").and_then(Value::as_str)
         && k != kind.kind()
     {
-        return Err(plain_error(400, format!("the kind in the body ({k}) does not match the kind of the URL ({})", kind.kind())));
+        return Err(plain_error(
+            400,
+            format!(
+                "the kind in the body ({k}) does not match the kind of the URL ({})",
+                kind.kind()
+            ),
+        ));
     }
     if let Some(a) = v.get("apiVersion").and_then(Value::as_str)
         && a != kind.api_version()
     {
-        return Err(plain_error(400, format!("the API version in the data ({a}) does not match the expected API version ({})", kind.api_version())));
+        return Err(plain_error(
+            400,
+            format!(
+                "the API version in the data ({a}) does not match the expected API version ({})",
+                kind.api_version()
+            ),
+        ));
     }
     if let Some(n) = v.pointer("/metadata/namespace").and_then(Value::as_str)
         && !n.is_empty()
         && n != ns
     {
-        return Err(plain_error(400, "the namespace of the provided object does not match the namespace sent on the request"));
+        return Err(plain_error(
+            400,
+            "the namespace of the provided object does not match the namespace sent on the request",
+        ));
     }
-    if v.pointer("/metadata/resourceVersion").and_then(Value::as_str).is_some_and(|r| !r.is_empty()) {
-        return Err(plain_error(500, "resourceVersion should not be set on objects to be created"));
+    if v.pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|r| !r.is_empty())
+    {
+        return Err(plain_error(
+            500,
+            "resourceVersion should not be set on objects to be created",
+        ));
     }
     Ok(())
 }
@@ -535,7 +717,12 @@ fn dry_run(q: &HashMap<String, String>) -> bool {
     q.get("dryRun").is_some_and(|d| d == "All")
 }
 
-fn create_job(shared: &Arc<Shared>, ns: &str, q: &HashMap<String, String>, body: &[u8]) -> Response {
+fn create_job(
+    shared: &Arc<Shared>,
+    ns: &str,
+    q: &HashMap<String, String>,
+    body: &[u8],
+) -> Response {
     let v = match parse_body(body) {
         Ok(v) => v,
         Err(r) => return r,
@@ -543,14 +730,23 @@ fn create_job(shared: &Arc<Shared>, ns: &str, q: &HashMap<String, String>, body:
     if let Err(r) = check_envelope(Kind::Job, ns, &v) {
         return r;
     }
-    let name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = v
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let causes = validate::validate_job(&v);
     if !causes.is_empty() {
         return invalid(Kind::Job, &name, &causes);
     }
     let job: Job = match serde_json::from_value(v) {
         Ok(j) => j,
-        Err(e) => return plain_error(400, format!("Job in version \"v1\" cannot be handled as a Job: {e}")),
+        Err(e) => {
+            return plain_error(
+                400,
+                format!("Job in version \"v1\" cannot be handled as a Job: {e}"),
+            );
+        }
     };
     let dry = dry_run(q);
     let result = shared.write(|st| {
@@ -560,10 +756,21 @@ fn create_job(shared: &Arc<Shared>, ns: &str, q: &HashMap<String, String>, body:
         let restricted = st.restricted.contains(ns);
         let created = st.create_job(job, ns, dry);
         let warning = restricted
-            .then(|| created.spec.as_ref().and_then(|s| s.template.spec.as_ref()).map(validate::restricted_violations))
+            .then(|| {
+                created
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.spec.as_ref())
+                    .map(validate::restricted_violations)
+            })
             .flatten()
             .filter(|v| !v.is_empty())
-            .map(|v| format!("299 - \"would violate PodSecurity \\\"restricted:latest\\\": {}\"", v.join(", ")));
+            .map(|v| {
+                format!(
+                    "299 - \"would violate PodSecurity \\\"restricted:latest\\\": {}\"",
+                    v.join(", ")
+                )
+            });
         Ok((created, warning))
     });
     match result {
@@ -599,7 +806,13 @@ fn set_type(v: &mut Value, kind: Kind) {
     v["apiVersion"] = Value::String(kind.api_version().into());
 }
 
-fn create_other(shared: &Arc<Shared>, kind: Kind, ns: &str, q: &HashMap<String, String>, body: &[u8]) -> Response {
+fn create_other(
+    shared: &Arc<Shared>,
+    kind: Kind,
+    ns: &str,
+    q: &HashMap<String, String>,
+    body: &[u8],
+) -> Response {
     let mut v = match parse_body(body) {
         Ok(v) => v,
         Err(r) => return r,
@@ -607,13 +820,20 @@ fn create_other(shared: &Arc<Shared>, kind: Kind, ns: &str, q: &HashMap<String, 
     if let Err(r) = check_envelope(kind, ns, &v) {
         return r;
     }
-    let mut name = v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let mut name = v
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let causes = validate::validate_generic(&v);
     if !causes.is_empty() {
         return invalid(kind, &name, &causes);
     }
     if name.is_empty() {
-        let base = v.pointer("/metadata/generateName").and_then(Value::as_str).unwrap_or_default();
+        let base = v
+            .pointer("/metadata/generateName")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         name = format!("{base}{}", &uuid::Uuid::new_v4().simple().to_string()[..5]);
         v["metadata"]["name"] = Value::String(name.clone());
     }
@@ -621,13 +841,25 @@ fn create_other(shared: &Arc<Shared>, kind: Kind, ns: &str, q: &HashMap<String, 
     stamp_new(&mut v, ns);
     let dry = dry_run(q);
     let result = shared.write(|st| {
-        if st.others.contains_key(&(kind, ns.to_string(), name.clone())) {
+        if st
+            .others
+            .contains_key(&(kind, ns.to_string(), name.clone()))
+        {
             return None;
         }
-        Some(if dry { v } else { st.put_other(kind, ns, &name, v, "ADDED") })
+        Some(if dry {
+            v
+        } else {
+            st.put_other(kind, ns, &name, v, "ADDED")
+        })
     });
     match result {
-        None => error(409, "AlreadyExists", format!("{} \"{name}\" already exists", kind.qualified()), Some(details(kind, &name))),
+        None => error(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", kind.qualified()),
+            Some(details(kind, &name)),
+        ),
         Some(o) => json_response(201, &o),
     }
 }
@@ -638,7 +870,10 @@ fn put_other(shared: &Arc<Shared>, kind: Kind, ns: &str, name: &str, body: &[u8]
         Err(r) => return r,
     };
     if v.pointer("/metadata/name").and_then(Value::as_str) != Some(name) {
-        return plain_error(400, "the name of the object does not match the name on the URL");
+        return plain_error(
+            400,
+            "the name of the object does not match the name on the URL",
+        );
     }
     let causes = validate::validate_generic(&v);
     if !causes.is_empty() {
@@ -668,7 +903,11 @@ fn replace_keeping_identity(old: &Value, mut new: Value) -> Value {
         new["metadata"][k] = old["metadata"][k].clone();
     }
     let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
-    new["metadata"]["generation"] = json!(if old.get("spec") != new.get("spec") { generation + 1 } else { generation });
+    new["metadata"]["generation"] = json!(if old.get("spec") != new.get("spec") {
+        generation + 1
+    } else {
+        generation
+    });
     new
 }
 
@@ -691,7 +930,14 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-fn patch_other(shared: &Arc<Shared>, kind: Kind, ns: &str, name: &str, content_type: &str, body: &[u8]) -> Response {
+fn patch_other(
+    shared: &Arc<Shared>,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Response {
     let patch = match parse_body(body) {
         Ok(v) => v,
         Err(r) => return r,
@@ -700,10 +946,20 @@ fn patch_other(shared: &Arc<Shared>, kind: Kind, ns: &str, name: &str, content_t
     let apply = match media {
         "application/apply-patch+yaml" => true,
         "application/merge-patch+json" | "application/strategic-merge-patch+json" => false,
-        other => return plain_error(415, format!("the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got {other:?})")),
+        other => {
+            return plain_error(
+                415,
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got {other:?})"
+                ),
+            );
+        }
     };
     shared.write(|st| {
-        let old = st.others.get(&(kind, ns.to_string(), name.to_string())).cloned();
+        let old = st
+            .others
+            .get(&(kind, ns.to_string(), name.to_string()))
+            .cloned();
         let new = match (old, apply) {
             (None, false) => return not_found(kind, name),
             (None, true) => {
@@ -748,7 +1004,14 @@ fn patch_other(shared: &Arc<Shared>, kind: Kind, ns: &str, name: &str, content_t
     })
 }
 
-fn delete(shared: &Arc<Shared>, kind: Kind, ns: &str, name: &str, q: &HashMap<String, String>, body: &[u8]) -> Response {
+fn delete(
+    shared: &Arc<Shared>,
+    kind: Kind,
+    ns: &str,
+    name: &str,
+    q: &HashMap<String, String>,
+    body: &[u8],
+) -> Response {
     let opts: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -762,9 +1025,19 @@ fn delete(shared: &Arc<Shared>, kind: Kind, ns: &str, name: &str, q: &HashMap<St
         .and_then(Value::as_str)
         .map(str::to_string)
         .or_else(|| q.get("propagationPolicy").cloned());
-    let dry = dry_run(q) || opts.get("dryRun").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == "All"));
-    let pre_uid = opts.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string);
-    let pre_rv = opts.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_string);
+    let dry = dry_run(q)
+        || opts
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| a.iter().any(|x| x == "All"));
+    let pre_uid = opts
+        .pointer("/preconditions/uid")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let pre_rv = opts
+        .pointer("/preconditions/resourceVersion")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     shared.write(|st| {
         st.deletes.push((kind.kind().to_string(), name.to_string(), policy.clone()));
         if let Some(p) = &policy
@@ -820,16 +1093,31 @@ fn delete(shared: &Arc<Shared>, kind: Kind, ns: &str, name: &str, q: &HashMap<St
 // ---------------------------------------------------------------- logs
 
 /// The container the request names (or the only one), if its log can be read.
-fn log_container(st: &State, ns: &str, pod_name: &str, container: Option<&str>) -> Result<String, Response> {
+fn log_container(
+    st: &State,
+    ns: &str,
+    pod_name: &str,
+    container: Option<&str>,
+) -> Result<String, Response> {
     let Some(pod) = st.pods.get(&(ns.to_string(), pod_name.to_string())) else {
         return Err(not_found(Kind::Pod, pod_name));
     };
     let spec = pod.spec.clone().unwrap_or_default();
     let mains: Vec<String> = spec.containers.iter().map(|c| c.name.clone()).collect();
-    let inits: Vec<String> = spec.init_containers.iter().flatten().map(|c| c.name.clone()).collect();
+    let inits: Vec<String> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.clone())
+        .collect();
     let name = match container {
         Some(c) if mains.iter().chain(inits.iter()).any(|n| n == c) => c.to_string(),
-        Some(c) => return Err(plain_error(400, format!("container {c} is not valid for pod {pod_name}"))),
+        Some(c) => {
+            return Err(plain_error(
+                400,
+                format!("container {c} is not valid for pod {pod_name}"),
+            ));
+        }
         None if mains.len() == 1 => mains[0].clone(),
         None => {
             return Err(plain_error(
@@ -853,20 +1141,29 @@ fn log_container(st: &State, ns: &str, pod_name: &str, container: Option<&str>) 
     let waiting = match cs.as_ref().and_then(|c| c.state.clone()) {
         None => Some("ContainerCreating".to_string()),
         Some(s) if s.running.is_some() || s.terminated.is_some() => None,
-        Some(s) => Some(s.waiting.and_then(|w| w.reason).unwrap_or_else(|| "ContainerCreating".into())),
+        Some(s) => Some(
+            s.waiting
+                .and_then(|w| w.reason)
+                .unwrap_or_else(|| "ContainerCreating".into()),
+        ),
     };
     if let Some(reason) = waiting {
         let reason = match reason.as_str() {
             "ErrImagePull" | "ImagePullBackOff" => "trying and failing to pull image".to_string(),
             _ => reason,
         };
-        return Err(plain_error(400, format!("container \"{name}\" in pod \"{pod_name}\" is waiting to start: {reason}")));
+        return Err(plain_error(
+            400,
+            format!("container \"{name}\" in pod \"{pod_name}\" is waiting to start: {reason}"),
+        ));
     }
     Ok(name)
 }
 
 fn container_done(st: &State, ns: &str, pod_name: &str, container: &str) -> bool {
-    let Some(pod) = st.pods.get(&(ns.to_string(), pod_name.to_string())) else { return true };
+    let Some(pod) = st.pods.get(&(ns.to_string(), pod_name.to_string())) else {
+        return true;
+    };
     if is_terminal(pod) {
         return true;
     }
@@ -900,7 +1197,10 @@ fn tail_offset(text: &str, lines: Option<usize>) -> usize {
 
 async fn logs(shared: &Arc<Shared>, ns: &str, pod: &str, q: &HashMap<String, String>) -> Response {
     if flag(q, "previous") {
-        return plain_error(400, format!("previous terminated container in pod \"{pod}\" not found"));
+        return plain_error(
+            400,
+            format!("previous terminated container in pod \"{pod}\" not found"),
+        );
     }
     let limit: Option<usize> = match q.get("limitBytes").map(|l| l.parse::<usize>()) {
         None => None,
@@ -912,7 +1212,9 @@ async fn logs(shared: &Arc<Shared>, ns: &str, pod: &str, q: &HashMap<String, Str
         Some(Ok(n)) => Some(n),
         _ => return plain_error(422, "tailLines must be a non-negative integer"),
     };
-    let container = match shared.read(|st| log_container(st, ns, pod, q.get("container").map(String::as_str))) {
+    let container = match shared
+        .read(|st| log_container(st, ns, pod, q.get("container").map(String::as_str)))
+    {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -926,7 +1228,8 @@ async fn logs(shared: &Arc<Shared>, ns: &str, pod: &str, q: &HashMap<String, Str
     };
     let ok = |body: Body| {
         let mut resp = Response::new(body);
-        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         resp
     };
     if !flag(q, "follow") {
@@ -942,7 +1245,14 @@ async fn logs(shared: &Arc<Shared>, ns: &str, pod: &str, q: &HashMap<String, Str
         tail: Option<usize>,
         budget: Option<usize>,
     }
-    let follow = Follow { shared: shared.clone(), rx: shared.tick.subscribe(), key, offset: None, tail, budget: limit };
+    let follow = Follow {
+        shared: shared.clone(),
+        rx: shared.tick.subscribe(),
+        key,
+        offset: None,
+        tail,
+        budget: limit,
+    };
     let stream = futures::stream::unfold(follow, |mut f| async move {
         loop {
             if f.budget == Some(0) {
@@ -959,7 +1269,9 @@ async fn logs(shared: &Arc<Shared>, ns: &str, pod: &str, q: &HashMap<String, Str
             });
             if !chunk.is_empty() {
                 let chunk = match f.budget {
-                    Some(b) if chunk.len() > b => String::from_utf8_lossy(&chunk.as_bytes()[..b]).into_owned(),
+                    Some(b) if chunk.len() > b => {
+                        String::from_utf8_lossy(&chunk.as_bytes()[..b]).into_owned()
+                    }
                     _ => chunk,
                 };
                 if let Some(b) = f.budget.as_mut() {

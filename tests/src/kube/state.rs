@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus};
 use k8s_openapi::api::core::v1::{
-    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
-    KeyToPath, Pod, PodCondition, PodIP, PodStatus, ProjectedVolumeSource, ServiceAccountTokenProjection,
-    Volume, VolumeMount, VolumeProjection,
+    ConfigMapProjection, DownwardAPIProjection, DownwardAPIVolumeFile, ObjectFieldSelector,
 };
-use k8s_openapi::api::core::v1::{ConfigMapProjection, DownwardAPIProjection, DownwardAPIVolumeFile, ObjectFieldSelector};
+use k8s_openapi::api::core::v1::{
+    ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus, KeyToPath, Pod, PodCondition, PodIP, PodStatus, ProjectedVolumeSource,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use serde_json::Value;
 
@@ -54,17 +56,32 @@ impl Kind {
     }
     /// `jobs.batch`, `pods`: how the API server names the resource in messages.
     pub(crate) fn qualified(self) -> String {
-        if self.group().is_empty() { self.resource().to_string() } else { format!("{}.{}", self.resource(), self.group()) }
+        if self.group().is_empty() {
+            self.resource().to_string()
+        } else {
+            format!("{}.{}", self.resource(), self.group())
+        }
     }
     /// `Job.batch`, `Pod`: how the API server names the kind in validation messages.
     pub(crate) fn qualified_kind(self) -> String {
-        if self.group().is_empty() { self.kind().to_string() } else { format!("{}.{}", self.kind(), self.group()) }
+        if self.group().is_empty() {
+            self.kind().to_string()
+        } else {
+            format!("{}.{}", self.kind(), self.group())
+        }
     }
     /// Field selectors the resource supports beyond `metadata.name` / `metadata.namespace`.
     pub(crate) fn selectable_fields(self) -> &'static [&'static str] {
         match self {
             Kind::Job => &["status.successful"],
-            Kind::Pod => &["status.phase", "spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "status.podIP"],
+            Kind::Pod => &[
+                "status.phase",
+                "spec.nodeName",
+                "spec.restartPolicy",
+                "spec.schedulerName",
+                "spec.serviceAccountName",
+                "status.podIP",
+            ],
             Kind::NetworkPolicy => &[],
         }
     }
@@ -168,36 +185,56 @@ impl Shared {
 }
 
 pub(crate) fn now() -> Time {
-    Time(k8s_openapi::jiff::Timestamp::from_second(chrono::Utc::now().timestamp()).expect("time in range"))
+    Time(
+        k8s_openapi::jiff::Timestamp::from_second(chrono::Utc::now().timestamp())
+            .expect("time in range"),
+    )
 }
 
 fn random_suffix(n: usize) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let bytes = uuid::Uuid::new_v4().into_bytes();
-    (0..n).map(|i| ALPHABET[bytes[i] as usize % ALPHABET.len()] as char).collect()
+    (0..n)
+        .map(|i| ALPHABET[bytes[i] as usize % ALPHABET.len()] as char)
+        .collect()
 }
 
 fn container_id() -> String {
-    format!("containerd://{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+    format!(
+        "containerd://{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 pub(crate) fn is_terminal(pod: &Pod) -> bool {
-    matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
 }
 
 pub(crate) fn job_finished(job: &Job) -> bool {
     job.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True"))
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| (c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+        })
 }
 
 fn finish_time(job: &Job) -> Option<i64> {
-    job.status.as_ref()?.conditions.as_ref()?.iter().find_map(|c| {
-        ((c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
-            .then(|| c.last_transition_time.as_ref().map(|t| t.0.as_second()))
-            .flatten()
-    })
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find_map(|c| {
+            ((c.type_ == "Complete" || c.type_ == "Failed") && c.status == "True")
+                .then(|| c.last_transition_time.as_ref().map(|t| t.0.as_second()))
+                .flatten()
+        })
 }
 
 fn condition(type_: &str, reason: &str, message: &str) -> JobCondition {
@@ -244,7 +281,10 @@ fn waiting(name: &str, image: &str, reason: &str, message: Option<String>) -> Co
         restart_count: 0,
         started: Some(false),
         state: Some(ContainerState {
-            waiting: Some(ContainerStateWaiting { reason: Some(reason.to_string()), message }),
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(reason.to_string()),
+                message,
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -253,14 +293,21 @@ fn waiting(name: &str, image: &str, reason: &str, message: Option<String>) -> Co
 
 fn started_at(cs: &ContainerStatus) -> Option<Time> {
     let st = cs.state.as_ref()?;
-    st.running.as_ref().and_then(|r| r.started_at.clone()).or_else(|| st.terminated.as_ref().and_then(|t| t.started_at.clone()))
+    st.running
+        .as_ref()
+        .and_then(|r| r.started_at.clone())
+        .or_else(|| st.terminated.as_ref().and_then(|t| t.started_at.clone()))
 }
 
 fn terminate(cs: &mut ContainerStatus, exit_code: i32, reason: &str, message: Option<String>) {
     let started = started_at(cs).or_else(|| Some(now()));
     cs.container_id.get_or_insert_with(container_id);
     if cs.image_id.is_empty() {
-        cs.image_id = format!("docker.io/library/{}@sha256:{}", cs.image, uuid::Uuid::new_v4().simple());
+        cs.image_id = format!(
+            "docker.io/library/{}@sha256:{}",
+            cs.image,
+            uuid::Uuid::new_v4().simple()
+        );
     }
     cs.ready = false;
     cs.started = Some(false);
@@ -305,17 +352,22 @@ fn default_pull_policy(image: &str) -> &'static str {
 
 /// The pod's QoS class from its containers' requests and limits.
 fn qos_class(spec: &k8s_openapi::api::core::v1::PodSpec) -> &'static str {
-    let all: Vec<&k8s_openapi::api::core::v1::Container> =
-        spec.init_containers.iter().flatten().chain(spec.containers.iter()).collect();
+    let all: Vec<&k8s_openapi::api::core::v1::Container> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .collect();
     let mut any = false;
     let mut guaranteed = true;
     for c in &all {
         let res = c.resources.clone().unwrap_or_default();
         let limits = res.limits.unwrap_or_default();
         let requests = res.requests.unwrap_or_default();
-        let relevant = |m: &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
-            m.keys().any(|k| k == "cpu" || k == "memory")
-        };
+        let relevant = |m: &BTreeMap<
+            String,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+        >| { m.keys().any(|k| k == "cpu" || k == "memory") };
         any |= relevant(&limits) || relevant(&requests);
         for r in ["cpu", "memory"] {
             let Some(limit) = limits.get(r) else {
@@ -323,7 +375,9 @@ fn qos_class(spec: &k8s_openapi::api::core::v1::PodSpec) -> &'static str {
                 continue;
             };
             let request = requests.get(r).unwrap_or(limit);
-            let parse = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| super::validate::parse_quantity(&q.0);
+            let parse = |q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| {
+                super::validate::parse_quantity(&q.0)
+            };
             if parse(request) != parse(limit) {
                 guaranteed = false;
             }
@@ -346,11 +400,25 @@ enum Verdict {
 }
 
 fn pod_failure_verdict(job: &Job, pod: &Pod) -> Verdict {
-    let Some(pfp) = job.spec.as_ref().and_then(|s| s.pod_failure_policy.as_ref()) else { return Verdict::Count };
+    let Some(pfp) = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_failure_policy.as_ref())
+    else {
+        return Verdict::Count;
+    };
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
-    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default();
-    let conditions = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
+    let conditions = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
     for (i, rule) in pfp.rules.iter().enumerate() {
         let mut matched: Option<String> = None;
         if let Some(codes) = &rule.on_exit_codes {
@@ -358,7 +426,9 @@ fn pod_failure_verdict(job: &Job, pod: &Pod) -> Verdict {
                 if codes.container_name.as_ref().is_some_and(|n| *n != cs.name) {
                     continue;
                 }
-                let Some(t) = cs.state.as_ref().and_then(|s| s.terminated.as_ref()) else { continue };
+                let Some(t) = cs.state.as_ref().and_then(|s| s.terminated.as_ref()) else {
+                    continue;
+                };
                 if t.exit_code == 0 {
                     continue;
                 }
@@ -374,8 +444,14 @@ fn pod_failure_verdict(job: &Job, pod: &Pod) -> Verdict {
         }
         for pattern in rule.on_pod_conditions.iter().flatten() {
             let want = pattern.status.clone().unwrap_or_else(|| "True".into());
-            if conditions.iter().any(|c| c.type_ == pattern.type_ && c.status == want) {
-                matched = Some(format!("Pod {ns}/{pod_name} has condition {} matching {} rule at index {i}", pattern.type_, rule.action));
+            if conditions
+                .iter()
+                .any(|c| c.type_ == pattern.type_ && c.status == want)
+            {
+                matched = Some(format!(
+                    "Pod {ns}/{pod_name} has condition {} matching {} rule at index {i}",
+                    pattern.type_, rule.action
+                ));
                 break;
             }
         }
@@ -398,7 +474,13 @@ impl State {
 
     fn push(&mut self, kind: Kind, ns: &str, typ: &'static str, object: Value) {
         let rv = self.rv;
-        self.history.push_back(Change { rv, kind, ns: ns.to_string(), typ, object });
+        self.history.push_back(Change {
+            rv,
+            kind,
+            ns: ns.to_string(),
+            typ,
+            object,
+        });
         while self.history.len() > self.history_cap {
             if let Some(old) = self.history.pop_front() {
                 self.history_start = old.rv;
@@ -411,7 +493,12 @@ impl State {
         job.metadata.resource_version = Some(rv.to_string());
         let ns = job.metadata.namespace.clone().unwrap_or_default();
         let name = job.metadata.name.clone().unwrap_or_default();
-        self.push(Kind::Job, &ns, typ, serde_json::to_value(&job).expect("job serializes"));
+        self.push(
+            Kind::Job,
+            &ns,
+            typ,
+            serde_json::to_value(&job).expect("job serializes"),
+        );
         self.jobs.insert((ns, name), job.clone());
         job
     }
@@ -421,21 +508,36 @@ impl State {
         pod.metadata.resource_version = Some(rv.to_string());
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let name = pod.metadata.name.clone().unwrap_or_default();
-        self.push(Kind::Pod, &ns, typ, serde_json::to_value(&pod).expect("pod serializes"));
+        self.push(
+            Kind::Pod,
+            &ns,
+            typ,
+            serde_json::to_value(&pod).expect("pod serializes"),
+        );
         self.pods.insert((ns, name), pod.clone());
         pod
     }
 
-    pub(crate) fn put_other(&mut self, kind: Kind, ns: &str, name: &str, mut obj: Value, typ: &'static str) -> Value {
+    pub(crate) fn put_other(
+        &mut self,
+        kind: Kind,
+        ns: &str,
+        name: &str,
+        mut obj: Value,
+        typ: &'static str,
+    ) -> Value {
         let rv = self.bump();
         obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
         self.push(kind, ns, typ, obj.clone());
-        self.others.insert((kind, ns.to_string(), name.to_string()), obj.clone());
+        self.others
+            .insert((kind, ns.to_string(), name.to_string()), obj.clone());
         obj
     }
 
     pub(crate) fn remove_other(&mut self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
-        let mut obj = self.others.remove(&(kind, ns.to_string(), name.to_string()))?;
+        let mut obj = self
+            .others
+            .remove(&(kind, ns.to_string(), name.to_string()))?;
         let rv = self.bump();
         obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
         self.push(kind, ns, "DELETED", obj.clone());
@@ -446,7 +548,12 @@ impl State {
         let mut job = self.jobs.remove(&(ns.to_string(), name.to_string()))?;
         let rv = self.bump();
         job.metadata.resource_version = Some(rv.to_string());
-        self.push(Kind::Job, ns, "DELETED", serde_json::to_value(&job).expect("job serializes"));
+        self.push(
+            Kind::Job,
+            ns,
+            "DELETED",
+            serde_json::to_value(&job).expect("job serializes"),
+        );
         Some(job)
     }
 
@@ -454,8 +561,18 @@ impl State {
     pub(crate) fn objects(&self, kind: Kind, ns: Option<&str>) -> Vec<Value> {
         let in_ns = |n: &str| ns.is_none_or(|x| x == n);
         match kind {
-            Kind::Job => self.jobs.iter().filter(|((n, _), _)| in_ns(n)).map(|(_, j)| serde_json::to_value(j).expect("json")).collect(),
-            Kind::Pod => self.pods.iter().filter(|((n, _), _)| in_ns(n)).map(|(_, p)| serde_json::to_value(p).expect("json")).collect(),
+            Kind::Job => self
+                .jobs
+                .iter()
+                .filter(|((n, _), _)| in_ns(n))
+                .map(|(_, j)| serde_json::to_value(j).expect("json"))
+                .collect(),
+            Kind::Pod => self
+                .pods
+                .iter()
+                .filter(|((n, _), _)| in_ns(n))
+                .map(|(_, p)| serde_json::to_value(p).expect("json"))
+                .collect(),
             other => self
                 .others
                 .iter()
@@ -468,8 +585,14 @@ impl State {
     pub(crate) fn object(&self, kind: Kind, ns: &str, name: &str) -> Option<Value> {
         let key = (ns.to_string(), name.to_string());
         match kind {
-            Kind::Job => self.jobs.get(&key).map(|j| serde_json::to_value(j).expect("json")),
-            Kind::Pod => self.pods.get(&key).map(|p| serde_json::to_value(p).expect("json")),
+            Kind::Job => self
+                .jobs
+                .get(&key)
+                .map(|j| serde_json::to_value(j).expect("json")),
+            Kind::Pod => self
+                .pods
+                .get(&key)
+                .map(|p| serde_json::to_value(p).expect("json")),
             other => self.others.get(&(other, key.0, key.1)).cloned(),
         }
     }
@@ -520,24 +643,43 @@ impl State {
         spec.backoff_limit.get_or_insert(6);
         spec.completions.get_or_insert(1);
         spec.parallelism.get_or_insert(1);
-        spec.completion_mode.get_or_insert_with(|| "NonIndexed".into());
+        spec.completion_mode
+            .get_or_insert_with(|| "NonIndexed".into());
         spec.suspend.get_or_insert(false);
-        spec.pod_replacement_policy.get_or_insert_with(|| "TerminatingOrFailed".into());
+        spec.pod_replacement_policy
+            .get_or_insert_with(|| "TerminatingOrFailed".into());
         spec.selector = Some(LabelSelector {
-            match_labels: Some(BTreeMap::from([("batch.kubernetes.io/controller-uid".to_string(), uid.clone())])),
+            match_labels: Some(BTreeMap::from([(
+                "batch.kubernetes.io/controller-uid".to_string(),
+                uid.clone(),
+            )])),
             match_expressions: None,
         });
         let tmeta = spec.template.metadata.get_or_insert_with(Default::default);
-        tmeta.labels.get_or_insert_with(BTreeMap::new).extend(job_labels(&name, &uid));
+        tmeta
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .extend(job_labels(&name, &uid));
         let pspec = spec.template.spec.get_or_insert_with(Default::default);
-        pspec.dns_policy.get_or_insert_with(|| "ClusterFirst".into());
-        pspec.scheduler_name.get_or_insert_with(|| "default-scheduler".into());
+        pspec
+            .dns_policy
+            .get_or_insert_with(|| "ClusterFirst".into());
+        pspec
+            .scheduler_name
+            .get_or_insert_with(|| "default-scheduler".into());
         pspec.termination_grace_period_seconds.get_or_insert(30);
         pspec.security_context.get_or_insert_with(Default::default);
         pspec.enable_service_links.get_or_insert(true);
-        for c in pspec.init_containers.iter_mut().flatten().chain(pspec.containers.iter_mut()) {
-            c.termination_message_path.get_or_insert_with(|| "/dev/termination-log".into());
-            c.termination_message_policy.get_or_insert_with(|| "File".into());
+        for c in pspec
+            .init_containers
+            .iter_mut()
+            .flatten()
+            .chain(pspec.containers.iter_mut())
+        {
+            c.termination_message_path
+                .get_or_insert_with(|| "/dev/termination-log".into());
+            c.termination_message_policy
+                .get_or_insert_with(|| "File".into());
             let policy = default_pull_policy(c.image.as_deref().unwrap_or_default());
             c.image_pull_policy.get_or_insert_with(|| policy.into());
             c.resources.get_or_insert_with(Default::default);
@@ -553,13 +695,19 @@ impl State {
         self.update_job_status(ns, &name, |st| {
             st.start_time = Some(now());
         });
-        self.jobs.get(&(ns.to_string(), name)).cloned().unwrap_or(job)
+        self.jobs
+            .get(&(ns.to_string(), name))
+            .cloned()
+            .unwrap_or(job)
     }
 
     /// The job controller creates one pod from the template (`{job}-{5 chars}`), or records why
     /// admission refused it.
     fn spawn_pod(&mut self, ns: &str, job_name: &str) -> Option<String> {
-        let job = self.jobs.get(&(ns.to_string(), job_name.to_string()))?.clone();
+        let job = self
+            .jobs
+            .get(&(ns.to_string(), job_name.to_string()))?
+            .clone();
         let uid = job.metadata.uid.clone().unwrap_or_default();
         let template = job.spec.as_ref()?.template.clone();
         let mut base = format!("{job_name}-");
@@ -580,13 +728,15 @@ impl State {
                     "pods \"{pod_name}\" is forbidden: violates PodSecurity \"restricted:latest\": {}",
                     violations.join(", ")
                 );
-                self.pod_create_failures.push((ns.to_string(), job_name.to_string(), message));
+                self.pod_create_failures
+                    .push((ns.to_string(), job_name.to_string(), message));
                 return None;
             }
         }
 
         // ServiceAccount admission.
-        spec.service_account_name.get_or_insert_with(|| "default".into());
+        spec.service_account_name
+            .get_or_insert_with(|| "default".into());
         spec.service_account = spec.service_account_name.clone();
         if spec.automount_service_account_token != Some(false) {
             let vol = format!("kube-api-access-{}", random_suffix(5));
@@ -606,7 +756,11 @@ impl State {
                         VolumeProjection {
                             config_map: Some(ConfigMapProjection {
                                 name: "kube-root-ca.crt".into(),
-                                items: Some(vec![KeyToPath { key: "ca.crt".into(), path: "ca.crt".into(), ..Default::default() }]),
+                                items: Some(vec![KeyToPath {
+                                    key: "ca.crt".into(),
+                                    path: "ca.crt".into(),
+                                    ..Default::default()
+                                }]),
                                 optional: None,
                             }),
                             ..Default::default()
@@ -615,7 +769,10 @@ impl State {
                             downward_api: Some(DownwardAPIProjection {
                                 items: Some(vec![DownwardAPIVolumeFile {
                                     path: "namespace".into(),
-                                    field_ref: Some(ObjectFieldSelector { api_version: Some("v1".into()), field_path: "metadata.namespace".into() }),
+                                    field_ref: Some(ObjectFieldSelector {
+                                        api_version: Some("v1".into()),
+                                        field_path: "metadata.namespace".into(),
+                                    }),
                                     ..Default::default()
                                 }]),
                             }),
@@ -626,28 +783,39 @@ impl State {
                 }),
                 ..Default::default()
             });
-            for c in spec.init_containers.iter_mut().flatten().chain(spec.containers.iter_mut()) {
-                c.volume_mounts.get_or_insert_with(Vec::new).push(VolumeMount {
-                    name: vol.clone(),
-                    mount_path: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
-                    read_only: Some(true),
-                    ..Default::default()
-                });
+            for c in spec
+                .init_containers
+                .iter_mut()
+                .flatten()
+                .chain(spec.containers.iter_mut())
+            {
+                c.volume_mounts
+                    .get_or_insert_with(Vec::new)
+                    .push(VolumeMount {
+                        name: vol.clone(),
+                        mount_path: "/var/run/secrets/kubernetes.io/serviceaccount".into(),
+                        read_only: Some(true),
+                        ..Default::default()
+                    });
             }
         }
         spec.node_name = Some("stand-in-node".into());
 
         let mut labels = tmeta.labels.clone().unwrap_or_default();
         labels.extend(job_labels(job_name, &uid));
-        let image_of = |c: &k8s_openapi::api::core::v1::Container| c.image.clone().unwrap_or_default();
+        let image_of =
+            |c: &k8s_openapi::api::core::v1::Container| c.image.clone().unwrap_or_default();
         let inits: Vec<ContainerStatus> = spec
             .init_containers
             .iter()
             .flatten()
             .map(|c| waiting(&c.name, &image_of(c), "ContainerCreating", None))
             .collect();
-        let mains: Vec<ContainerStatus> =
-            spec.containers.iter().map(|c| waiting(&c.name, &image_of(c), "ContainerCreating", None)).collect();
+        let mains: Vec<ContainerStatus> = spec
+            .containers
+            .iter()
+            .map(|c| waiting(&c.name, &image_of(c), "ContainerCreating", None))
+            .collect();
         let has_inits = !inits.is_empty();
         let mut status = PodStatus {
             phase: Some("Pending".into()),
@@ -658,10 +826,26 @@ impl State {
             container_statuses: Some(mains),
             ..Default::default()
         };
-        set_pod_condition(&mut status, pod_condition("PodReadyToStartContainers", false, None));
-        set_pod_condition(&mut status, pod_condition("Initialized", !has_inits, has_inits.then_some("ContainersNotInitialized")));
-        set_pod_condition(&mut status, pod_condition("Ready", false, Some("ContainersNotReady")));
-        set_pod_condition(&mut status, pod_condition("ContainersReady", false, Some("ContainersNotReady")));
+        set_pod_condition(
+            &mut status,
+            pod_condition("PodReadyToStartContainers", false, None),
+        );
+        set_pod_condition(
+            &mut status,
+            pod_condition(
+                "Initialized",
+                !has_inits,
+                has_inits.then_some("ContainersNotInitialized"),
+            ),
+        );
+        set_pod_condition(
+            &mut status,
+            pod_condition("Ready", false, Some("ContainersNotReady")),
+        );
+        set_pod_condition(
+            &mut status,
+            pod_condition("ContainersReady", false, Some("ContainersNotReady")),
+        );
         set_pod_condition(&mut status, pod_condition("PodScheduled", true, None));
         let pod = Pod {
             metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
@@ -693,64 +877,108 @@ impl State {
     /// The job a pod belongs to (by controller owner reference and uid), if it still exists.
     fn owner_job(&self, pod: &Pod) -> Option<String> {
         let ns = pod.metadata.namespace.clone()?;
-        let owner = pod.metadata.owner_references.as_ref()?.iter().find(|o| o.kind == "Job" && o.controller == Some(true))?;
+        let owner = pod
+            .metadata
+            .owner_references
+            .as_ref()?
+            .iter()
+            .find(|o| o.kind == "Job" && o.controller == Some(true))?;
         let job = self.jobs.get(&(ns, owner.name.clone()))?;
         (job.metadata.uid.as_deref() == Some(owner.uid.as_str())).then(|| owner.name.clone())
     }
 
     /// The pods a job owns, oldest first.
     pub(crate) fn pods_of(&self, ns: &str, job_name: &str) -> Vec<Pod> {
-        let Some(uid) = self.jobs.get(&(ns.to_string(), job_name.to_string())).and_then(|j| j.metadata.uid.clone()) else {
+        let Some(uid) = self
+            .jobs
+            .get(&(ns.to_string(), job_name.to_string()))
+            .and_then(|j| j.metadata.uid.clone())
+        else {
             return Vec::new();
         };
         let mut pods: Vec<Pod> = self
             .pods
             .iter()
             .filter(|((n, _), p)| {
-                n == ns && p.metadata.owner_references.iter().flatten().any(|o| o.kind == "Job" && o.uid == uid)
+                n == ns
+                    && p.metadata
+                        .owner_references
+                        .iter()
+                        .flatten()
+                        .any(|o| o.kind == "Job" && o.uid == uid)
             })
             .map(|(_, p)| p.clone())
             .collect();
-        pods.sort_by_key(|p| (p.metadata.creation_timestamp.clone(), p.metadata.resource_version.as_ref().and_then(|r| r.parse::<u64>().ok())));
+        pods.sort_by_key(|p| {
+            (
+                p.metadata.creation_timestamp.clone(),
+                p.metadata
+                    .resource_version
+                    .as_ref()
+                    .and_then(|r| r.parse::<u64>().ok()),
+            )
+        });
         pods
     }
 
     /// Applies `f` to the job's status, recounts `active` / `ready` / `terminating` from its pods
     /// and records the change.
     fn update_job_status(&mut self, ns: &str, name: &str, f: impl FnOnce(&mut JobStatus)) {
-        let Some(mut job) = self.jobs.get(&(ns.to_string(), name.to_string())).cloned() else { return };
+        let Some(mut job) = self.jobs.get(&(ns.to_string(), name.to_string())).cloned() else {
+            return;
+        };
         let pods = self.pods_of(ns, name);
         let status = job.status.get_or_insert_with(Default::default);
         f(status);
-        let live: Vec<&Pod> = pods.iter().filter(|p| !is_terminal(p) && p.metadata.deletion_timestamp.is_none()).collect();
+        let live: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| !is_terminal(p) && p.metadata.deletion_timestamp.is_none())
+            .collect();
         status.active = Some(live.len() as i32);
         status.ready = Some(
             live.iter()
                 .filter(|p| {
-                    p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        })
                 })
                 .count() as i32,
         );
         status.terminating = Some(0);
-        status.uncounted_terminated_pods.get_or_insert_with(Default::default);
+        status
+            .uncounted_terminated_pods
+            .get_or_insert_with(Default::default);
         self.put_job(job, "MODIFIED");
     }
 
     fn fail_job(&mut self, ns: &str, name: &str, reason: &str, message: &str) {
         self.update_job_status(ns, name, |st| {
-            st.conditions.get_or_insert_with(Vec::new).push(condition("FailureTarget", reason, message));
+            st.conditions.get_or_insert_with(Vec::new).push(condition(
+                "FailureTarget",
+                reason,
+                message,
+            ));
         });
         self.update_job_status(ns, name, |st| {
-            st.conditions.get_or_insert_with(Vec::new).push(condition("Failed", reason, message));
+            st.conditions
+                .get_or_insert_with(Vec::new)
+                .push(condition("Failed", reason, message));
         });
     }
 
     /// The job controller's reaction to a pod of `pod`'s job reaching Succeeded or Failed (or
     /// being deleted before it did).
     fn pod_finished(&mut self, pod: &Pod) {
-        let Some(job_name) = self.owner_job(pod) else { return };
+        let Some(job_name) = self.owner_job(pod) else {
+            return;
+        };
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let Some(job) = self.jobs.get(&(ns.clone(), job_name.clone())).cloned() else { return };
+        let Some(job) = self.jobs.get(&(ns.clone(), job_name.clone())).cloned() else {
+            return;
+        };
         if job_finished(&job) {
             self.update_job_status(&ns, &job_name, |_| {});
             return;
@@ -763,11 +991,19 @@ impl State {
                 let msg = "Reached expected number of succeeded pods";
                 self.update_job_status(&ns, &job_name, |st| {
                     st.succeeded = Some(done);
-                    st.conditions.get_or_insert_with(Vec::new).push(condition("SuccessCriteriaMet", "CompletionsReached", msg));
+                    st.conditions.get_or_insert_with(Vec::new).push(condition(
+                        "SuccessCriteriaMet",
+                        "CompletionsReached",
+                        msg,
+                    ));
                 });
                 self.update_job_status(&ns, &job_name, |st| {
                     st.completion_time = Some(now());
-                    st.conditions.get_or_insert_with(Vec::new).push(condition("Complete", "CompletionsReached", msg));
+                    st.conditions.get_or_insert_with(Vec::new).push(condition(
+                        "Complete",
+                        "CompletionsReached",
+                        msg,
+                    ));
                 });
             } else {
                 self.spawn_pod(&ns, &job_name);
@@ -789,7 +1025,12 @@ impl State {
                 let failed = job.status.as_ref().and_then(|s| s.failed).unwrap_or(0) + 1;
                 if failed > spec.backoff_limit.unwrap_or(6) {
                     self.update_job_status(&ns, &job_name, |st| st.failed = Some(failed));
-                    self.fail_job(&ns, &job_name, "BackoffLimitExceeded", "Job has reached the specified backoff limit");
+                    self.fail_job(
+                        &ns,
+                        &job_name,
+                        "BackoffLimitExceeded",
+                        "Job has reached the specified backoff limit",
+                    );
                 } else {
                     self.spawn_pod(&ns, &job_name);
                     self.update_job_status(&ns, &job_name, |st| st.failed = Some(failed));
@@ -811,7 +1052,9 @@ impl State {
     }
 
     pub(crate) fn update_job(&mut self, ns: &str, name: &str, f: impl FnOnce(&mut Job)) -> bool {
-        let Some(mut job) = self.jobs.get(&(ns.to_string(), name.to_string())).cloned() else { return false };
+        let Some(mut job) = self.jobs.get(&(ns.to_string(), name.to_string())).cloned() else {
+            return false;
+        };
         f(&mut job);
         self.put_job(job, "MODIFIED");
         true
@@ -831,22 +1074,35 @@ impl State {
             }
         }
         set_pod_condition(status, pod_condition("Initialized", true, None));
-        set_pod_condition(status, pod_condition("PodReadyToStartContainers", true, None));
+        set_pod_condition(
+            status,
+            pod_condition("PodReadyToStartContainers", true, None),
+        );
     }
 
     pub(crate) fn set_pod_running(&mut self, ns: &str, name: &str) {
         self.pod_counter += 1;
-        let ip = format!("10.244.{}.{}", (self.pod_counter / 250) % 250, self.pod_counter % 250 + 2);
+        let ip = format!(
+            "10.244.{}.{}",
+            (self.pod_counter / 250) % 250,
+            self.pod_counter % 250 + 2
+        );
         let Some(pod) = self.edit_pod(ns, name, |pod| {
             let status = pod.status.get_or_insert_with(Default::default);
             Self::complete_inits(status);
             for cs in status.container_statuses.iter_mut().flatten() {
                 cs.container_id = Some(container_id());
-                cs.image_id = format!("docker.io/library/{}@sha256:{}", cs.image, uuid::Uuid::new_v4().simple());
+                cs.image_id = format!(
+                    "docker.io/library/{}@sha256:{}",
+                    cs.image,
+                    uuid::Uuid::new_v4().simple()
+                );
                 cs.ready = true;
                 cs.started = Some(true);
                 cs.state = Some(ContainerState {
-                    running: Some(ContainerStateRunning { started_at: Some(now()) }),
+                    running: Some(ContainerStateRunning {
+                        started_at: Some(now()),
+                    }),
                     ..Default::default()
                 });
             }
@@ -864,8 +1120,22 @@ impl State {
 
     /// Ends the pod: main containers terminate with `exit_code` / `reason` (init containers, if
     /// still pending, complete), the phase becomes `phase`, and the job controller reacts.
-    fn end_pod(&mut self, ns: &str, name: &str, phase: &str, exit_code: i32, reason: &str, extra: impl FnOnce(&mut PodStatus)) {
-        let Some(was_terminal) = self.pods.get(&(ns.to_string(), name.to_string())).map(is_terminal) else { return };
+    fn end_pod(
+        &mut self,
+        ns: &str,
+        name: &str,
+        phase: &str,
+        exit_code: i32,
+        reason: &str,
+        extra: impl FnOnce(&mut PodStatus),
+    ) {
+        let Some(was_terminal) = self
+            .pods
+            .get(&(ns.to_string(), name.to_string()))
+            .map(is_terminal)
+        else {
+            return;
+        };
         let Some(pod) = self.edit_pod(ns, name, |pod| {
             let status = pod.status.get_or_insert_with(Default::default);
             Self::complete_inits(status);
@@ -873,10 +1143,17 @@ impl State {
                 terminate(cs, exit_code, reason, None);
             }
             status.phase = Some(phase.into());
-            let why = if phase == "Succeeded" { "PodCompleted" } else { "PodFailed" };
+            let why = if phase == "Succeeded" {
+                "PodCompleted"
+            } else {
+                "PodFailed"
+            };
             set_pod_condition(status, pod_condition("Ready", false, Some(why)));
             set_pod_condition(status, pod_condition("ContainersReady", false, Some(why)));
-            set_pod_condition(status, pod_condition("PodReadyToStartContainers", false, None));
+            set_pod_condition(
+                status,
+                pod_condition("PodReadyToStartContainers", false, None),
+            );
             extra(status);
         }) else {
             return;
@@ -900,7 +1177,10 @@ impl State {
     pub(crate) fn evict_pod(&mut self, ns: &str, name: &str) {
         self.end_pod(ns, name, "Failed", 137, "Error", |st| {
             st.reason = Some("Evicted".into());
-            st.message = Some("Pod ephemeral local storage usage exceeds the total limit of containers 1Gi. ".into());
+            st.message = Some(
+                "Pod ephemeral local storage usage exceeds the total limit of containers 1Gi. "
+                    .into(),
+            );
         });
     }
 
@@ -944,25 +1224,42 @@ impl State {
     pub(crate) fn delete_pod(&mut self, ns: &str, name: &str, account: bool) -> Option<Pod> {
         let was_terminal = is_terminal(self.pods.get(&(ns.to_string(), name.to_string()))?);
         let pod = self.edit_pod(ns, name, |pod| {
-            let grace = pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(30);
+            let grace = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30);
             pod.metadata.deletion_timestamp = Some(now());
             pod.metadata.deletion_grace_period_seconds = Some(grace);
             if !is_terminal(pod) {
                 let status = pod.status.get_or_insert_with(Default::default);
-                for cs in status.init_container_statuses.iter_mut().flatten().chain(status.container_statuses.iter_mut().flatten()) {
+                for cs in status
+                    .init_container_statuses
+                    .iter_mut()
+                    .flatten()
+                    .chain(status.container_statuses.iter_mut().flatten())
+                {
                     if !is_terminated(cs) {
                         terminate(cs, 137, "Error", None);
                     }
                 }
                 status.phase = Some("Failed".into());
                 set_pod_condition(status, pod_condition("Ready", false, Some("PodFailed")));
-                set_pod_condition(status, pod_condition("ContainersReady", false, Some("PodFailed")));
+                set_pod_condition(
+                    status,
+                    pod_condition("ContainersReady", false, Some("PodFailed")),
+                );
             }
         })?;
         let mut gone = self.pods.remove(&(ns.to_string(), name.to_string()))?;
         let rv = self.bump();
         gone.metadata.resource_version = Some(rv.to_string());
-        self.push(Kind::Pod, ns, "DELETED", serde_json::to_value(&gone).expect("json"));
+        self.push(
+            Kind::Pod,
+            ns,
+            "DELETED",
+            serde_json::to_value(&gone).expect("json"),
+        );
         self.logs.retain(|(n, p, _), _| !(n == ns && p == name));
         if account && !was_terminal {
             self.pod_finished(&gone);
@@ -978,8 +1275,12 @@ impl State {
         if !self.jobs.contains_key(&(ns.to_string(), job.to_string())) {
             return;
         }
-        let active: Vec<String> =
-            self.pods_of(ns, job).into_iter().filter(|p| !is_terminal(p)).filter_map(|p| p.metadata.name).collect();
+        let active: Vec<String> = self
+            .pods_of(ns, job)
+            .into_iter()
+            .filter(|p| !is_terminal(p))
+            .filter_map(|p| p.metadata.name)
+            .collect();
         for pod in &active {
             self.delete_pod(ns, pod, false);
         }
@@ -987,18 +1288,35 @@ impl State {
         let msg = "Job was active longer than specified deadline";
         self.update_job_status(ns, job, |st| {
             st.failed = Some(st.failed.unwrap_or(0) + failed_now);
-            st.conditions.get_or_insert_with(Vec::new).push(condition("FailureTarget", "DeadlineExceeded", msg));
+            st.conditions.get_or_insert_with(Vec::new).push(condition(
+                "FailureTarget",
+                "DeadlineExceeded",
+                msg,
+            ));
         });
         self.update_job_status(ns, job, |st| {
-            st.conditions.get_or_insert_with(Vec::new).push(condition("Failed", "DeadlineExceeded", msg));
+            st.conditions.get_or_insert_with(Vec::new).push(condition(
+                "Failed",
+                "DeadlineExceeded",
+                msg,
+            ));
         });
     }
 
     /// Deletes a Job with the garbage collector's handling of its pods. Returns the Job as the
     /// DELETE response carries it when deletion is not immediate (Foreground / Orphan).
-    pub(crate) fn delete_job(&mut self, ns: &str, name: &str, policy: Option<&str>) -> Option<(Job, bool)> {
+    pub(crate) fn delete_job(
+        &mut self,
+        ns: &str,
+        name: &str,
+        policy: Option<&str>,
+    ) -> Option<(Job, bool)> {
         let job = self.jobs.get(&(ns.to_string(), name.to_string()))?.clone();
-        let pods: Vec<String> = self.pods_of(ns, name).into_iter().filter_map(|p| p.metadata.name).collect();
+        let pods: Vec<String> = self
+            .pods_of(ns, name)
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
         let uid = job.metadata.uid.clone().unwrap_or_default();
         match policy {
             Some("Foreground") => {
@@ -1077,6 +1395,12 @@ impl State {
 
     /// The main container of a pod: the first of `spec.containers`.
     pub(crate) fn main_container(&self, ns: &str, pod: &str) -> Option<String> {
-        self.pods.get(&(ns.to_string(), pod.to_string()))?.spec.as_ref()?.containers.first().map(|c| c.name.clone())
+        self.pods
+            .get(&(ns.to_string(), pod.to_string()))?
+            .spec
+            .as_ref()?
+            .containers
+            .first()
+            .map(|c| c.name.clone())
     }
 }

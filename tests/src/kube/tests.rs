@@ -2,14 +2,14 @@
 
 use std::time::{Duration, Instant};
 
+use ::kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
+use ::kube::config::{KubeConfigOptions, Kubeconfig};
+use ::kube::runtime::WatchStreamExt;
+use ::kube::runtime::watcher::{self, Event};
 use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use ::kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
-use ::kube::config::{KubeConfigOptions, Kubeconfig};
-use ::kube::runtime::watcher::{self, Event};
-use ::kube::runtime::WatchStreamExt;
 use serde_json::json;
 
 use super::{Fault, NAMESPACE, StandIn};
@@ -22,7 +22,10 @@ async fn client(s: &StandIn) -> ::kube::Client {
         .await
         .expect("kubeconfig loads");
     assert_eq!(config.default_namespace, NS);
-    assert_eq!(config.cluster_url.to_string().trim_end_matches('/'), s.url());
+    assert_eq!(
+        config.cluster_url.to_string().trim_end_matches('/'),
+        s.url()
+    );
     ::kube::Client::try_from(config).expect("client")
 }
 
@@ -78,13 +81,24 @@ fn api_err(e: ::kube::Error) -> Box<::kube::core::Status> {
 }
 
 fn condition(job: &Job, type_: &str) -> Option<(String, String)> {
-    job.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_ && c.status == "True").map(|c| {
-        (c.reason.clone().unwrap_or_default(), c.message.clone().unwrap_or_default())
-    })
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == "True")
+        .map(|c| {
+            (
+                c.reason.clone().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
 }
 
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(15), f).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+    tokio::time::timeout(Duration::from_secs(15), f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
 #[tokio::test]
@@ -92,10 +106,19 @@ async fn create_makes_the_pod_and_a_second_create_already_exists() {
     let s = StandIn::start().await;
     let jobs: Api<Job> = Api::default_namespaced(client(&s).await);
 
-    let created = jobs.create(&PostParams::default(), &job("run-a1", "a1")).await.expect("create");
+    let created = jobs
+        .create(&PostParams::default(), &job("run-a1", "a1"))
+        .await
+        .expect("create");
     assert!(created.metadata.uid.is_some());
     assert!(created.metadata.creation_timestamp.is_some());
-    let rv: u64 = created.metadata.resource_version.as_deref().unwrap().parse().unwrap();
+    let rv: u64 = created
+        .metadata
+        .resource_version
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(rv > 0);
     let selector = created.spec.as_ref().unwrap().selector.as_ref().unwrap();
     assert_eq!(
@@ -103,26 +126,45 @@ async fn create_makes_the_pod_and_a_second_create_already_exists() {
         created.metadata.uid.clone().unwrap()
     );
 
-    let pod_name = s.pod_of_job(NS, "run-a1").expect("the job controller made a pod");
-    assert!(pod_name.starts_with("run-a1-") && pod_name.len() == "run-a1-".len() + 5, "{pod_name}");
+    let pod_name = s
+        .pod_of_job(NS, "run-a1")
+        .expect("the job controller made a pod");
+    assert!(
+        pod_name.starts_with("run-a1-") && pod_name.len() == "run-a1-".len() + 5,
+        "{pod_name}"
+    );
     let pods: Api<Pod> = Api::default_namespaced(client(&s).await);
     let pod = pods.get(&pod_name).await.expect("pod is served");
     let labels = pod.metadata.labels.clone().unwrap();
     assert_eq!(labels["coderun.dev/run-id"], "a1");
     assert_eq!(labels["job-name"], "run-a1");
     assert_eq!(labels["batch.kubernetes.io/job-name"], "run-a1");
-    assert_eq!(labels["controller-uid"], created.metadata.uid.clone().unwrap());
+    assert_eq!(
+        labels["controller-uid"],
+        created.metadata.uid.clone().unwrap()
+    );
     let owner = &pod.metadata.owner_references.as_ref().unwrap()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("Job", "run-a1", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("Job", "run-a1", Some(true))
+    );
     let status = pod.status.clone().unwrap();
     assert_eq!(status.phase.as_deref(), Some("Pending"));
     assert_eq!(status.qos_class.as_deref(), Some("Burstable"));
-    for cs in status.init_container_statuses.unwrap().iter().chain(status.container_statuses.unwrap().iter()) {
+    for cs in status
+        .init_container_statuses
+        .unwrap()
+        .iter()
+        .chain(status.container_statuses.unwrap().iter())
+    {
         let waiting = cs.state.as_ref().unwrap().waiting.as_ref().unwrap();
         assert_eq!(waiting.reason.as_deref(), Some("ContainerCreating"));
     }
     // automountServiceAccountToken: false means no token volume was added.
-    assert_eq!(pod.spec.as_ref().unwrap().volumes.as_ref().unwrap().len(), 2);
+    assert_eq!(
+        pod.spec.as_ref().unwrap().volumes.as_ref().unwrap().len(),
+        2
+    );
 
     // The job controller recorded the start.
     let got = jobs.get("run-a1").await.unwrap();
@@ -130,7 +172,11 @@ async fn create_makes_the_pod_and_a_second_create_already_exists() {
     assert_eq!((st.active, st.ready), (Some(1), Some(0)));
     assert!(st.start_time.is_some());
 
-    let err = api_err(jobs.create(&PostParams::default(), &job("run-a1", "a1")).await.unwrap_err());
+    let err = api_err(
+        jobs.create(&PostParams::default(), &job("run-a1", "a1"))
+            .await
+            .unwrap_err(),
+    );
     assert!(err.is_already_exists(), "{err:?}");
     assert_eq!(err.code, 409);
     assert_eq!(s.job_creates(), 2);
@@ -142,7 +188,16 @@ async fn create_makes_the_pod_and_a_second_create_already_exists() {
     assert_eq!(err.message, "jobs.batch \"nope\" not found");
 
     // dryRun validates but stores nothing.
-    let dry = jobs.create(&PostParams { dry_run: true, ..Default::default() }, &job("run-dry", "d")).await.unwrap();
+    let dry = jobs
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &job("run-dry", "d"),
+        )
+        .await
+        .unwrap();
     assert_eq!(dry.metadata.name.as_deref(), Some("run-dry"));
     assert!(s.job(NS, "run-dry").is_none());
     assert_eq!(s.job_creates(), 3);
@@ -162,46 +217,145 @@ async fn invalid_jobs_are_refused_with_422() {
     assert!(err.message.contains("metadata.name"), "{}", err.message);
 
     let err = create(job(&"r".repeat(64), "a")).await;
-    assert!(err.is_invalid() && err.message.contains("no more than 63"), "{err:?}");
+    assert!(
+        err.is_invalid() && err.message.contains("no more than 63"),
+        "{err:?}"
+    );
 
     let err = create(job("run-b", &"x".repeat(64))).await;
-    assert!(err.is_invalid() && err.message.contains("metadata.labels"), "{err:?}");
+    assert!(
+        err.is_invalid() && err.message.contains("metadata.labels"),
+        "{err:?}"
+    );
 
     let err = create(job("run-b", "-bad")).await;
     assert!(err.is_invalid(), "{err:?}");
 
     let mut j = job("run-b", "b");
-    j.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].image = None;
+    j.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0]
+        .image = None;
     let err = create(j).await;
-    assert!(err.message.contains("spec.template.spec.containers[0].image: Required value"), "{}", err.message);
+    assert!(
+        err.message
+            .contains("spec.template.spec.containers[0].image: Required value"),
+        "{}",
+        err.message
+    );
 
     let mut j = job("run-b", "b");
-    j.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].name = String::new();
+    j.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0]
+        .name = String::new();
     let err = create(j).await;
-    assert!(err.message.contains("spec.template.spec.containers[0].name: Required value"), "{}", err.message);
+    assert!(
+        err.message
+            .contains("spec.template.spec.containers[0].name: Required value"),
+        "{}",
+        err.message
+    );
 
     let mut j = job("run-b", "b");
-    j.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers.clear();
+    j.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers
+        .clear();
     let err = create(j).await;
-    assert!(err.message.contains("spec.template.spec.containers: Required value"), "{}", err.message);
+    assert!(
+        err.message
+            .contains("spec.template.spec.containers: Required value"),
+        "{}",
+        err.message
+    );
 
     let mut j = job("run-b", "b");
-    j.spec.as_mut().unwrap().template.spec.as_mut().unwrap().restart_policy = Some("Always".into());
+    j.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .restart_policy = Some("Always".into());
     let err = create(j).await;
-    assert!(err.message.contains("Unsupported value: \"Always\""), "{}", err.message);
+    assert!(
+        err.message.contains("Unsupported value: \"Always\""),
+        "{}",
+        err.message
+    );
 
     let mut j = job("run-b", "b");
-    j.spec.as_mut().unwrap().template.spec.as_mut().unwrap().restart_policy = None;
-    assert!(create(j).await.message.contains("spec.template.spec.restartPolicy: Required value"));
+    j.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .restart_policy = None;
+    assert!(
+        create(j)
+            .await
+            .message
+            .contains("spec.template.spec.restartPolicy: Required value")
+    );
 
     let mut j = job("run-b", "b");
-    j.spec.as_mut().unwrap().template.spec.as_mut().unwrap().volumes = None;
-    assert!(create(j).await.message.contains("volumeMounts[0].name: Not found"));
+    j.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .volumes = None;
+    assert!(
+        create(j)
+            .await
+            .message
+            .contains("volumeMounts[0].name: Not found")
+    );
 
     let mut j = job("run-b", "b");
-    let limits = j.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].resources.as_mut().unwrap();
-    limits.requests.as_mut().unwrap().insert("memory".into(), k8s_openapi::apimachinery::pkg::api::resource::Quantity("1Gi".into()));
-    assert!(create(j).await.message.contains("must be less than or equal to memory limit"));
+    let limits = j
+        .spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0]
+        .resources
+        .as_mut()
+        .unwrap();
+    limits.requests.as_mut().unwrap().insert(
+        "memory".into(),
+        k8s_openapi::apimachinery::pkg::api::resource::Quantity("1Gi".into()),
+    );
+    assert!(
+        create(j)
+            .await
+            .message
+            .contains("must be less than or equal to memory limit")
+    );
 
     assert_eq!(s.job_creates(), 11);
     assert!(s.jobs(NS).is_empty());
@@ -209,9 +363,20 @@ async fn invalid_jobs_are_refused_with_422() {
 
     // Two errors at once are listed together, with causes.
     let mut j = job("Bad", "b");
-    j.spec.as_mut().unwrap().template.spec.as_mut().unwrap().restart_policy = Some("Always".into());
+    j.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .restart_policy = Some("Always".into());
     let err = create(j).await;
-    assert!(err.message.starts_with("Job.batch \"Bad\" is invalid: ["), "{}", err.message);
+    assert!(
+        err.message.starts_with("Job.batch \"Bad\" is invalid: ["),
+        "{}",
+        err.message
+    );
     assert_eq!(err.details.unwrap().causes.len(), 2);
 }
 
@@ -221,41 +386,121 @@ async fn lists_honour_label_selectors() {
     let c = client(&s).await;
     let jobs: Api<Job> = Api::default_namespaced(c.clone());
     for (name, run) in [("run-l1", "l1"), ("run-l2", "l2"), ("run-l3", "l3")] {
-        jobs.create(&PostParams::default(), &job(name, run)).await.unwrap();
+        jobs.create(&PostParams::default(), &job(name, run))
+            .await
+            .unwrap();
     }
     let other: Api<Job> = Api::namespaced(c.clone(), "elsewhere");
-    other.create(&PostParams::default(), &job("run-l1", "l1")).await.unwrap();
+    other
+        .create(&PostParams::default(), &job("run-l1", "l1"))
+        .await
+        .unwrap();
 
-    let names = |l: ::kube::core::ObjectList<Job>| l.items.into_iter().map(|j| j.metadata.name.unwrap()).collect::<Vec<_>>();
+    let names = |l: ::kube::core::ObjectList<Job>| {
+        l.items
+            .into_iter()
+            .map(|j| j.metadata.name.unwrap())
+            .collect::<Vec<_>>()
+    };
     let all = jobs.list(&ListParams::default()).await.unwrap();
-    let rv: u64 = all.metadata.resource_version.clone().unwrap().parse().unwrap();
+    let rv: u64 = all
+        .metadata
+        .resource_version
+        .clone()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(rv, s.resource_version());
     assert_eq!(names(all), ["run-l1", "run-l2", "run-l3"]);
-    assert_eq!(names(jobs.list(&ListParams::default().labels("coderun.dev/run-id=l2")).await.unwrap()), ["run-l2"]);
     assert_eq!(
-        names(jobs.list(&ListParams::default().labels("app.kubernetes.io/managed-by=coderun,coderun.dev/run-id!=l2")).await.unwrap()),
+        names(
+            jobs.list(&ListParams::default().labels("coderun.dev/run-id=l2"))
+                .await
+                .unwrap()
+        ),
+        ["run-l2"]
+    );
+    assert_eq!(
+        names(
+            jobs.list(
+                &ListParams::default()
+                    .labels("app.kubernetes.io/managed-by=coderun,coderun.dev/run-id!=l2")
+            )
+            .await
+            .unwrap()
+        ),
         ["run-l1", "run-l3"]
     );
-    assert_eq!(names(jobs.list(&ListParams::default().labels("coderun.dev/run-id")).await.unwrap()).len(), 3);
-    assert!(names(jobs.list(&ListParams::default().labels("nothing")).await.unwrap()).is_empty());
-    assert_eq!(names(jobs.list(&ListParams::default().labels("coderun.dev/run-id in (l1,l3)")).await.unwrap()), ["run-l1", "run-l3"]);
-    assert_eq!(names(jobs.list(&ListParams::default().fields("metadata.name=run-l3")).await.unwrap()), ["run-l3"]);
-    let err = api_err(jobs.list(&ListParams::default().labels("bad key=x")).await.unwrap_err());
+    assert_eq!(
+        names(
+            jobs.list(&ListParams::default().labels("coderun.dev/run-id"))
+                .await
+                .unwrap()
+        )
+        .len(),
+        3
+    );
+    assert!(
+        names(
+            jobs.list(&ListParams::default().labels("nothing"))
+                .await
+                .unwrap()
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        names(
+            jobs.list(&ListParams::default().labels("coderun.dev/run-id in (l1,l3)"))
+                .await
+                .unwrap()
+        ),
+        ["run-l1", "run-l3"]
+    );
+    assert_eq!(
+        names(
+            jobs.list(&ListParams::default().fields("metadata.name=run-l3"))
+                .await
+                .unwrap()
+        ),
+        ["run-l3"]
+    );
+    let err = api_err(
+        jobs.list(&ListParams::default().labels("bad key=x"))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(err.code, 400);
 
     // Pages.
     let page = jobs.list(&ListParams::default().limit(2)).await.unwrap();
     assert_eq!(page.items.len(), 2);
     let token = page.metadata.continue_.clone().unwrap();
-    let rest = jobs.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap();
+    let rest = jobs
+        .list(&ListParams::default().limit(2).continue_token(&token))
+        .await
+        .unwrap();
     assert_eq!(names(rest), ["run-l3"]);
 
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
-    let p = pods.list(&ListParams::default().labels("job-name=run-l2")).await.unwrap();
+    let p = pods
+        .list(&ListParams::default().labels("job-name=run-l2"))
+        .await
+        .unwrap();
     assert_eq!(p.items.len(), 1);
-    assert_eq!(Some(p.items[0].metadata.name.clone().unwrap()), s.pod_of_job(NS, "run-l2"));
+    assert_eq!(
+        Some(p.items[0].metadata.name.clone().unwrap()),
+        s.pod_of_job(NS, "run-l2")
+    );
     let everywhere: Api<Job> = Api::all(c);
-    assert_eq!(everywhere.list(&ListParams::default().labels("coderun.dev/run-id=l1")).await.unwrap().items.len(), 2);
+    assert_eq!(
+        everywhere
+            .list(&ListParams::default().labels("coderun.dev/run-id=l1"))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
 }
 
 #[tokio::test]
@@ -265,39 +510,86 @@ async fn watchers_follow_pod_and_job_to_completion() {
     let jobs: Api<Job> = Api::default_namespaced(c.clone());
     let pods: Api<Pod> = Api::default_namespaced(c.clone());
     // One job before the watch starts, which the selector excludes.
-    jobs.create(&PostParams::default(), &job("run-other", "other")).await.unwrap();
+    jobs.create(&PostParams::default(), &job("run-other", "other"))
+        .await
+        .unwrap();
 
     let cfg = watcher::Config::default().labels("coderun.dev/run-id=w1");
-    let mut job_events = watcher::watcher(jobs.clone(), cfg.clone()).default_backoff().applied_objects().boxed();
-    let mut pod_events = watcher::watcher(pods.clone(), cfg).default_backoff().applied_objects().boxed();
+    let mut job_events = watcher::watcher(jobs.clone(), cfg.clone())
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    let mut pod_events = watcher::watcher(pods.clone(), cfg)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
 
-    jobs.create(&PostParams::default(), &job("run-w1", "w1")).await.unwrap();
-    let first = within("job added", job_events.try_next()).await.unwrap().unwrap();
+    jobs.create(&PostParams::default(), &job("run-w1", "w1"))
+        .await
+        .unwrap();
+    let first = within("job added", job_events.try_next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.metadata.name.as_deref(), Some("run-w1"));
-    let pod = within("pod added", pod_events.try_next()).await.unwrap().unwrap();
+    let pod = within("pod added", pod_events.try_next())
+        .await
+        .unwrap()
+        .unwrap();
     let pod_name = pod.metadata.name.clone().unwrap();
     assert_eq!(pod.status.unwrap().phase.as_deref(), Some("Pending"));
 
     s.set_pod_running(NS, &pod_name);
-    let running = within("pod running", pod_events.try_next()).await.unwrap().unwrap();
+    let running = within("pod running", pod_events.try_next())
+        .await
+        .unwrap()
+        .unwrap();
     let status = running.status.unwrap();
     assert_eq!(status.phase.as_deref(), Some("Running"));
     assert!(status.pod_ip.is_some());
     let init = &status.init_container_statuses.unwrap()[0];
-    assert_eq!(init.state.as_ref().unwrap().terminated.as_ref().unwrap().exit_code, 0);
-    assert!(status.container_statuses.unwrap()[0].state.as_ref().unwrap().running.is_some());
+    assert_eq!(
+        init.state
+            .as_ref()
+            .unwrap()
+            .terminated
+            .as_ref()
+            .unwrap()
+            .exit_code,
+        0
+    );
+    assert!(
+        status.container_statuses.unwrap()[0]
+            .state
+            .as_ref()
+            .unwrap()
+            .running
+            .is_some()
+    );
 
     s.set_pod_succeeded(NS, &pod_name);
-    let done = within("pod succeeded", pod_events.try_next()).await.unwrap().unwrap();
+    let done = within("pod succeeded", pod_events.try_next())
+        .await
+        .unwrap()
+        .unwrap();
     let status = done.status.unwrap();
     assert_eq!(status.phase.as_deref(), Some("Succeeded"));
-    let t = status.container_statuses.unwrap()[0].state.clone().unwrap().terminated.unwrap();
+    let t = status.container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
     assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
 
     let complete = within("job complete", async {
         loop {
             let j = job_events.try_next().await.unwrap().unwrap();
-            assert_eq!(j.metadata.name.as_deref(), Some("run-w1"), "the selector excludes other jobs");
+            assert_eq!(
+                j.metadata.name.as_deref(),
+                Some("run-w1"),
+                "the selector excludes other jobs"
+            );
             if condition(&j, "Complete").is_some() {
                 break j;
             }
@@ -307,7 +599,10 @@ async fn watchers_follow_pod_and_job_to_completion() {
     let st = complete.status.clone().unwrap();
     assert_eq!((st.succeeded, st.active), (Some(1), Some(0)));
     assert!(st.completion_time.is_some());
-    assert_eq!(condition(&complete, "Complete").unwrap().0, "CompletionsReached");
+    assert_eq!(
+        condition(&complete, "Complete").unwrap().0,
+        "CompletionsReached"
+    );
     assert!(condition(&complete, "SuccessCriteriaMet").is_some());
 }
 
@@ -316,35 +611,72 @@ async fn watcher_relists_after_history_expires_and_keeps_working() {
     let s = StandIn::start().await;
     let c = client(&s).await;
     let jobs: Api<Job> = Api::default_namespaced(c);
-    jobs.create(&PostParams::default(), &job("run-e0", "e")).await.unwrap();
-    let mut events = watcher::watcher(jobs.clone(), watcher::Config::default().labels("coderun.dev/run-id=e")).boxed();
+    jobs.create(&PostParams::default(), &job("run-e0", "e"))
+        .await
+        .unwrap();
+    let mut events = watcher::watcher(
+        jobs.clone(),
+        watcher::Config::default().labels("coderun.dev/run-id=e"),
+    )
+    .boxed();
 
     macro_rules! next {
         () => {
-            within("watch event", events.next()).await.expect("stream continues")
+            within("watch event", events.next())
+                .await
+                .expect("stream continues")
         };
     }
     assert!(matches!(next!().unwrap(), Event::Init));
-    assert!(matches!(next!().unwrap(), Event::InitApply(j) if j.metadata.name.as_deref() == Some("run-e0")));
+    assert!(
+        matches!(next!().unwrap(), Event::InitApply(j) if j.metadata.name.as_deref() == Some("run-e0"))
+    );
     assert!(matches!(next!().unwrap(), Event::InitDone));
 
-    jobs.create(&PostParams::default(), &job("run-e1", "e")).await.unwrap();
+    jobs.create(&PostParams::default(), &job("run-e1", "e"))
+        .await
+        .unwrap();
     // ADDED, then the job controller's status update.
-    assert!(matches!(next!().unwrap(), Event::Apply(j) if j.metadata.name.as_deref() == Some("run-e1")));
-    assert!(matches!(next!().unwrap(), Event::Apply(j) if j.metadata.name.as_deref() == Some("run-e1")));
+    assert!(
+        matches!(next!().unwrap(), Event::Apply(j) if j.metadata.name.as_deref() == Some("run-e1"))
+    );
+    assert!(
+        matches!(next!().unwrap(), Event::Apply(j) if j.metadata.name.as_deref() == Some("run-e1"))
+    );
 
-    let lists_before = s.requests().iter().filter(|r| r.starts_with("GET /apis/batch/v1/namespaces/coderun-jobs/jobs?") && !r.contains("watch=true")).count();
+    let lists_before = s
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.starts_with("GET /apis/batch/v1/namespaces/coderun-jobs/jobs?")
+                && !r.contains("watch=true")
+        })
+        .count();
     s.expire_history();
     // The gap: run-e0 goes while no watch is open, so it arrives as absence, not as Delete.
-    jobs.delete("run-e0", &DeleteParams::background()).await.unwrap();
+    jobs.delete("run-e0", &DeleteParams::background())
+        .await
+        .unwrap();
 
     // The resumed watch gets 410 Expired; the watcher reports it, then re-lists.
     let err = next!().unwrap_err();
-    assert!(format!("{err:?}").contains("410") || format!("{err}").contains("Expired"), "{err:?}");
+    assert!(
+        format!("{err:?}").contains("410") || format!("{err}").contains("Expired"),
+        "{err:?}"
+    );
     assert!(matches!(next!().unwrap(), Event::Init));
-    assert!(matches!(next!().unwrap(), Event::InitApply(j) if j.metadata.name.as_deref() == Some("run-e1")));
+    assert!(
+        matches!(next!().unwrap(), Event::InitApply(j) if j.metadata.name.as_deref() == Some("run-e1"))
+    );
     assert!(matches!(next!().unwrap(), Event::InitDone));
-    let lists_after = s.requests().iter().filter(|r| r.starts_with("GET /apis/batch/v1/namespaces/coderun-jobs/jobs?") && !r.contains("watch=true")).count();
+    let lists_after = s
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.starts_with("GET /apis/batch/v1/namespaces/coderun-jobs/jobs?")
+                && !r.contains("watch=true")
+        })
+        .count();
     assert_eq!(lists_after, lists_before + 1);
 
     // And it still delivers later changes.
@@ -360,12 +692,19 @@ async fn watcher_relists_after_history_expires_and_keeps_working() {
         }
     })
     .await;
-    assert_eq!(condition(&failed, "Failed").unwrap().0, "BackoffLimitExceeded");
+    assert_eq!(
+        condition(&failed, "Failed").unwrap().0,
+        "BackoffLimitExceeded"
+    );
 
     // A dropped connection without expiry: the watcher resumes and misses nothing.
     s.end_watches();
-    jobs.create(&PostParams::default(), &job("run-e2", "e")).await.unwrap();
-    assert!(matches!(next!().unwrap(), Event::Apply(j) if j.metadata.name.as_deref() == Some("run-e2")));
+    jobs.create(&PostParams::default(), &job("run-e2", "e"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(next!().unwrap(), Event::Apply(j) if j.metadata.name.as_deref() == Some("run-e2"))
+    );
 }
 
 #[tokio::test]
@@ -373,24 +712,46 @@ async fn raw_watch_from_an_expired_version_gets_410_and_streaming_lists_work() {
     let s = StandIn::start().await;
     let c = client(&s).await;
     let jobs: Api<Job> = Api::default_namespaced(c);
-    let created = jobs.create(&PostParams::default(), &job("run-r1", "r")).await.unwrap();
+    let created = jobs
+        .create(&PostParams::default(), &job("run-r1", "r"))
+        .await
+        .unwrap();
     let old_rv = created.metadata.resource_version.unwrap();
     s.expire_history();
-    let mut stream = jobs.watch(&::kube::api::WatchParams::default(), &old_rv).await.unwrap().boxed();
+    let mut stream = jobs
+        .watch(&::kube::api::WatchParams::default(), &old_rv)
+        .await
+        .unwrap()
+        .boxed();
     match within("error event", stream.try_next()).await.unwrap() {
-        Some(::kube::core::WatchEvent::Error(e)) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        Some(::kube::core::WatchEvent::Error(e)) => {
+            assert_eq!((e.code, e.reason.as_str()), (410, "Expired"))
+        }
         other => panic!("expected 410, got {other:?}"),
     }
     assert!(within("close", stream.try_next()).await.unwrap().is_none());
 
     // Streaming lists (sendInitialEvents + the initial-events-end bookmark).
-    let mut events = watcher::watcher(jobs.clone(), watcher::Config::default().streaming_lists()).boxed();
-    assert!(matches!(within("init", events.next()).await.unwrap().unwrap(), Event::Init));
-    assert!(matches!(within("apply", events.next()).await.unwrap().unwrap(), Event::InitApply(_)));
-    assert!(matches!(within("done", events.next()).await.unwrap().unwrap(), Event::InitDone));
+    let mut events =
+        watcher::watcher(jobs.clone(), watcher::Config::default().streaming_lists()).boxed();
+    assert!(matches!(
+        within("init", events.next()).await.unwrap().unwrap(),
+        Event::Init
+    ));
+    assert!(matches!(
+        within("apply", events.next()).await.unwrap().unwrap(),
+        Event::InitApply(_)
+    ));
+    assert!(matches!(
+        within("done", events.next()).await.unwrap().unwrap(),
+        Event::InitDone
+    ));
     let pod = s.pod_of_job(NS, "run-r1").unwrap();
     s.set_pod_running(NS, &pod);
-    assert!(matches!(within("apply", events.next()).await.unwrap().unwrap(), Event::Apply(_)));
+    assert!(matches!(
+        within("apply", events.next()).await.unwrap().unwrap(),
+        Event::Apply(_)
+    ));
 }
 
 #[tokio::test]
@@ -399,38 +760,82 @@ async fn logs_whole_and_followed_until_the_pod_ends() {
     let c = client(&s).await;
     let jobs: Api<Job> = Api::default_namespaced(c.clone());
     let pods: Api<Pod> = Api::default_namespaced(c);
-    jobs.create(&PostParams::default(), &job("run-g1", "g1")).await.unwrap();
+    jobs.create(&PostParams::default(), &job("run-g1", "g1"))
+        .await
+        .unwrap();
     let pod = s.pod_of_job(NS, "run-g1").unwrap();
-    let main = LogParams { container: Some("main".into()), ..Default::default() };
+    let main = LogParams {
+        container: Some("main".into()),
+        ..Default::default()
+    };
 
     let err = api_err(pods.logs(&pod, &main).await.unwrap_err());
     assert_eq!(err.code, 400);
-    assert!(err.message.contains("is waiting to start: ContainerCreating"), "{}", err.message);
+    assert!(
+        err.message
+            .contains("is waiting to start: ContainerCreating"),
+        "{}",
+        err.message
+    );
     // One main container: it is the default (init containers do not count).
     let err = api_err(pods.logs(&pod, &LogParams::default()).await.unwrap_err());
-    assert!(err.message.contains("container \"main\" in pod"), "{}", err.message);
-    let err = api_err(pods.logs(&pod, &LogParams { container: Some("nope".into()), ..Default::default() }).await.unwrap_err());
-    assert!(err.message.contains("is not valid for pod"), "{}", err.message);
+    assert!(
+        err.message.contains("container \"main\" in pod"),
+        "{}",
+        err.message
+    );
+    let err = api_err(
+        pods.logs(
+            &pod,
+            &LogParams {
+                container: Some("nope".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert!(
+        err.message.contains("is not valid for pod"),
+        "{}",
+        err.message
+    );
 
     s.set_pod_running(NS, &pod);
     s.append_log(NS, &pod, "one\n");
     s.append_container_log(NS, &pod, "fetch", "downloaded\n");
     assert_eq!(pods.logs(&pod, &main).await.unwrap(), "one\n");
-    assert_eq!(pods.logs(&pod, &LogParams::default()).await.unwrap(), "one\n");
-    let init = LogParams { container: Some("fetch".into()), ..Default::default() };
+    assert_eq!(
+        pods.logs(&pod, &LogParams::default()).await.unwrap(),
+        "one\n"
+    );
+    let init = LogParams {
+        container: Some("fetch".into()),
+        ..Default::default()
+    };
     assert_eq!(pods.logs(&pod, &init).await.unwrap(), "downloaded\n");
-    let limited = LogParams { limit_bytes: Some(2), ..main.clone() };
+    let limited = LogParams {
+        limit_bytes: Some(2),
+        ..main.clone()
+    };
     assert_eq!(pods.logs(&pod, &limited).await.unwrap(), "on");
 
-    let follow = LogParams { follow: true, ..main.clone() };
+    let follow = LogParams {
+        follow: true,
+        ..main.clone()
+    };
     let reader = pods.log_stream(&pod, &follow).await.unwrap();
-    let collect = tokio::spawn(async move { reader.lines().try_collect::<Vec<String>>().await.unwrap() });
+    let collect =
+        tokio::spawn(async move { reader.lines().try_collect::<Vec<String>>().await.unwrap() });
     tokio::time::sleep(Duration::from_millis(100)).await;
     s.append_log(NS, &pod, "two\n");
     tokio::time::sleep(Duration::from_millis(50)).await;
     s.append_log(NS, &pod, "three\n");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(!collect.is_finished(), "follow stays open while the container runs");
+    assert!(
+        !collect.is_finished(),
+        "follow stays open while the container runs"
+    );
     s.set_pod_succeeded(NS, &pod);
     let lines = within("follow ends with the pod", collect).await.unwrap();
     assert_eq!(lines, ["one", "two", "three"]);
@@ -452,27 +857,44 @@ async fn delete_honours_the_propagation_policy() {
     let jobs: Api<Job> = Api::default_namespaced(c.clone());
     let pods: Api<Pod> = Api::default_namespaced(c);
     for name in ["run-d1", "run-d2", "run-d3"] {
-        jobs.create(&PostParams::default(), &job(name, name)).await.unwrap();
+        jobs.create(&PostParams::default(), &job(name, name))
+            .await
+            .unwrap();
     }
     let p1 = s.pod_of_job(NS, "run-d1").unwrap();
     let p2 = s.pod_of_job(NS, "run-d2").unwrap();
     let p3 = s.pod_of_job(NS, "run-d3").unwrap();
 
-    let res = jobs.delete("run-d1", &DeleteParams::background()).await.unwrap();
+    let res = jobs
+        .delete("run-d1", &DeleteParams::background())
+        .await
+        .unwrap();
     assert!(res.is_right(), "background deletion is immediate: a Status");
     assert!(s.job(NS, "run-d1").is_none());
-    assert!(pods.get_opt(&p1).await.unwrap().is_none(), "background deletes the pods");
+    assert!(
+        pods.get_opt(&p1).await.unwrap().is_none(),
+        "background deletes the pods"
+    );
 
-    let res = jobs.delete("run-d2", &DeleteParams::default()).await.unwrap();
+    let res = jobs
+        .delete("run-d2", &DeleteParams::default())
+        .await
+        .unwrap();
     assert!(res.is_left());
     assert!(s.job(NS, "run-d2").is_none());
     let orphan = pods.get(&p2).await.expect("no policy orphans the pods");
     assert!(orphan.metadata.owner_references.is_none());
 
-    jobs.delete("run-d3", &DeleteParams::foreground()).await.unwrap();
+    jobs.delete("run-d3", &DeleteParams::foreground())
+        .await
+        .unwrap();
     assert!(s.pod(NS, &p3).is_none());
 
-    let err = api_err(jobs.delete("run-d3", &DeleteParams::background()).await.unwrap_err());
+    let err = api_err(
+        jobs.delete("run-d3", &DeleteParams::background())
+            .await
+            .unwrap_err(),
+    );
     assert!(err.is_not_found());
     pods.delete(&p2, &DeleteParams::background()).await.unwrap();
     assert!(s.pod(NS, &p2).is_none());
@@ -480,11 +902,27 @@ async fn delete_honours_the_propagation_policy() {
     assert_eq!(
         s.deletes(),
         [
-            ("Job".to_string(), "run-d1".to_string(), Some("Background".to_string())),
+            (
+                "Job".to_string(),
+                "run-d1".to_string(),
+                Some("Background".to_string())
+            ),
             ("Job".to_string(), "run-d2".to_string(), None),
-            ("Job".to_string(), "run-d3".to_string(), Some("Foreground".to_string())),
-            ("Job".to_string(), "run-d3".to_string(), Some("Background".to_string())),
-            ("Pod".to_string(), p2.clone(), Some("Background".to_string())),
+            (
+                "Job".to_string(),
+                "run-d3".to_string(),
+                Some("Foreground".to_string())
+            ),
+            (
+                "Job".to_string(),
+                "run-d3".to_string(),
+                Some("Background".to_string())
+            ),
+            (
+                "Pod".to_string(),
+                p2.clone(),
+                Some("Background".to_string())
+            ),
         ]
     );
 }
@@ -494,33 +932,66 @@ async fn injected_faults_and_delays() {
     let s = StandIn::start().await;
     let jobs: Api<Job> = Api::default_namespaced(client(&s).await);
 
-    s.inject(Fault::Status { method: "POST", path_contains: "/jobs".into(), status: 500, times: 1 });
-    let err = api_err(jobs.create(&PostParams::default(), &job("run-f1", "f1")).await.unwrap_err());
+    s.inject(Fault::Status {
+        method: "POST",
+        path_contains: "/jobs".into(),
+        status: 500,
+        times: 1,
+    });
+    let err = api_err(
+        jobs.create(&PostParams::default(), &job("run-f1", "f1"))
+            .await
+            .unwrap_err(),
+    );
     assert_eq!((err.code, err.reason.as_str()), (500, "InternalError"));
-    assert!(s.job(NS, "run-f1").is_none(), "a refused create stores nothing");
-    jobs.create(&PostParams::default(), &job("run-f1", "f1")).await.expect("the second try succeeds");
+    assert!(
+        s.job(NS, "run-f1").is_none(),
+        "a refused create stores nothing"
+    );
+    jobs.create(&PostParams::default(), &job("run-f1", "f1"))
+        .await
+        .expect("the second try succeeds");
     assert_eq!(s.job_creates(), 2);
 
     // kube 5 retries 429, 503 and 504 itself (Config::default_retry, honouring Retry-After).
-    s.inject(Fault::Status { method: "POST", path_contains: "/jobs".into(), status: 429, times: 1 });
-    jobs.create(&PostParams::default(), &job("run-f2", "f2")).await.expect("retried by kube");
+    s.inject(Fault::Status {
+        method: "POST",
+        path_contains: "/jobs".into(),
+        status: 429,
+        times: 1,
+    });
+    jobs.create(&PostParams::default(), &job("run-f2", "f2"))
+        .await
+        .expect("retried by kube");
     assert_eq!(s.job_creates(), 4);
 
     // A lost response: the Job was created though the client saw 503; kube's own retry then
     // meets AlreadyExists, which is what the caller gets.
     s.inject_after_commit("POST", "/jobs", 503, 1);
-    let err = api_err(jobs.create(&PostParams::default(), &job("run-f3", "f3")).await.unwrap_err());
+    let err = api_err(
+        jobs.create(&PostParams::default(), &job("run-f3", "f3"))
+            .await
+            .unwrap_err(),
+    );
     assert!(err.is_already_exists(), "{err:?}");
     assert!(s.job(NS, "run-f3").is_some());
     assert_eq!(s.job_creates(), 6);
 
-    s.inject(Fault::Delay { method: "GET", path_contains: "/jobs/run-f1".into(), delay: Duration::from_millis(400), times: 1 });
+    s.inject(Fault::Delay {
+        method: "GET",
+        path_contains: "/jobs/run-f1".into(),
+        delay: Duration::from_millis(400),
+        times: 1,
+    });
     let started = Instant::now();
     jobs.get("run-f1").await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(400));
     let started = Instant::now();
     jobs.get("run-f1").await.unwrap();
-    assert!(started.elapsed() < Duration::from_millis(400), "the delay was used up");
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "the delay was used up"
+    );
 }
 
 #[tokio::test]
@@ -531,11 +1002,25 @@ async fn failure_signals_look_like_a_cluster() {
     let pods: Api<Pod> = Api::default_namespaced(c);
 
     // OOM.
-    jobs.create(&PostParams::default(), &job("run-s1", "s1")).await.unwrap();
+    jobs.create(&PostParams::default(), &job("run-s1", "s1"))
+        .await
+        .unwrap();
     let p = s.pod_of_job(NS, "run-s1").unwrap();
     s.set_pod_running(NS, &p);
     s.set_pod_failed(NS, &p, 137, "OOMKilled");
-    let t = pods.get(&p).await.unwrap().status.unwrap().container_statuses.unwrap()[0].state.clone().unwrap().terminated.unwrap();
+    let t = pods
+        .get(&p)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .container_statuses
+        .unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .terminated
+        .unwrap();
     assert_eq!((t.exit_code, t.reason.as_deref()), (137, Some("OOMKilled")));
     let j = jobs.get("run-s1").await.unwrap();
     assert_eq!(condition(&j, "Failed").unwrap().0, "BackoffLimitExceeded");
@@ -543,7 +1028,9 @@ async fn failure_signals_look_like_a_cluster() {
     assert!(condition(&j, "FailureTarget").is_some());
 
     // Deadline: read from the Job; the pod is gone.
-    jobs.create(&PostParams::default(), &job("run-s2", "s2")).await.unwrap();
+    jobs.create(&PostParams::default(), &job("run-s2", "s2"))
+        .await
+        .unwrap();
     let p = s.pod_of_job(NS, "run-s2").unwrap();
     s.set_pod_running(NS, &p);
     s.job_deadline_exceeded(NS, "run-s2");
@@ -552,29 +1039,62 @@ async fn failure_signals_look_like_a_cluster() {
     assert!(pods.get_opt(&p).await.unwrap().is_none());
 
     // Eviction and disruption.
-    jobs.create(&PostParams::default(), &job("run-s3", "s3")).await.unwrap();
+    jobs.create(&PostParams::default(), &job("run-s3", "s3"))
+        .await
+        .unwrap();
     let p = s.pod_of_job(NS, "run-s3").unwrap();
     s.set_pod_running(NS, &p);
     s.evict_pod(NS, &p);
     let st = pods.get(&p).await.unwrap().status.unwrap();
-    assert_eq!((st.phase.as_deref(), st.reason.as_deref()), (Some("Failed"), Some("Evicted")));
-    jobs.create(&PostParams::default(), &job("run-s4", "s4")).await.unwrap();
+    assert_eq!(
+        (st.phase.as_deref(), st.reason.as_deref()),
+        (Some("Failed"), Some("Evicted"))
+    );
+    jobs.create(&PostParams::default(), &job("run-s4", "s4"))
+        .await
+        .unwrap();
     let p = s.pod_of_job(NS, "run-s4").unwrap();
     s.set_pod_running(NS, &p);
     s.disrupt_pod(NS, &p);
     let st = pods.get(&p).await.unwrap().status.unwrap();
-    assert!(st.conditions.unwrap().iter().any(|c| c.type_ == "DisruptionTarget" && c.status == "True"));
+    assert!(
+        st.conditions
+            .unwrap()
+            .iter()
+            .any(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+    );
 
     // Image pull: the pod stays Pending; the Job stays active.
-    jobs.create(&PostParams::default(), &job("run-s5", "s5")).await.unwrap();
+    jobs.create(&PostParams::default(), &job("run-s5", "s5"))
+        .await
+        .unwrap();
     let p = s.pod_of_job(NS, "run-s5").unwrap();
     s.set_image_pull_failure(NS, &p, "ImagePullBackOff");
     let st = pods.get(&p).await.unwrap().status.unwrap();
     assert_eq!(st.phase.as_deref(), Some("Pending"));
-    let w = st.container_statuses.unwrap()[0].state.clone().unwrap().waiting.unwrap();
+    let w = st.container_statuses.unwrap()[0]
+        .state
+        .clone()
+        .unwrap()
+        .waiting
+        .unwrap();
     assert_eq!(w.reason.as_deref(), Some("ImagePullBackOff"));
-    let err = api_err(pods.logs(&p, &LogParams { container: Some("main".into()), ..Default::default() }).await.unwrap_err());
-    assert!(err.message.contains("trying and failing to pull image"), "{}", err.message);
+    let err = api_err(
+        pods.logs(
+            &p,
+            &LogParams {
+                container: Some("main".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert!(
+        err.message.contains("trying and failing to pull image"),
+        "{}",
+        err.message
+    );
     assert!(condition(&jobs.get("run-s5").await.unwrap(), "Failed").is_none());
 
     // backoffLimit above zero: a failure makes a replacement pod.
@@ -597,23 +1117,48 @@ async fn pod_security_restricted_and_auth_and_network_policies() {
     let c = client(&s).await;
     let jobs: Api<Job> = Api::default_namespaced(c.clone());
     s.enforce_pod_security_restricted(NS);
-    jobs.create(&PostParams::default(), &job("run-p1", "p1")).await.unwrap();
-    assert!(s.pod_of_job(NS, "run-p1").is_some(), "the executor-shaped pod passes restricted");
+    jobs.create(&PostParams::default(), &job("run-p1", "p1"))
+        .await
+        .unwrap();
+    assert!(
+        s.pod_of_job(NS, "run-p1").is_some(),
+        "the executor-shaped pod passes restricted"
+    );
     let mut bad = job("run-p2", "p2");
-    bad.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers[0].security_context = None;
+    bad.spec
+        .as_mut()
+        .unwrap()
+        .template
+        .spec
+        .as_mut()
+        .unwrap()
+        .containers[0]
+        .security_context = None;
     jobs.create(&PostParams::default(), &bad).await.unwrap();
     assert!(s.pod_of_job(NS, "run-p2").is_none());
     let failures = s.pod_create_failures();
     assert_eq!(failures.len(), 1);
-    assert!(failures[0].2.contains("allowPrivilegeEscalation != false"), "{}", failures[0].2);
+    assert!(
+        failures[0].2.contains("allowPrivilegeEscalation != false"),
+        "{}",
+        failures[0].2
+    );
 
     // No token: 401, as a cluster answers.
-    let resp = reqwest::get(format!("{}/apis/batch/v1/namespaces/{NS}/jobs", s.url())).await.unwrap();
+    let resp = reqwest::get(format!("{}/apis/batch/v1/namespaces/{NS}/jobs", s.url()))
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["reason"], "Unauthorized");
     let unknown = api_err(
-        c.request::<serde_json::Value>(http::Request::get("/apis/apps/v1/deployments").body(vec![]).unwrap()).await.unwrap_err(),
+        c.request::<serde_json::Value>(
+            http::Request::get("/apis/apps/v1/deployments")
+                .body(vec![])
+                .unwrap(),
+        )
+        .await
+        .unwrap_err(),
     );
     assert_eq!(unknown.code, 404);
 
@@ -626,11 +1171,18 @@ async fn pod_security_restricted_and_auth_and_network_policies() {
     }))
     .unwrap();
     let pp = PatchParams::apply("coderun").force();
-    nps.patch("coderun-deny-egress", &pp, &Patch::Apply(&np)).await.unwrap();
-    nps.patch("coderun-deny-egress", &pp, &Patch::Apply(&np)).await.unwrap();
+    nps.patch("coderun-deny-egress", &pp, &Patch::Apply(&np))
+        .await
+        .unwrap();
+    nps.patch("coderun-deny-egress", &pp, &Patch::Apply(&np))
+        .await
+        .unwrap();
     let stored = s.network_policies(NS);
     assert_eq!(stored.len(), 1);
-    assert_eq!(stored[0].spec.as_ref().unwrap().policy_types.as_deref(), Some(&["Egress".to_string()][..]));
+    assert_eq!(
+        stored[0].spec.as_ref().unwrap().policy_types.as_deref(),
+        Some(&["Egress".to_string()][..])
+    );
     let err = api_err(nps.create(&PostParams::default(), &np).await.unwrap_err());
     assert!(err.is_already_exists());
 }

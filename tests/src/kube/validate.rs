@@ -16,20 +16,24 @@ pub(crate) fn is_dns1123_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b[0] != b'-'
         && b[b.len() - 1] != b'-'
 }
 
 /// Dot-separated DNS-1123 labels, at most 253 characters.
 pub(crate) fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(|part| {
-        let b = part.as_bytes();
-        !b.is_empty()
-            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-            && b[0] != b'-'
-            && b[b.len() - 1] != b'-'
-    })
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|part| {
+            let b = part.as_bytes();
+            !b.is_empty()
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+        })
 }
 
 /// `(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?`, at most 63 characters (empty allowed).
@@ -39,7 +43,8 @@ pub(crate) fn is_label_value(s: &str) -> bool {
         return true;
     }
     b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
 }
@@ -71,22 +76,42 @@ impl Cause {
         }
     }
     fn required(field: impl Into<String>, detail: &str) -> Self {
-        let message = if detail.is_empty() { "Required value".to_string() } else { format!("Required value: {detail}") };
-        Self { field: field.into(), reason: "FieldValueRequired", message }
+        let message = if detail.is_empty() {
+            "Required value".to_string()
+        } else {
+            format!("Required value: {detail}")
+        };
+        Self {
+            field: field.into(),
+            reason: "FieldValueRequired",
+            message,
+        }
     }
     fn unsupported(field: impl Into<String>, value: &Value, supported: &[&str]) -> Self {
         let supported: Vec<String> = supported.iter().map(|s| format!("\"{s}\"")).collect();
         Self {
             field: field.into(),
             reason: "FieldValueNotSupported",
-            message: format!("Unsupported value: {}: supported values: {}", short(value), supported.join(", ")),
+            message: format!(
+                "Unsupported value: {}: supported values: {}",
+                short(value),
+                supported.join(", ")
+            ),
         }
     }
     fn duplicate(field: impl Into<String>, value: &Value) -> Self {
-        Self { field: field.into(), reason: "FieldValueDuplicate", message: format!("Duplicate value: {}", short(value)) }
+        Self {
+            field: field.into(),
+            reason: "FieldValueDuplicate",
+            message: format!("Duplicate value: {}", short(value)),
+        }
     }
     fn not_found(field: impl Into<String>, value: &Value) -> Self {
-        Self { field: field.into(), reason: "FieldValueNotFound", message: format!("Not found: {}", short(value)) }
+        Self {
+            field: field.into(),
+            reason: "FieldValueNotFound",
+            message: format!("Not found: {}", short(value)),
+        }
     }
 
     /// `field: message`, as in the Status message.
@@ -147,22 +172,36 @@ fn validate_labels(v: Option<&Value>, field: &str, errs: &mut Vec<Cause>) {
     };
     for (k, val) in map {
         if !is_label_key(k) {
-            errs.push(Cause::invalid(field, &Value::String(k.clone()), QUALIFIED_NAME_MSG));
+            errs.push(Cause::invalid(
+                field,
+                &Value::String(k.clone()),
+                QUALIFIED_NAME_MSG,
+            ));
         }
         match val.as_str() {
             Some(s) if is_label_value(s) => {}
-            Some(s) if s.len() > 63 => errs.push(Cause::invalid(field, val, "must be no more than 63 characters")),
+            Some(s) if s.len() > 63 => errs.push(Cause::invalid(
+                field,
+                val,
+                "must be no more than 63 characters",
+            )),
             _ => errs.push(Cause::invalid(field, val, LABEL_VALUE_MSG)),
         }
     }
 }
 
 fn validate_annotations(v: Option<&Value>, field: &str, errs: &mut Vec<Cause>) {
-    let Some(map) = v.and_then(Value::as_object) else { return };
+    let Some(map) = v.and_then(Value::as_object) else {
+        return;
+    };
     let mut total = 0;
     for (k, val) in map {
         if !is_label_key(k) {
-            errs.push(Cause::invalid(field, &Value::String(k.clone()), QUALIFIED_NAME_MSG));
+            errs.push(Cause::invalid(
+                field,
+                &Value::String(k.clone()),
+                QUALIFIED_NAME_MSG,
+            ));
         }
         total += k.len() + val.as_str().map_or(0, str::len);
     }
@@ -181,15 +220,25 @@ pub(crate) fn validate_object_meta(meta: Option<&Value>, max_name: usize, errs: 
     let empty = Value::Object(Default::default());
     let meta = meta.unwrap_or(&empty);
     let name = meta.get("name").and_then(Value::as_str).unwrap_or_default();
-    let generate = meta.get("generateName").and_then(Value::as_str).unwrap_or_default();
+    let generate = meta
+        .get("generateName")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if name.is_empty() && generate.is_empty() {
-        errs.push(Cause::required("metadata.name", "name or generateName is required"));
+        errs.push(Cause::required(
+            "metadata.name",
+            "name or generateName is required",
+        ));
     } else if !name.is_empty() {
         let v = Value::String(name.to_string());
         if !is_dns1123_subdomain(name) {
             errs.push(Cause::invalid("metadata.name", &v, DNS1123_SUBDOMAIN_MSG));
         } else if name.len() > max_name {
-            errs.push(Cause::invalid("metadata.name", &v, &format!("must be no more than {max_name} characters")));
+            errs.push(Cause::invalid(
+                "metadata.name",
+                &v,
+                &format!("must be no more than {max_name} characters"),
+            ));
         }
     }
     validate_labels(meta.get("labels"), "metadata.labels", errs);
@@ -202,7 +251,11 @@ fn validate_nonneg(v: Option<&Value>, field: &str, min: i64, errs: &mut Vec<Caus
     {
         match v.as_i64() {
             Some(n) if n >= min => {}
-            _ => errs.push(Cause::invalid(field, v, &format!("must be greater than or equal to {min}"))),
+            _ => errs.push(Cause::invalid(
+                field,
+                v,
+                &format!("must be greater than or equal to {min}"),
+            )),
         }
     }
 }
@@ -210,7 +263,9 @@ fn validate_nonneg(v: Option<&Value>, field: &str, min: i64, errs: &mut Vec<Caus
 fn validate_resources(res: &Value, field: &str, errs: &mut Vec<Cause>) {
     let mut parsed = std::collections::BTreeMap::new();
     for which in ["limits", "requests"] {
-        let Some(map) = res.get(which).and_then(Value::as_object) else { continue };
+        let Some(map) = res.get(which).and_then(Value::as_object) else {
+            continue;
+        };
         for (name, q) in map {
             let f = format!("{field}.{which}[{name}]");
             match q.as_str().and_then(parse_quantity) {
@@ -232,7 +287,10 @@ fn validate_resources(res: &Value, field: &str, errs: &mut Vec<Cause>) {
             errs.push(Cause::invalid(
                 format!("{field}.requests"),
                 &res["requests"][name.as_str()],
-                &format!("must be less than or equal to {name} limit of {}", short(&res["limits"][name.as_str()]).trim_matches('"')),
+                &format!(
+                    "must be less than or equal to {name} limit of {}",
+                    short(&res["limits"][name.as_str()]).trim_matches('"')
+                ),
             ));
         }
     }
@@ -251,7 +309,9 @@ fn validate_pod_spec(spec: Option<&Value>, field: &str, errs: &mut Vec<Cause>) {
             let f = format!("{field}.volumes[{i}].name");
             match vol.get("name").and_then(Value::as_str) {
                 None | Some("") => errs.push(Cause::required(f, "")),
-                Some(n) if !is_dns1123_label(n) => errs.push(Cause::invalid(f, &vol["name"], DNS1123_LABEL_MSG)),
+                Some(n) if !is_dns1123_label(n) => {
+                    errs.push(Cause::invalid(f, &vol["name"], DNS1123_LABEL_MSG))
+                }
                 Some(n) => {
                     if !volumes.insert(n.to_string()) {
                         errs.push(Cause::duplicate(f, &vol["name"]));
@@ -261,7 +321,11 @@ fn validate_pod_spec(spec: Option<&Value>, field: &str, errs: &mut Vec<Cause>) {
             if let Some(q) = vol.pointer("/emptyDir/sizeLimit")
                 && q.as_str().and_then(parse_quantity).is_none()
             {
-                errs.push(Cause::invalid(format!("{field}.volumes[{i}].emptyDir.sizeLimit"), q, "must be a quantity"));
+                errs.push(Cause::invalid(
+                    format!("{field}.volumes[{i}].emptyDir.sizeLimit"),
+                    q,
+                    "must be a quantity",
+                ));
             }
         }
     }
@@ -270,13 +334,23 @@ fn validate_pod_spec(spec: Option<&Value>, field: &str, errs: &mut Vec<Cause>) {
         errs.push(Cause::required(format!("{field}.containers"), ""));
     }
     let mut names = std::collections::BTreeSet::new();
-    let groups = [("initContainers", spec.get("initContainers").and_then(Value::as_array)), ("containers", containers)];
+    let groups = [
+        (
+            "initContainers",
+            spec.get("initContainers").and_then(Value::as_array),
+        ),
+        ("containers", containers),
+    ];
     for (group, list) in groups {
         for (i, c) in list.into_iter().flatten().enumerate() {
             let f = format!("{field}.{group}[{i}]");
             match c.get("name").and_then(Value::as_str) {
                 None | Some("") => errs.push(Cause::required(format!("{f}.name"), "")),
-                Some(n) if !is_dns1123_label(n) => errs.push(Cause::invalid(format!("{f}.name"), &c["name"], DNS1123_LABEL_MSG)),
+                Some(n) if !is_dns1123_label(n) => errs.push(Cause::invalid(
+                    format!("{f}.name"),
+                    &c["name"],
+                    DNS1123_LABEL_MSG,
+                )),
                 Some(n) => {
                     if !names.insert(n.to_string()) {
                         errs.push(Cause::duplicate(format!("{f}.name"), &c["name"]));
@@ -285,24 +359,38 @@ fn validate_pod_spec(spec: Option<&Value>, field: &str, errs: &mut Vec<Cause>) {
             }
             match c.get("image").and_then(Value::as_str) {
                 None | Some("") => errs.push(Cause::required(format!("{f}.image"), "")),
-                Some(img) if img.trim() != img => {
-                    errs.push(Cause::invalid(format!("{f}.image"), &c["image"], "must not have leading or trailing whitespace"))
-                }
+                Some(img) if img.trim() != img => errs.push(Cause::invalid(
+                    format!("{f}.image"),
+                    &c["image"],
+                    "must not have leading or trailing whitespace",
+                )),
                 Some(_) => {}
             }
             let mut paths = std::collections::BTreeSet::new();
-            for (j, m) in c.get("volumeMounts").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            for (j, m) in c
+                .get("volumeMounts")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 let mf = format!("{f}.volumeMounts[{j}]");
                 match m.get("name").and_then(Value::as_str) {
                     None | Some("") => errs.push(Cause::required(format!("{mf}.name"), "")),
-                    Some(n) if !volumes.contains(n) => errs.push(Cause::not_found(format!("{mf}.name"), &m["name"])),
+                    Some(n) if !volumes.contains(n) => {
+                        errs.push(Cause::not_found(format!("{mf}.name"), &m["name"]))
+                    }
                     Some(_) => {}
                 }
                 match m.get("mountPath").and_then(Value::as_str) {
                     None | Some("") => errs.push(Cause::required(format!("{mf}.mountPath"), "")),
                     Some(p) => {
                         if !paths.insert(p.to_string()) {
-                            errs.push(Cause::invalid(format!("{mf}.mountPath"), &m["mountPath"], "must be unique"));
+                            errs.push(Cause::invalid(
+                                format!("{mf}.mountPath"),
+                                &m["mountPath"],
+                                "must be unique",
+                            ));
                         }
                     }
                 }
@@ -313,17 +401,38 @@ fn validate_pod_spec(spec: Option<&Value>, field: &str, errs: &mut Vec<Cause>) {
             if let Some(p) = c.get("imagePullPolicy")
                 && !matches!(p.as_str(), Some("Always" | "IfNotPresent" | "Never"))
             {
-                errs.push(Cause::unsupported(format!("{f}.imagePullPolicy"), p, &["Always", "IfNotPresent", "Never"]));
+                errs.push(Cause::unsupported(
+                    format!("{f}.imagePullPolicy"),
+                    p,
+                    &["Always", "IfNotPresent", "Never"],
+                ));
             }
         }
     }
     match spec.get("restartPolicy").and_then(Value::as_str) {
         Some("Never" | "OnFailure") => {}
-        None => errs.push(Cause::required(format!("{field}.restartPolicy"), "valid values: \"OnFailure\", \"Never\"")),
-        Some(_) => errs.push(Cause::unsupported(format!("{field}.restartPolicy"), &spec["restartPolicy"], &["OnFailure", "Never"])),
+        None => errs.push(Cause::required(
+            format!("{field}.restartPolicy"),
+            "valid values: \"OnFailure\", \"Never\"",
+        )),
+        Some(_) => errs.push(Cause::unsupported(
+            format!("{field}.restartPolicy"),
+            &spec["restartPolicy"],
+            &["OnFailure", "Never"],
+        )),
     }
-    validate_nonneg(spec.get("activeDeadlineSeconds"), &format!("{field}.activeDeadlineSeconds"), 1, errs);
-    validate_nonneg(spec.get("terminationGracePeriodSeconds"), &format!("{field}.terminationGracePeriodSeconds"), 0, errs);
+    validate_nonneg(
+        spec.get("activeDeadlineSeconds"),
+        &format!("{field}.activeDeadlineSeconds"),
+        1,
+        errs,
+    );
+    validate_nonneg(
+        spec.get("terminationGracePeriodSeconds"),
+        &format!("{field}.terminationGracePeriodSeconds"),
+        0,
+        errs,
+    );
 }
 
 /// A `batch/v1` Job to be created.
@@ -332,17 +441,34 @@ pub(crate) fn validate_job(job: &Value) -> Vec<Cause> {
     validate_object_meta(job.get("metadata"), 63, &mut errs);
     let empty = Value::Object(Default::default());
     let spec = job.get("spec").unwrap_or(&empty);
-    validate_nonneg(spec.get("activeDeadlineSeconds"), "spec.activeDeadlineSeconds", 1, &mut errs);
+    validate_nonneg(
+        spec.get("activeDeadlineSeconds"),
+        "spec.activeDeadlineSeconds",
+        1,
+        &mut errs,
+    );
     validate_nonneg(spec.get("backoffLimit"), "spec.backoffLimit", 0, &mut errs);
-    validate_nonneg(spec.get("ttlSecondsAfterFinished"), "spec.ttlSecondsAfterFinished", 0, &mut errs);
+    validate_nonneg(
+        spec.get("ttlSecondsAfterFinished"),
+        "spec.ttlSecondsAfterFinished",
+        0,
+        &mut errs,
+    );
     validate_nonneg(spec.get("parallelism"), "spec.parallelism", 0, &mut errs);
     validate_nonneg(spec.get("completions"), "spec.completions", 0, &mut errs);
     if let Some(mode) = spec.get("completionMode")
         && !matches!(mode.as_str(), Some("NonIndexed" | "Indexed"))
     {
-        errs.push(Cause::unsupported("spec.completionMode", mode, &["NonIndexed", "Indexed"]));
+        errs.push(Cause::unsupported(
+            "spec.completionMode",
+            mode,
+            &["NonIndexed", "Indexed"],
+        ));
     }
-    let manual = spec.get("manualSelector").and_then(Value::as_bool).unwrap_or(false);
+    let manual = spec
+        .get("manualSelector")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     if let Some(sel) = spec.get("selector").filter(|s| !s.is_null())
         && !manual
     {
@@ -353,23 +479,54 @@ pub(crate) fn validate_job(job: &Value) -> Vec<Cause> {
         ));
     }
     if manual {
-        errs.push(Cause::unsupported("spec.manualSelector", &Value::Bool(true), &["false (the stand-in generates selectors)"]));
+        errs.push(Cause::unsupported(
+            "spec.manualSelector",
+            &Value::Bool(true),
+            &["false (the stand-in generates selectors)"],
+        ));
     }
     let template = spec.get("template");
-    validate_labels(template.and_then(|t| t.pointer("/metadata/labels")), "spec.template.metadata.labels", &mut errs);
-    validate_annotations(template.and_then(|t| t.pointer("/metadata/annotations")), "spec.template.metadata.annotations", &mut errs);
-    validate_pod_spec(template.and_then(|t| t.get("spec")), "spec.template.spec", &mut errs);
+    validate_labels(
+        template.and_then(|t| t.pointer("/metadata/labels")),
+        "spec.template.metadata.labels",
+        &mut errs,
+    );
+    validate_annotations(
+        template.and_then(|t| t.pointer("/metadata/annotations")),
+        "spec.template.metadata.annotations",
+        &mut errs,
+    );
+    validate_pod_spec(
+        template.and_then(|t| t.get("spec")),
+        "spec.template.spec",
+        &mut errs,
+    );
     if let Some(pfp) = spec.get("podFailurePolicy").filter(|p| !p.is_null()) {
-        if template.and_then(|t| t.pointer("/spec/restartPolicy")).and_then(Value::as_str) != Some("Never") {
+        if template
+            .and_then(|t| t.pointer("/spec/restartPolicy"))
+            .and_then(Value::as_str)
+            != Some("Never")
+        {
             errs.push(Cause::invalid(
                 "spec.template.spec.restartPolicy",
-                template.and_then(|t| t.pointer("/spec/restartPolicy")).unwrap_or(&Value::Null),
+                template
+                    .and_then(|t| t.pointer("/spec/restartPolicy"))
+                    .unwrap_or(&Value::Null),
                 "only \"Never\" is supported when podFailurePolicy is specified",
             ));
         }
-        for (i, rule) in pfp.get("rules").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (i, rule) in pfp
+            .get("rules")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let action = rule.get("action").unwrap_or(&Value::Null);
-            if !matches!(action.as_str(), Some("FailJob" | "Ignore" | "Count" | "FailIndex")) {
+            if !matches!(
+                action.as_str(),
+                Some("FailJob" | "Ignore" | "Count" | "FailIndex")
+            ) {
                 errs.push(Cause::unsupported(
                     format!("spec.podFailurePolicy.rules[{i}].action"),
                     action,
@@ -402,12 +559,29 @@ pub(crate) fn validate_generic(obj: &Value) -> Vec<Cause> {
 pub(crate) fn restricted_violations(spec: &k8s_openapi::api::core::v1::PodSpec) -> Vec<String> {
     let mut out = Vec::new();
     let psc = spec.security_context.clone().unwrap_or_default();
-    let all: Vec<&k8s_openapi::api::core::v1::Container> =
-        spec.init_containers.iter().flatten().chain(spec.containers.iter()).collect();
-    let quote = |names: &[String]| names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
-    let plural = |names: &[String]| if names.len() == 1 { "container" } else { "containers" };
+    let all: Vec<&k8s_openapi::api::core::v1::Container> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .collect();
+    let quote = |names: &[String]| {
+        names
+            .iter()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let plural = |names: &[String]| {
+        if names.len() == 1 {
+            "container"
+        } else {
+            "containers"
+        }
+    };
 
-    if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true) {
+    if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true)
+    {
         out.push("host namespaces (hostNetwork=true, hostPID=true or hostIPC=true)".to_string());
     }
     let privileged: Vec<String> = all
@@ -416,7 +590,11 @@ pub(crate) fn restricted_violations(spec: &k8s_openapi::api::core::v1::PodSpec) 
         .map(|c| c.name.clone())
         .collect();
     if !privileged.is_empty() {
-        out.push(format!("privileged ({} {} must not set securityContext.privileged=true)", plural(&privileged), quote(&privileged)));
+        out.push(format!(
+            "privileged ({} {} must not set securityContext.privileged=true)",
+            plural(&privileged),
+            quote(&privileged)
+        ));
     }
     let bad_volumes: Vec<String> = spec
         .volumes
@@ -436,11 +614,19 @@ pub(crate) fn restricted_violations(spec: &k8s_openapi::api::core::v1::PodSpec) 
         .map(|v| v.name.clone())
         .collect();
     if !bad_volumes.is_empty() {
-        out.push(format!("restricted volume types (volumes {} use restricted volume types)", quote(&bad_volumes)));
+        out.push(format!(
+            "restricted volume types (volumes {} use restricted volume types)",
+            quote(&bad_volumes)
+        ));
     }
     let escalation: Vec<String> = all
         .iter()
-        .filter(|c| c.security_context.as_ref().and_then(|s| s.allow_privilege_escalation) != Some(false))
+        .filter(|c| {
+            c.security_context
+                .as_ref()
+                .and_then(|s| s.allow_privilege_escalation)
+                != Some(false)
+        })
         .map(|c| c.name.clone())
         .collect();
     if !escalation.is_empty() {
@@ -453,10 +639,16 @@ pub(crate) fn restricted_violations(spec: &k8s_openapi::api::core::v1::PodSpec) 
     let caps: Vec<String> = all
         .iter()
         .filter(|c| {
-            let caps = c.security_context.as_ref().and_then(|s| s.capabilities.as_ref());
-            let drops_all = caps.and_then(|c| c.drop.as_ref()).is_some_and(|d| d.iter().any(|x| x == "ALL"));
-            let adds_only_bind =
-                caps.and_then(|c| c.add.as_ref()).is_none_or(|a| a.iter().all(|x| x == "NET_BIND_SERVICE"));
+            let caps = c
+                .security_context
+                .as_ref()
+                .and_then(|s| s.capabilities.as_ref());
+            let drops_all = caps
+                .and_then(|c| c.drop.as_ref())
+                .is_some_and(|d| d.iter().any(|x| x == "ALL"));
+            let adds_only_bind = caps
+                .and_then(|c| c.add.as_ref())
+                .is_none_or(|a| a.iter().all(|x| x == "NET_BIND_SERVICE"));
             !(drops_all && adds_only_bind)
         })
         .map(|c| c.name.clone())
@@ -485,18 +677,25 @@ pub(crate) fn restricted_violations(spec: &k8s_openapi::api::core::v1::PodSpec) 
         ));
     }
     let root_user = psc.run_as_user == Some(0)
-        || all.iter().any(|c| c.security_context.as_ref().and_then(|s| s.run_as_user) == Some(0));
+        || all
+            .iter()
+            .any(|c| c.security_context.as_ref().and_then(|s| s.run_as_user) == Some(0));
     if root_user {
         out.push("runAsUser=0 (pod and containers must not set runAsUser=0)".to_string());
     }
     let seccomp_ok = |p: Option<&k8s_openapi::api::core::v1::SeccompProfile>| {
-        p.map(|p| p.type_.as_str()).map(|t| t == "RuntimeDefault" || t == "Localhost")
+        p.map(|p| p.type_.as_str())
+            .map(|t| t == "RuntimeDefault" || t == "Localhost")
     };
     let pod_seccomp = seccomp_ok(psc.seccomp_profile.as_ref());
     let seccomp: Vec<String> = all
         .iter()
         .filter(|c| {
-            let own = seccomp_ok(c.security_context.as_ref().and_then(|s| s.seccomp_profile.as_ref()));
+            let own = seccomp_ok(
+                c.security_context
+                    .as_ref()
+                    .and_then(|s| s.seccomp_profile.as_ref()),
+            );
             !(own == Some(true) || (own.is_none() && pod_seccomp == Some(true)))
         })
         .map(|c| c.name.clone())
