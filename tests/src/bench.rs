@@ -22,7 +22,7 @@ pub struct Options {
     /// The admin's password (the local stack's is `admin`).
     #[arg(long, default_value = "admin")]
     pub admin_password: String,
-    /// Which benchmarks: `files`, `runs` or `all`.
+    /// Which benchmarks: `files`, `runs`, `kubernetes` or `all`.
     #[arg(long, default_value = "all")]
     pub suite: String,
     /// The local stack's Redis (the runs suite pauses the fleet through the capacity key).
@@ -40,6 +40,21 @@ pub struct Options {
     /// The worker's pid file (for its resident memory).
     #[arg(long, default_value = ".local/run/worker.pid")]
     pub worker_pid_file: String,
+    /// The local stack's Postgres (the kubernetes suite creates, then drops, a database there).
+    #[arg(long, default_value = "postgres://coderun@127.0.0.1:55432/coderun")]
+    pub database_url: String,
+    /// The local stack's S3 endpoint.
+    #[arg(long, default_value = "http://127.0.0.1:59000")]
+    pub s3_endpoint: String,
+    /// Runs launched at once (and the capacity) in the kubernetes launch benchmark.
+    #[arg(long, default_value_t = 2_000)]
+    pub kube_launches: usize,
+    /// Worker processes of the kubernetes launch benchmark.
+    #[arg(long, default_value_t = 4)]
+    pub kube_replicas: usize,
+    /// Running Jobs one worker watches in the kubernetes memory benchmark.
+    #[arg(long, default_value_t = 1_000)]
+    pub kube_watched: usize,
 }
 
 /// What one scenario measured.
@@ -151,6 +166,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     if options.suite == "runs" || options.suite == "all" {
         crate::bench_runs::run(&options).await?;
+    }
+    if options.suite == "kubernetes" || options.suite == "all" {
+        crate::bench_kube::run(&options).await?;
     }
     Ok(())
 }
