@@ -49,6 +49,7 @@ async fn three_workers_never_exceed_the_capacity_with_two_hundred_submissions() 
                 .unwrap();
                 max_permits.fetch_max(permits, Ordering::Relaxed);
                 max_live.fetch_max(live, Ordering::Relaxed);
+                max_db.fetch_max(active as u32, Ordering::Relaxed);
                 if live > CAPACITY {
                     let lists: Vec<_> = ctxs.iter().map(|c| c.executor.live()).collect();
                     let holders = ctxs[0].semaphore.holders().await.unwrap();
