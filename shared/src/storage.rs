@@ -205,12 +205,31 @@ impl Storage {
         Ok(keys.len())
     }
 
-    /// A time-limited GET URL for `key`.
+    /// A time-limited GET URL for `key`, valid for `storage.presign_seconds`.
     pub async fn presigned_get(&self, key: &str) -> Result<String, Error> {
-        let config = PresigningConfig::expires_in(self.presign).map_err(s3_error)?;
+        self.presigned_get_for(key, self.presign).await
+    }
+
+    /// A GET URL for `key`, valid for `valid`.
+    pub async fn presigned_get_for(&self, key: &str, valid: Duration) -> Result<String, Error> {
+        let config = PresigningConfig::expires_in(valid).map_err(s3_error)?;
         let request = self
             .client
             .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(s3_error)?;
+        Ok(request.uri().to_string())
+    }
+
+    /// A PUT URL for `key`, valid for `valid`: how a pod uploads without a credential.
+    pub async fn presigned_put(&self, key: &str, valid: Duration) -> Result<String, Error> {
+        let config = PresigningConfig::expires_in(valid).map_err(s3_error)?;
+        let request = self
+            .client
+            .put_object()
             .bucket(&self.bucket)
             .key(key)
             .presigned(config)
