@@ -85,8 +85,9 @@ impl Context {
                     .map_err(|e| {
                         anyhow::anyhow!("the local sandbox cannot be built on this host: {e}")
                     })?;
-                tokio::fs::create_dir_all(&settings.worker.work_dir)
-                    .await
+                let work_root = settings.worker.work_dir.clone();
+                tokio::task::spawn_blocking(move || crate::sandbox::create_work_root(&work_root))
+                    .await?
                     .map_err(|e| {
                         anyhow::anyhow!(
                             "cannot create worker.work_dir {}: {e}",

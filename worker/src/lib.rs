@@ -18,6 +18,7 @@ pub mod context;
 pub mod executor;
 pub mod heartbeat;
 pub mod janitor;
+mod lines;
 pub mod reconciler;
 pub mod recorder;
 pub mod sandbox;

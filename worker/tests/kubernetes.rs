@@ -440,6 +440,138 @@ async fn a_log_past_its_cap_ends_the_run_output_limit_exceeded_with_the_log_cut(
 }
 
 #[tokio::test]
+async fn a_pod_printing_megabytes_without_a_newline_is_cut_at_the_cap_in_split_lines() {
+    let cap = 1024 * 1024;
+    let (kube, p) = setup(vec![("runs.log_max_bytes", cap.to_string())]).await;
+    let worker = p.worker("w").await;
+    let (id, pod) = running_run(&kube, &p).await;
+    // 8 MiB and still no end of line: the worker must neither wait for one nor hold it.
+    let mib = "x".repeat(1024 * 1024);
+    for _ in 0..8 {
+        kube.append_log(NS, &pod, &mib);
+    }
+    let run = p.wait_terminal(&id, T).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["reason"], "output_limit_exceeded");
+    let name = job_of(&id);
+    assert!(
+        kube.deletes()
+            .contains(&("Job".into(), name, Some("Background".into())))
+    );
+    // The live log got the first MiB in lines of 64 KiB, as the local executor splits them.
+    let run_id: Uuid = id.parse().unwrap();
+    let live = &worker.ctx.recorder.live_log;
+    let len = live.len(run_id).await.unwrap();
+    let lines = live.range(run_id, 1, len).await.unwrap();
+    assert_eq!(lines.len(), 16);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.len() == 64 * 1024 && l.bytes().all(|b| b == b'x'))
+    );
+    let download = p
+        .app
+        .get(&format!("/api/v1/runs/{id}/log/download"), &p.token)
+        .await;
+    let url = download.header("location").unwrap().to_owned();
+    let log = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(log.len(), cap, "cut at the cap");
+    wait_no_permits(&worker.ctx).await;
+    worker.stop().await;
+}
+
+/// `n` bytes that do not compress (a gzip of them is as large).
+fn incompressible(n: usize) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(n + 16);
+    while bytes.len() < n {
+        bytes.extend_from_slice(Uuid::new_v4().as_bytes());
+    }
+    bytes.truncate(n);
+    bytes
+}
+
+/// A gzipped tar holding one file `name` with `content`.
+fn archive_of(name: &str, content: &[u8]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder.append_data(&mut header, name, content).unwrap();
+    let tar = builder.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    gz.finish().unwrap()
+}
+
+#[tokio::test]
+async fn an_oversized_outputs_archive_is_refused_whole_with_the_reason() {
+    // Outputs of 1 KiB at most: archives past about 8 MiB are refused.
+    let (kube, p) = setup(vec![
+        ("runs.output_max_bytes", "1024".into()),
+        ("runs.output_max_files", "10".into()),
+    ])
+    .await;
+    let worker = p.worker("w").await;
+    let limit = kubernetes::outputs::archive_limit(10, 1024);
+    for (archive, why) in [
+        // Too large to download.
+        (
+            archive_of("noise.bin", &incompressible(limit as usize + 1024 * 1024)),
+            format!("the outputs archive is larger than {limit} bytes"),
+        ),
+        // Small to download, a bomb to unpack.
+        (
+            archive_of("zeros.bin", &vec![0u8; 64 * 1024 * 1024]),
+            format!("the outputs archive unpacks to more than {limit} bytes"),
+        ),
+    ] {
+        let id = p.submit_python("print('hi')\n", json!({})).await;
+        let job = job_for(&kube, &id).await;
+        let pod = pod_for(&kube, &id).await;
+        wait_status(&p, &id, "pending").await;
+        kube.set_pod_running(NS, &pod);
+        wait_status(&p, &id, "running").await;
+        let outputs_url = env_of(&containers(&job)[1], "OUTPUTS_URL");
+        let put = reqwest::Client::new()
+            .put(outputs_url)
+            .body(archive)
+            .send()
+            .await
+            .unwrap();
+        assert!(put.status().is_success(), "{put:?}");
+        kube.set_pod_succeeded(NS, &pod);
+
+        let run = p.wait_terminal(&id, T).await;
+        assert_eq!(run["status"], "failed", "{run}");
+        assert_eq!(run["exit_code"], 0, "the program's own exit code stays");
+        assert_eq!(run["reason"], "output_limit_exceeded");
+        let detail = run["events"].as_array().unwrap().last().unwrap()["detail"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(detail.contains(&why), "{detail}");
+        // Nothing partial: no output listed or stored, and the archive is gone.
+        let outputs = p
+            .app
+            .get(&format!("/api/v1/runs/{id}/outputs"), &p.token)
+            .await
+            .expect(200);
+        assert_eq!(outputs["total"], 0, "{outputs}");
+        let stored = p.app.objects(&format!("runs/{id}/output/")).await;
+        assert!(stored.is_empty(), "{stored:?}");
+        assert!(
+            p.app
+                .objects(&format!("runs/{id}/outputs.tar.gz"))
+                .await
+                .is_empty()
+        );
+    }
+    wait_no_permits(&worker.ctx).await;
+    worker.stop().await;
+}
+
+#[tokio::test]
 async fn a_job_that_exists_already_counts_as_launched() {
     let (kube, p) = setup(vec![]).await;
     let id = p.submit_python("print('hi')\n", json!({})).await;

@@ -22,7 +22,9 @@ use uuid::Uuid;
 
 use crate::executor::{Executor, LaunchError};
 use crate::recorder::{Ending, Recorder};
-use crate::sandbox::{Limits, Sandbox, SandboxRequest, Termination};
+use crate::sandbox::{
+    Limits, Sandbox, SandboxRequest, Termination, create_run_dir, remove_work_dir,
+};
 
 /// Lines sent to the live log in one round trip at most.
 const LOG_BATCH: usize = 256;
@@ -156,6 +158,20 @@ impl Executor for LocalExecutor {
             }
             Err(e) => tracing::warn!(%run_id, error = %e, "cannot reap a lost run's processes"),
         }
+        // Its folder (and the tmpfs holding the run's files, which holds memory) goes too,
+        // unless this worker is executing it.
+        if !self.has(run_id) {
+            let work_dir = self.inner.work_root.join(run_id.to_string());
+            match tokio::task::spawn_blocking(move || remove_work_dir(&work_dir)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(%run_id, error = %e, "cannot remove a lost run's work dir")
+                }
+                Err(e) => {
+                    tracing::warn!(%run_id, error = %e, "cannot remove a lost run's work dir")
+                }
+            }
+        }
     }
 
     async fn drain(&self, grace: Duration) {
@@ -183,7 +199,16 @@ impl Inner {
     ) {
         if go.await.unwrap_or(false) {
             let work_dir = self.work_root.join(run.id.to_string());
-            let ending = match self.run_to_end(&run, &work_dir, &stop).await {
+            let (root, run_id) = (self.work_root.clone(), run.id);
+            let created = tokio::task::spawn_blocking(move || create_run_dir(&root, run_id))
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r.map_err(anyhow::Error::from));
+            let ending = match created {
+                Ok(_) => self.run_to_end(&run, &work_dir, &stop).await,
+                Err(e) => Err(e.context("creating the run's work dir")),
+            };
+            let ending = match ending {
                 Ok(ending) => ending,
                 Err(e) => {
                     tracing::error!(run = %run.id, error = ?e, "the run could not be executed");
@@ -209,9 +234,14 @@ impl Inner {
                 // The reconciler will find the run without an execution and end it.
                 tracing::error!(run = %run.id, error = ?e, "cannot record the end of the run");
             }
-            if let Err(e) = tokio::fs::remove_dir_all(&work_dir).await {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(run = %run.id, error = %e, "cannot remove the run's work dir");
+            let dir = work_dir.clone();
+            match tokio::task::spawn_blocking(move || remove_work_dir(&dir)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(run = %run.id, error = %e, "cannot remove the run's work dir")
+                }
+                Err(e) => {
+                    tracing::warn!(run = %run.id, error = %e, "cannot remove the run's work dir")
                 }
             }
         }
@@ -320,7 +350,7 @@ impl Inner {
                 RunStatus::Failed,
                 None,
                 Some(Reason::Evicted),
-                "killed: disk limit exceeded".into(),
+                "disk limit exceeded: the run's files filled its disk budget".into(),
             ),
             Termination::Killed => (
                 RunStatus::Failed,

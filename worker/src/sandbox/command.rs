@@ -2,11 +2,13 @@
 //! `pre_exec`:
 //!
 //! ```text
-//! sh -c JOIN <cgroup.procs…> --          (as the worker: join the run's cgroups)
+//! sh -c JOIN <filters> <cgroup.procs…> -- (as the worker: open the system-call filters on
+//!                                         fds 3 and 4, join the run's cgroups)
 //!   setpriv [--reuid U --regid U …] …    (as root: become the run's uid, no caps, no groups;
 //!                                         always: no_new_privs, die with the worker)
 //!     prlimit --cpu --nproc --fsize …    (rlimits)
-//!       bwrap --unshare-all …            (namespaces, mounts, clean environment)
+//!       bwrap --unshare-all …            (namespaces, mounts, clean environment, and the
+//!                                         filters read from fds 3 and 4, installed last)
 //!         /bin/sh -c <command>           (the program)
 //! ```
 //!
@@ -25,8 +27,11 @@ use super::{CODE_PATH, DATA_DIR, Limits, OUTPUT_DIR, SandboxConfig};
 /// Exit code of the first process when it cannot join the run's cgroup.
 pub(super) const JOIN_FAILED: i32 = 125;
 
-/// Writes its own pid into each `cgroup.procs` given before `--`, then execs the rest.
-const JOIN: &str = r#"for f do
+/// Opens the two filter files given first on fds 3 and 4 (bubblewrap reads and closes them),
+/// writes its own pid into each `cgroup.procs` given before `--`, then execs the rest.
+const JOIN: &str = r#"exec 3<"$1" 4<"$2" || { echo "coderun: cannot open the system-call filters" >&2; exit 125; }
+shift 2
+for f do
   if [ "$f" = -- ]; then shift; exec "$@"; fi
   echo $$ > "$f" || { echo "coderun: cannot join cgroup $f" >&2; exit 125; }
   shift
@@ -143,7 +148,12 @@ pub(super) struct Launch<'a> {
     pub run_id: Uuid,
     pub code_dir: PathBuf,
     pub output_dir: PathBuf,
+    /// The host folders of `/tmp` and `/dev/shm` on the run's tmpfs; `None`: each is a tmpfs
+    /// of the disk budget that bubblewrap makes.
+    pub scratch: Option<(PathBuf, PathBuf)>,
     pub etc_dir: PathBuf,
+    /// The compiled filters (deny list, `clone3`), opened by the first process.
+    pub seccomp: [PathBuf; 2],
     pub datasets: &'a [(String, PathBuf)],
     pub command: &'a str,
 }
@@ -158,6 +168,7 @@ impl Launch<'_> {
         let cpu_seconds = (u64::from(l.wall_seconds) * u64::from(l.cpu_millis)).div_ceil(1000) + 1;
 
         push(&mut a, &[&self.tools.sh, &"-c", &JOIN, &"coderun-join"]);
+        push(&mut a, &[&self.seccomp[0], &self.seccomp[1]]);
         for procs in &self.cgroup_procs {
             push(&mut a, &[procs]);
         }
@@ -247,24 +258,27 @@ impl Launch<'_> {
                 ],
             );
         }
-        let tmp_size = disk_bytes.to_string();
+        push(&mut a, &[&"--proc", &"/proc", &"--dev", &"/dev"]);
+        match &self.scratch {
+            Some((tmp, shm)) => {
+                push(
+                    &mut a,
+                    &[&"--bind", tmp, &"/tmp", &"--bind", shm, &"/dev/shm"],
+                );
+            }
+            None => {
+                let size = disk_bytes.to_string();
+                for place in ["/tmp", "/dev/shm"] {
+                    push(
+                        &mut a,
+                        &[&"--perms", &"1777", &"--size", &size, &"--tmpfs", &place],
+                    );
+                }
+            }
+        }
         push(
             &mut a,
             &[
-                &"--proc",
-                &"/proc",
-                &"--dev",
-                &"/dev",
-                &"--perms",
-                &"1777",
-                &"--size",
-                &tmp_size,
-                &"--tmpfs",
-                &"/tmp",
-                &"--size",
-                &tmp_size,
-                &"--tmpfs",
-                &"/dev/shm",
                 &"--bind",
                 &self.code_dir,
                 &CODE_PATH,
@@ -281,6 +295,11 @@ impl Launch<'_> {
         push(
             &mut a,
             &[
+                // Installed right before the program is executed, after every mount.
+                &"--add-seccomp-fd",
+                &"3",
+                &"--add-seccomp-fd",
+                &"4",
                 &"--remount-ro",
                 &"/",
                 &"--chdir",

@@ -1,5 +1,10 @@
-//! The disk budget of `$CODE_PATH` + `$OUTPUT_DIR`, which live on host disk (`/tmp` is a
-//! sized tmpfs and needs no watching).
+//! Watching the disk budget of a run, to end it with a reason when it is used up.
+//!
+//! When the run has a tmpfs of its budget (the worker is root), the kernel enforces the
+//! budget and this only reads the file system's counters (`statvfs`): a full one ends the run
+//! `DiskLimitExceeded`. Otherwise (`Walk`) it is the only bound on `$CODE_PATH` +
+//! `$OUTPUT_DIR` on host disk, and a program can hide from it (a deleted file held open, a
+//! folder deeper than `PATH_MAX` or one it made unreadable).
 //!
 //! The rule it keeps: measuring never follows a symlink and never costs more than the budget
 //! allows — the walk stops as soon as the run is over its bytes or its file count. A single
@@ -18,9 +23,18 @@ pub(super) struct Usage {
     pub entries: u64,
 }
 
+/// What is watched.
+#[derive(Debug, Clone)]
+pub(super) enum Measured {
+    /// The run's own file system (a tmpfs of exactly the budget).
+    Fs(PathBuf),
+    /// Folders on a file system the run shares with the host.
+    Walk(Vec<PathBuf>),
+}
+
 /// Polls until the budget is exceeded (then trips the run and ends) or the task is aborted.
 pub(super) async fn watch(
-    dirs: Vec<PathBuf>,
+    measured: Measured,
     max_bytes: u64,
     max_entries: u64,
     every: Duration,
@@ -31,12 +45,16 @@ pub(super) async fn watch(
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        let dirs = dirs.clone();
-        let usage =
-            tokio::task::spawn_blocking(move || measure(&dirs, max_bytes, max_entries)).await;
-        if let Ok(usage) = usage
-            && (usage.bytes > max_bytes || usage.entries > max_entries)
-        {
+        let measured = measured.clone();
+        let over = tokio::task::spawn_blocking(move || match measured {
+            Measured::Fs(fs) => super::runfs::usage(&fs).is_ok_and(|u| u.full),
+            Measured::Walk(dirs) => {
+                let usage = measure(&dirs, max_bytes, max_entries);
+                usage.bytes > max_bytes || usage.entries > max_entries
+            }
+        })
+        .await;
+        if over.unwrap_or(false) {
             let _ = trip.try_send(Trip::Disk);
             return;
         }

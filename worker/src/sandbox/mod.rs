@@ -3,8 +3,9 @@
 //! It owns every layer that confines the program (design invariant 7): bubblewrap namespaces
 //! (no network, a fresh `/proc`, only the folders the run was given), a host uid of its own
 //! per concurrent run, a cgroup per run for memory (and pids and cpu where the host has those
-//! controllers), rlimits, a sized `/tmp`, a polled disk budget for `$CODE_PATH` and
-//! `$OUTPUT_DIR`, the wall-time deadline, the log cap and `stop`.
+//! controllers), rlimits, a system-call filter, one tmpfs of the disk budget for everything
+//! the program may write (`$CODE_PATH`, `$OUTPUT_DIR`, `/tmp`, `/dev/shm`), the wall-time
+//! deadline, the log cap and `stop`.
 //!
 //! The rule it keeps: **nothing runs unconfined and nothing outlives its run.** [`Sandbox::new`]
 //! refuses to build when the host cannot confine code; a program whose cgroup cannot be joined
@@ -19,7 +20,10 @@ mod log;
 mod outputs;
 mod preflight;
 mod procs;
+mod runfs;
+mod seccomp;
 mod uids;
+mod workdir;
 
 #[cfg(test)]
 mod tests;
@@ -36,6 +40,8 @@ use uuid::Uuid;
 
 pub use outputs::{CollectedOutputs, OutputError, OutputFile, SkipReason, SkippedOutput};
 pub use preflight::PreflightError;
+pub use runfs::remove_work_dir;
+pub use workdir::{create_run_dir, create_work_root};
 
 use cgroup::{Cgroups, RunCgroup};
 use command::{Identity, Launch};
@@ -49,6 +55,9 @@ pub const OUTPUT_DIR: &str = "/output";
 pub const DATA_DIR: &str = "/data";
 /// The log file the sandbox writes in the run's work dir.
 pub const LOG_FILE: &str = "log.txt";
+/// The folder of the run's work dir where its file system (a tmpfs when the worker is root)
+/// holds `code/`, `output/`, `tmp/` and `shm/`.
+const RUN_FS: &str = "fs";
 
 /// The resources one run may use; the same numbers as a spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +65,10 @@ pub struct Limits {
     /// Cpu in thousandths of a core (1000 = one core).
     pub cpu_millis: u32,
     pub memory_mib: u32,
-    /// Budget for `$CODE_PATH` + `$OUTPUT_DIR` on host disk, and separately the size of `/tmp`.
+    /// Budget for everything the program may write: `$CODE_PATH` (the code included),
+    /// `$OUTPUT_DIR`, `/tmp` and `/dev/shm` together. When the worker is root they are one
+    /// tmpfs of this size, held in memory and charged to the run's memory cgroup, whose limit
+    /// is then `memory_mib + disk_mib`.
     pub disk_mib: u32,
     /// Processes and threads.
     pub pids: u32,
@@ -81,9 +93,11 @@ pub struct SandboxRequest {
     pub run_id: Uuid,
     /// Run as `sh -c <command>` in `$CODE_PATH`.
     pub command: String,
-    /// The run's host folder. The caller has put the code in `work_dir/code`; the sandbox
-    /// creates `work_dir/output` and writes `work_dir/log.txt`. While the program runs the
-    /// folder belongs to the run's uid (mode 0700); afterwards it belongs to the worker again.
+    /// The run's host folder, the worker's own (see [`create_run_dir`]). The caller has put
+    /// the code in `work_dir/code`; the sandbox moves it into the run's file system
+    /// (`work_dir/fs`, which also holds the outputs) and writes `work_dir/log.txt`. Only the
+    /// folders of `work_dir/fs` belong to the run's uid while the program runs. Remove it with
+    /// [`remove_work_dir`], which also detaches the run's tmpfs.
     pub work_dir: PathBuf,
     /// Dataset name → host folder, mounted read-only at `$DATA_DIR/{name}`. The folder must be
     /// readable by others (the program's uid is not the worker's).
@@ -105,7 +119,8 @@ pub enum Termination {
     DeadlineExceeded,
     /// Wrote more than `log_max_bytes`: killed, the log is cut.
     OutputLimitExceeded,
-    /// `$CODE_PATH` + `$OUTPUT_DIR` grew beyond `disk_mib` (or too many files): killed.
+    /// The run's file system filled up (`disk_mib` bytes, or `max_files` files and folders):
+    /// killed, or it ended with an error after a write was refused.
     DiskLimitExceeded,
     /// Killed because `stop` was cancelled.
     Killed,
@@ -145,6 +160,9 @@ pub enum SandboxError {
     /// The sandbox's first process could not join the run's cgroup: the program never ran.
     #[error("the sandbox did not start: {0}")]
     Launch(String),
+    /// The code alone is larger than the run's disk budget: the program never ran.
+    #[error("the code does not fit in the run's disk budget of {0} MiB")]
+    CodeTooLarge(u32),
 }
 
 impl SandboxError {
@@ -173,10 +191,10 @@ pub struct SandboxConfig {
     pub etc_entries: Vec<String>,
     /// RLIMIT_NOFILE.
     pub open_files: u64,
-    /// How often the disk budget is measured.
+    /// How often the run's file system is looked at (to name a full one as the run's end).
     pub disk_poll_interval: Duration,
-    /// Files and folders in `$CODE_PATH` + `$OUTPUT_DIR` beyond which the run is killed with
-    /// [`Termination::DiskLimitExceeded`] (bounds inode use and the cost of measuring).
+    /// Files and folders the run's file system holds at most (its tmpfs's inodes); past them
+    /// the run ends [`Termination::DiskLimitExceeded`].
     pub max_files: u64,
     /// Lines longer than this are split.
     pub max_line_bytes: usize,
@@ -219,7 +237,7 @@ impl Default for SandboxConfig {
             open_files: 1024,
             disk_poll_interval: Duration::from_millis(250),
             max_files: 100_000,
-            max_line_bytes: 64 * 1024,
+            max_line_bytes: crate::lines::MAX_LINE_BYTES,
             path_env: "/usr/local/bin:/usr/bin:/bin".into(),
         }
     }
@@ -236,6 +254,11 @@ pub struct Sandbox {
     cgroups: Cgroups,
     /// `Some` when the worker is root: one host uid per concurrent run.
     uids: Option<UidPool>,
+    /// The compiled system-call filters, written beside each run's `passwd`.
+    filters: seccomp::Filters,
+    /// Each run's writable folders are one tmpfs of its disk budget (the worker is root);
+    /// otherwise folders on host disk, measured by walking them.
+    mounts: bool,
     worker_uid: u32,
     worker_gid: u32,
 }
@@ -263,8 +286,10 @@ impl Sandbox {
     /// written to `work_dir/log.txt`, both cut at `log_max_bytes` with a final marker line.
     /// Cancelling `stop` kills the program promptly ([`Termination::Killed`]).
     ///
-    /// When this returns — or when its future is dropped — no process of the run is left and
-    /// its cgroup is gone.
+    /// When this returns no process of the run is left and its cgroup is gone; when its future
+    /// is dropped mid-run, the same clean-up runs on the blocking pool right away (and the
+    /// run's uid is only handed out again after it). The run's tmpfs stays mounted for the
+    /// outputs until [`remove_work_dir`].
     pub async fn run(
         &self,
         request: SandboxRequest,
@@ -310,17 +335,25 @@ impl Sandbox {
             let layout = layout.clone();
             let (uid, gid) = identity.ids();
             let run_id = request.run_id;
-            tokio::task::spawn_blocking(move || layout.prepare(uid, gid, run_id))
-                .await
-                .map_err(|e| SandboxError::Io {
-                    context: "preparing the work dir".into(),
-                    source: std::io::Error::other(e),
-                })??;
+            let fs = self.fs_spec(&request.limits);
+            let filters = self.filters.clone();
+            let worker = (self.worker_uid, self.worker_gid);
+            tokio::task::spawn_blocking(move || {
+                layout.prepare(uid, gid, run_id, worker, fs, &filters)
+            })
+            .await
+            .map_err(|e| SandboxError::Io {
+                context: "preparing the work dir".into(),
+                source: std::io::Error::other(e),
+            })??;
         }
 
         let cgroup = self
             .cgroups
-            .create(&request.run_id.to_string(), &request.limits)
+            .create(
+                &request.run_id.to_string(),
+                &self.cgroup_limits(&request.limits),
+            )
             .map_err(SandboxError::io(format!(
                 "creating the cgroup of run {}",
                 request.run_id
@@ -328,6 +361,7 @@ impl Sandbox {
         // From here on the guard kills what is left, removes the cgroup and only then frees
         // the uid, on every path — including this future being dropped.
         let mut guard = RunGuard {
+            run_id: request.run_id,
             cgroup: Some(cgroup),
             child_pid: None,
             lease,
@@ -373,7 +407,9 @@ impl Sandbox {
             run_id: request.run_id,
             code_dir: layout.code(),
             output_dir: layout.output(),
+            scratch: self.mounts.then(|| (layout.tmp(), layout.shm())),
             etc_dir: layout.etc(),
+            seccomp: layout.seccomp(),
             datasets: &request.datasets,
             command: &request.command,
         };
@@ -410,8 +446,13 @@ impl Sandbox {
             },
             trip_tx.clone(),
         ));
+        let measured = if self.mounts {
+            disk::Measured::Fs(layout.fs())
+        } else {
+            disk::Measured::Walk(vec![layout.code(), layout.output()])
+        };
         let watcher = tokio::spawn(disk::watch(
-            vec![layout.code(), layout.output()],
+            measured,
             u64::from(limits.disk_mib) * 1024 * 1024,
             self.config.max_files,
             self.config.disk_poll_interval,
@@ -449,10 +490,12 @@ impl Sandbox {
             .take()
             .expect("the guard holds the cgroup until the end");
         let (restore_layout, uid, gid) = (layout.clone(), self.worker_uid, self.worker_gid);
-        let (oom_kills, joined, restored) = tokio::task::spawn_blocking(move || {
+        let mounts = self.mounts;
+        let (oom_kills, joined, full, restored) = tokio::task::spawn_blocking(move || {
             let seen = (cgroup.oom_kills(), cgroup.ever_used());
             cgroup.destroy();
-            (seen.0, seen.1, restore_layout.restore(uid, gid))
+            let full = mounts && runfs::usage(&restore_layout.fs()).is_ok_and(|u| u.full);
+            (seen.0, seen.1, full, restore_layout.restore(uid, gid))
         })
         .await
         .map_err(|e| SandboxError::Io {
@@ -507,6 +550,9 @@ impl Sandbox {
                 };
                 if oom_kills > 0 && exited != Termination::Exited(0) {
                     Termination::OomKilled
+                } else if full && exited != Termination::Exited(0) {
+                    // It failed after the kernel refused a write for lack of room.
+                    Termination::DiskLimitExceeded
                 } else {
                     exited
                 }
@@ -545,6 +591,29 @@ impl Sandbox {
     /// Whether the cgroup is v1 or v2 (for logs and health pages).
     pub fn cgroup_description(&self) -> String {
         self.cgroups.describe()
+    }
+
+    /// The limits of a run's cgroup. With a tmpfs, whose pages the kernel charges to the run's
+    /// memory cgroup, the memory limit is the spec's memory plus its disk: the program's files
+    /// then fill their tmpfs (`ENOSPC`) before they can push the cgroup into an OOM kill, and
+    /// the host's memory still pays for no more than the run's spec.
+    fn cgroup_limits(&self, limits: &Limits) -> Limits {
+        let mut limits = *limits;
+        if self.mounts {
+            limits.memory_mib = limits.memory_mib.saturating_add(limits.disk_mib);
+        }
+        limits
+    }
+
+    /// Size and inodes of a run's tmpfs, when runs get one.
+    fn fs_spec(&self, limits: &Limits) -> Option<(u64, u64)> {
+        // A few inodes more for the four folders themselves.
+        self.mounts.then(|| {
+            (
+                u64::from(limits.disk_mib) * 1024 * 1024,
+                self.config.max_files + 8,
+            )
+        })
     }
 }
 
@@ -600,35 +669,105 @@ impl RunLayout {
             root: work_dir.to_path_buf(),
         }
     }
-    fn code(&self) -> PathBuf {
+    /// Where the caller leaves the code; moved into [`RunLayout::code`] before the run.
+    fn staged_code(&self) -> PathBuf {
         self.root.join("code")
     }
+    /// The run's file system: everything the program may write.
+    fn fs(&self) -> PathBuf {
+        self.root.join(RUN_FS)
+    }
+    fn code(&self) -> PathBuf {
+        self.fs().join("code")
+    }
     fn output(&self) -> PathBuf {
-        self.root.join("output")
+        self.fs().join("output")
+    }
+    fn tmp(&self) -> PathBuf {
+        self.fs().join("tmp")
+    }
+    fn shm(&self) -> PathBuf {
+        self.fs().join("shm")
     }
     fn log(&self) -> PathBuf {
         self.root.join(LOG_FILE)
     }
-    /// Generated `passwd`, `group`, `hosts` (owned by the worker, read-only to the run).
+    /// Generated `passwd`, `group`, `hosts` and the system-call filters (owned by the
+    /// worker, read-only to the run).
     fn etc(&self) -> PathBuf {
         self.root.join(".sandbox-etc")
     }
+    fn seccomp(&self) -> [PathBuf; 2] {
+        [
+            self.etc().join("seccomp-deny.bpf"),
+            self.etc().join("seccomp-clone3.bpf"),
+        ]
+    }
 
-    /// Creates the folders and hands `code/` and `output/` to the run's uid.
-    fn prepare(&self, uid: u32, gid: u32, run_id: Uuid) -> Result<(), SandboxError> {
-        use std::os::unix::fs::{PermissionsExt, lchown};
+    /// Makes the run's file system (a tmpfs of `fs = (bytes, inodes)` when given), moves the
+    /// staged code into it, writes the generated files and hands the program's folders to the
+    /// run's uid. `worker` is the worker's own (uid, gid), which must own the work dir.
+    fn prepare(
+        &self,
+        uid: u32,
+        gid: u32,
+        run_id: Uuid,
+        worker: (u32, u32),
+        fs: Option<(u64, u64)>,
+        filters: &seccomp::Filters,
+    ) -> Result<(), SandboxError> {
+        use std::os::unix::fs::PermissionsExt;
         let io = |what: &str, p: &Path| SandboxError::io(format!("{what} {}", p.display()));
-        for dir in [&self.root, &self.code(), &self.output(), &self.etc()] {
-            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
-            let meta = std::fs::symlink_metadata(dir).map_err(io("inspecting", dir))?;
-            if !meta.is_dir() {
-                return Err(SandboxError::InvalidRequest(format!(
-                    "{} is not a folder",
-                    dir.display()
-                )));
+        if !self.root.exists() {
+            std::fs::create_dir_all(&self.root).map_err(io("creating", &self.root))?;
+        }
+        workdir::check_private_dir(&self.root).map_err(io("checking", &self.root))?;
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o711))
+            .map_err(io("chmod", &self.root))?;
+
+        // A file system left by an earlier attempt of this run goes first.
+        let fs_dir = self.fs();
+        runfs::unmount(&fs_dir).map_err(io("unmounting", &fs_dir))?;
+        if std::fs::symlink_metadata(&fs_dir).is_ok() {
+            std::fs::remove_dir_all(&fs_dir).map_err(io("removing", &fs_dir))?;
+        }
+        std::fs::create_dir(&fs_dir).map_err(io("creating", &fs_dir))?;
+        std::fs::set_permissions(&fs_dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(io("chmod", &fs_dir))?;
+        if let Some((bytes, inodes)) = fs {
+            runfs::mount(&fs_dir, bytes, inodes, worker).map_err(io("mounting", &fs_dir))?;
+        }
+        let staged = self.staged_code();
+        let staged_exists = std::fs::symlink_metadata(&staged).is_ok_and(|m| m.is_dir());
+        if staged_exists && fs.is_none() {
+            // Same file system: a rename moves it for free.
+            std::fs::rename(&staged, self.code()).map_err(io("moving", &staged))?;
+        } else {
+            std::fs::create_dir(self.code()).map_err(io("creating", &self.code()))?;
+            if staged_exists {
+                let too_large = || {
+                    let mib = fs.map_or(0, |(bytes, _)| bytes / (1024 * 1024));
+                    SandboxError::CodeTooLarge(mib as u32)
+                };
+                match runfs::copy_tree(&staged, &self.code()) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(nix::libc::ENOSPC) => {
+                        return Err(too_large());
+                    }
+                    Err(e) => return Err(io("copying the code into", &self.code())(e)),
+                }
+                std::fs::remove_dir_all(&staged).map_err(io("removing", &staged))?;
             }
         }
+        for dir in [self.output(), self.tmp(), self.shm()] {
+            std::fs::create_dir(&dir).map_err(io("creating", &dir))?;
+        }
+
         let etc = self.etc();
+        if std::fs::symlink_metadata(&etc).is_ok() {
+            std::fs::remove_dir_all(&etc).map_err(io("removing", &etc))?;
+        }
+        std::fs::create_dir(&etc).map_err(io("creating", &etc))?;
         std::fs::set_permissions(&etc, std::fs::Permissions::from_mode(0o755))
             .map_err(io("chmod", &etc))?;
         let files = [
@@ -638,37 +777,68 @@ impl RunLayout {
                     "root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n\
                      runner:x:{uid}:{gid}:coderun run {run_id}:/tmp:/bin/sh\n\
                      nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
-                ),
+                )
+                .into_bytes(),
+                0o644,
             ),
             (
                 "group",
-                format!("root:x:0:\nrunner:x:{gid}:\nnogroup:x:65534:\n"),
+                format!("root:x:0:\nrunner:x:{gid}:\nnogroup:x:65534:\n").into_bytes(),
+                0o644,
             ),
             (
                 "hosts",
-                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".into(),
+                b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_vec(),
+                0o644,
             ),
         ];
-        for (name, content) in files {
-            let path = etc.join(name);
-            let _ = std::fs::remove_file(&path);
+        let [deny, clone3] = self.seccomp();
+        let filters = [
+            (deny, filters.deny.clone()),
+            (clone3, filters.clone3.clone()),
+        ];
+        let all = files
+            .into_iter()
+            .map(|(name, content, mode)| (etc.join(name), content, mode))
+            .chain(
+                filters
+                    .into_iter()
+                    .map(|(path, bytes)| (path, bytes, 0o600)),
+            );
+        for (path, content, mode) in all {
             std::fs::write(&path, content).map_err(io("writing", &path))?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 .map_err(io("chmod", &path))?;
         }
         let _ = std::fs::remove_file(self.log());
-        for dir in [self.code(), self.output()] {
+        for dir in [self.code(), self.output(), self.tmp(), self.shm()] {
             chown_tree(&dir, uid, gid).map_err(io("chown", &dir))?;
         }
-        lchown(&self.root, Some(uid), Some(gid)).map_err(io("chown", &self.root))?;
-        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o700))
-            .map_err(io("chmod", &self.root))?;
+        for dir in [self.code(), self.output()] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io("chmod", &dir))?;
+        }
+        for dir in [self.tmp(), self.shm()] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777))
+                .map_err(io("chmod", &dir))?;
+        }
         Ok(())
     }
 
-    /// After the run: everything back to the worker, so no file of the run's uid remains.
+    /// After the run: the program's folders back to the worker, so no file of the run's uid
+    /// remains. Entries the worker cannot reach by path (deeper than `PATH_MAX`) are left as
+    /// they are: they go with the work dir (and its tmpfs) when the run's record is done.
     fn restore(&self, uid: u32, gid: u32) -> std::io::Result<()> {
-        chown_tree(&self.root, uid, gid)?;
+        for dir in [self.code(), self.output(), self.tmp(), self.shm()] {
+            match chown_tree(&dir, uid, gid) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENAMETOOLONG) => {
+                    tracing::warn!(dir = %dir.display(), "part of the run's folder is too deep to give back");
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let _ = std::fs::remove_dir_all(self.etc());
         Ok(())
     }
@@ -679,25 +849,42 @@ fn chown_tree(root: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     use std::os::unix::fs::lchown;
     lchown(root, Some(uid), Some(gid))?;
     let mut stack = vec![root.to_path_buf()];
+    let mut too_deep = None;
     while let Some(dir) = stack.pop() {
         let meta = std::fs::symlink_metadata(&dir)?;
         if !meta.is_dir() {
             continue;
         }
-        for entry in std::fs::read_dir(&dir)? {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENAMETOOLONG) => {
+                too_deep = Some(e);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
             let entry = entry?;
             let path = entry.path();
-            lchown(&path, Some(uid), Some(gid))?;
+            match lchown(&path, Some(uid), Some(gid)) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENAMETOOLONG) => {
+                    too_deep = Some(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             if entry.file_type()?.is_dir() {
                 stack.push(path);
             }
         }
     }
-    Ok(())
+    too_deep.map_or(Ok(()), Err)
 }
 
 /// Kills and removes what a run started, however `run` is left.
 struct RunGuard {
+    run_id: Uuid,
     cgroup: Option<RunCgroup>,
     child_pid: Option<u32>,
     /// Freed by `drop` below once everything is dead.
@@ -722,10 +909,20 @@ impl RunGuard {
     }
 }
 
-impl Drop for RunGuard {
-    fn drop(&mut self) {
-        // Only reached with something left when `run` was dropped mid-way (or failed).
-        if let Some(pid) = self.child_pid.take().and_then(|p| i32::try_from(p).ok()) {
+/// What a [`RunGuard`] still has to clean up: kill and reap, remove the cgroup, prove the uid
+/// empty, free it. All of it blocks (sleeps between sweeps, scans `/proc`).
+struct Leftovers {
+    run_id: Uuid,
+    cgroup: Option<RunCgroup>,
+    child_pid: Option<i32>,
+    lease: Option<uids::UidLease>,
+}
+
+impl Leftovers {
+    fn clean(mut self) {
+        #[cfg(test)]
+        tests::record_cleanup_thread(self.run_id);
+        if let Some(pid) = self.child_pid.take() {
             use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
             // As in `kill_all`: the namespace first, then reap the outer bwrap ourselves (the
             // dropped tokio `Child` no longer waits for it); whoever reaps first wins, the
@@ -751,16 +948,32 @@ impl Drop for RunGuard {
         }
         if let Some(lease) = self.lease.take() {
             // Every process of the run was in its cgroup, which is empty now; making sure
-            // that no process of the uid exists costs a scan of /proc, done off the run's
-            // path before the uid can go to another run.
-            let verify = move || {
-                procs::kill_uid(lease.uid());
-                drop(lease);
-            };
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn_blocking(verify)),
-                Err(_) => verify(),
-            }
+            // that no process of the uid exists costs a scan of /proc, done before the uid
+            // can go to another run.
+            procs::kill_uid(lease.uid());
+            drop(lease);
+        }
+        tracing::debug!(run_id = %self.run_id, "the run's sandbox is cleaned up");
+    }
+}
+
+impl Drop for RunGuard {
+    /// Never blocks the thread it runs on when that is a runtime's: the clean-up goes to the
+    /// blocking pool (it sleeps and scans `/proc`). The uid stays taken until it is done.
+    fn drop(&mut self) {
+        let leftovers = Leftovers {
+            run_id: self.run_id,
+            cgroup: self.cgroup.take(),
+            child_pid: self.child_pid.take().and_then(|p| i32::try_from(p).ok()),
+            lease: self.lease.take(),
+        };
+        if leftovers.cgroup.is_none() && leftovers.child_pid.is_none() && leftovers.lease.is_none()
+        {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(move || leftovers.clean())),
+            Err(_) => leftovers.clean(),
         }
     }
 }

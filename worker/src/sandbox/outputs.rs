@@ -113,13 +113,25 @@ pub(super) fn collect(
     // Depth-first in name order: (relative path, host path).
     let mut stack: Vec<(String, PathBuf)> = vec![(String::new(), output_dir.to_path_buf())];
     while let Some((rel_dir, dir)) = stack.pop() {
-        let mut entries: Vec<_> = std::fs::read_dir(&dir)
-            .map_err(|source| OutputError::Io {
-                path: dir.clone(),
-                source,
-            })?
-            .filter_map(Result::ok)
-            .collect();
+        let listed = match std::fs::read_dir(&dir) {
+            Ok(listed) => listed,
+            // A folder below the root that cannot be read (deeper than PATH_MAX, say) is left
+            // out; only the root itself must be readable.
+            Err(_) if !rel_dir.is_empty() => {
+                out.skipped.push(SkippedOutput {
+                    path: rel_dir,
+                    reason: SkipReason::Unreadable,
+                });
+                continue;
+            }
+            Err(source) => {
+                return Err(OutputError::Io {
+                    path: dir.clone(),
+                    source,
+                });
+            }
+        };
+        let mut entries: Vec<_> = listed.filter_map(Result::ok).collect();
         entries.sort_by_key(|e| e.file_name());
         let mut subdirs = Vec::new();
         for entry in entries {

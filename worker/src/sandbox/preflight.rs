@@ -111,8 +111,16 @@ fn check_user_namespaces() -> Result<(), PreflightError> {
     Ok(())
 }
 
-/// The uid range must belong to nobody else on this host.
+/// The uid range must belong to nobody else on this host: no user or group of `/etc/passwd`
+/// and `/etc/group` (a run's gid is its uid), and no range `/etc/subuid` or `/etc/subgid` hands
+/// to a user's containers — a container of that user could otherwise own a run's files or
+/// signal its processes.
 fn check_uid_range(config: &SandboxConfig) -> Result<(), PreflightError> {
+    check_uid_range_in(config, Path::new("/etc"))
+}
+
+/// [`check_uid_range`] against the four files under `etc` (a missing file holds nobody).
+fn check_uid_range_in(config: &SandboxConfig, etc: &Path) -> Result<(), PreflightError> {
     if config.uid_count == 0 {
         return Err(PreflightError::Config(
             "uid_count must be at least 1".into(),
@@ -128,17 +136,46 @@ fn check_uid_range(config: &SandboxConfig) -> Result<(), PreflightError> {
             config.uid_base, config.uid_count
         )));
     }
-    let end = end.unwrap_or(u32::MAX);
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    for line in passwd.lines() {
-        let fields: Vec<&str> = line.split(':').collect();
-        if let Some(uid) = fields.get(2).and_then(|u| u.parse::<u32>().ok())
-            && (config.uid_base..end).contains(&uid)
-        {
-            return Err(PreflightError::Config(format!(
-                "sandbox uids {}..{end} include the host user {:?} (uid {uid}); choose another uid_base",
-                config.uid_base, fields[0]
-            )));
+    let end = u64::from(end.unwrap_or(u32::MAX));
+    let base = u64::from(config.uid_base);
+    let read = |name: &str| std::fs::read_to_string(etc.join(name)).unwrap_or_default();
+    let clash = |what: String| {
+        PreflightError::Config(format!(
+            "sandbox uids {base}..{end} (worker.sandbox_uid_base and worker.local_slots) overlap \
+             {what}; choose another uid_base"
+        ))
+    };
+    for (file, kind) in [("passwd", "user"), ("group", "group")] {
+        for line in read(file).lines() {
+            let fields: Vec<&str> = line.split(':').collect();
+            if let Some(id) = fields.get(2).and_then(|u| u.parse::<u64>().ok())
+                && (base..end).contains(&id)
+            {
+                return Err(clash(format!(
+                    "the host {kind} {:?} (id {id}) in {}",
+                    fields[0],
+                    etc.join(file).display()
+                )));
+            }
+        }
+    }
+    // `name:first:count`: the ids first .. first + count belong to that user's containers.
+    for file in ["subuid", "subgid"] {
+        for line in read(file).lines() {
+            let fields: Vec<&str> = line.trim().split(':').collect();
+            let [owner, first, count] = fields[..] else {
+                continue;
+            };
+            let (Ok(first), Ok(count)) = (first.parse::<u64>(), count.parse::<u64>()) else {
+                continue;
+            };
+            if first < end && base < first + count {
+                return Err(clash(format!(
+                    "the range {first}..{} that {} gives to {owner:?}",
+                    first + count,
+                    etc.join(file).display()
+                )));
+            }
         }
     }
     Ok(())
@@ -196,16 +233,26 @@ pub(super) fn build(config: SandboxConfig) -> Result<Sandbox, PreflightError> {
     }
     cgroups.remove_stale();
 
+    let filters = super::seccomp::build().map_err(|e| PreflightError::Config(e.to_string()))?;
     let sandbox = Sandbox {
         system: Arc::new(SystemMounts::resolve(&config)),
         tools,
         cgroups,
         uids,
+        filters,
+        // Mounting a tmpfs needs root; a worker that is not root keeps the walked budget.
+        mounts: root,
         worker_uid: geteuid().as_raw(),
         worker_gid: getegid().as_raw(),
         config,
     };
     trial_run(&sandbox)?;
+    if !root {
+        tracing::warn!(
+            "not root: runs' folders are on host disk and their disk budget is only measured \
+             by walking them"
+        );
+    }
     tracing::info!(cgroups = %sandbox.cgroups.describe(), root, "sandbox ready");
     Ok(sandbox)
 }
@@ -231,12 +278,6 @@ fn trial_run(sandbox: &Sandbox) -> Result<(), PreflightError> {
     let dir = std::env::temp_dir().join(format!("coderun-preflight-{run_id}"));
     let layout = RunLayout::new(&dir);
     let (uid, gid) = identity.ids();
-    layout
-        .prepare(uid, gid, run_id)
-        .map_err(|e| PreflightError::TrialRun {
-            command: "preparing a work dir".into(),
-            detail: e.to_string(),
-        })?;
     let limits = Limits {
         cpu_millis: 1000,
         memory_mib: 64,
@@ -244,6 +285,21 @@ fn trial_run(sandbox: &Sandbox) -> Result<(), PreflightError> {
         pids: 16,
         wall_seconds: 10,
     };
+    let prepared = layout.prepare(
+        uid,
+        gid,
+        run_id,
+        (sandbox.worker_uid, sandbox.worker_gid),
+        sandbox.fs_spec(&limits),
+        &sandbox.filters,
+    );
+    if let Err(e) = prepared {
+        let _ = super::runfs::remove_work_dir(&dir);
+        return Err(PreflightError::TrialRun {
+            command: "preparing a work dir (and its tmpfs)".into(),
+            detail: e.to_string(),
+        });
+    }
     let result = (|| {
         let cgroup = sandbox
             .cgroups
@@ -262,7 +318,9 @@ fn trial_run(sandbox: &Sandbox) -> Result<(), PreflightError> {
             run_id,
             code_dir: layout.code(),
             output_dir: layout.output(),
+            scratch: sandbox.mounts.then(|| (layout.tmp(), layout.shm())),
             etc_dir: layout.etc(),
+            seccomp: layout.seccomp(),
             datasets: &[],
             command: "true",
         };
@@ -324,7 +382,76 @@ fn trial_run(sandbox: &Sandbox) -> Result<(), PreflightError> {
         tracing::debug!(?elapsed, "sandbox trial run");
         Ok(())
     })();
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = super::runfs::remove_work_dir(&dir);
     drop(lease);
     result
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    fn etc_with(files: &[(&str, &str)]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("coderun-etc-test-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content).unwrap();
+        }
+        dir
+    }
+
+    fn config() -> SandboxConfig {
+        SandboxConfig {
+            uid_base: 200_000,
+            uid_count: 128,
+            ..SandboxConfig::default()
+        }
+    }
+
+    const PASSWD: &str =
+        "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+
+    #[test]
+    fn a_uid_range_nobody_holds_is_accepted() {
+        let etc = etc_with(&[
+            ("passwd", PASSWD),
+            ("group", "root:x:0:\nalice:x:1000:\n"),
+            ("subuid", "alice:100000:65536\nbob:200128:65536\n"),
+            ("subgid", "alice:100000:65536\n"),
+        ]);
+        check_uid_range_in(&config(), &etc).unwrap();
+        std::fs::remove_dir_all(etc).unwrap();
+    }
+
+    #[test]
+    fn a_uid_range_overlapping_subuid_or_subgid_is_refused_with_the_owner() {
+        for file in ["subuid", "subgid"] {
+            // alice's containers get 165536..231072, which covers 200000..200128.
+            let etc = etc_with(&[("passwd", PASSWD), (file, "alice:165536:65536\n")]);
+            let message = check_uid_range_in(&config(), &etc).unwrap_err().to_string();
+            assert!(message.contains("\"alice\""), "{message}");
+            assert!(message.contains(file), "{message}");
+            assert!(message.contains("165536..231072"), "{message}");
+            assert!(message.contains("uid_base"), "{message}");
+            std::fs::remove_dir_all(etc).unwrap();
+        }
+        // Touching the range by one id at either end is an overlap too.
+        for line in ["x:200127:1\n", "x:199000:1001\n"] {
+            let etc = etc_with(&[("subuid", line)]);
+            assert!(check_uid_range_in(&config(), &etc).is_err(), "{line}");
+            std::fs::remove_dir_all(etc).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_uid_range_holding_a_user_or_group_is_refused() {
+        let etc = etc_with(&[("passwd", "svc:x:200005:5::/:/bin/false\n")]);
+        let message = check_uid_range_in(&config(), &etc).unwrap_err().to_string();
+        assert!(message.contains("host user \"svc\""), "{message}");
+        std::fs::remove_dir_all(etc).unwrap();
+        let etc = etc_with(&[("group", "builders:x:200100:\n")]);
+        let message = check_uid_range_in(&config(), &etc).unwrap_err().to_string();
+        assert!(message.contains("host group \"builders\""), "{message}");
+        std::fs::remove_dir_all(etc).unwrap();
+    }
 }

@@ -104,8 +104,13 @@ impl Done {
 
 impl Drop for Done {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = remove_work_dir(&self.dir);
     }
+}
+
+/// Where the program's `$OUTPUT_DIR` is on the host.
+fn output_of(dir: &Path) -> PathBuf {
+    dir.join(RUN_FS).join("output")
 }
 
 /// Runs `req` to its end, collecting its lines, and proves nothing of it is left.
@@ -486,7 +491,11 @@ async fn outputs_never_follow_symlinks_or_hard_links() {
     );
     // What a compromised host-side writer could also have planted: a hard link to a file of
     // another run (same file system) appears after the run.
-    std::fs::hard_link(&other_file, done.dir.join("output/planted")).unwrap();
+    // With the run's folders on a tmpfs of its own, a file of another run is on another file
+    // system, so the link comes from a file of the worker's on the same tmpfs.
+    let foreign = done.dir.join(RUN_FS).join("tmp/foreign");
+    std::fs::write(&foreign, "TOPSECRET-WORKER\n").unwrap();
+    std::fs::hard_link(&foreign, output_of(&done.dir).join("planted")).unwrap();
 
     let collected = sb.collect_outputs(&done.dir, 100, 1 << 20).unwrap();
     let files: Vec<&str> = collected.files.iter().map(|f| f.path.as_str()).collect();
@@ -516,7 +525,7 @@ async fn outputs_never_follow_symlinks_or_hard_links() {
     // After the run the folder is the worker's again.
     use std::os::unix::fs::MetadataExt;
     assert_eq!(
-        std::fs::symlink_metadata(done.dir.join("output/real.txt"))
+        std::fs::symlink_metadata(output_of(&done.dir).join("real.txt"))
             .unwrap()
             .uid(),
         0
@@ -643,29 +652,44 @@ async fn one_big_file_is_cut_at_the_disk_limit() {
         t == Termination::DiskLimitExceeded || matches!(t, Termination::Exited(c) if c != 0),
         "{t:?}"
     );
-    let size = std::fs::metadata(done.dir.join("output/big"))
+    let size = std::fs::metadata(output_of(&done.dir).join("big"))
         .unwrap()
         .len();
     assert!(size <= 8 * 1024 * 1024, "{size}");
 }
 
 #[tokio::test]
-async fn tmp_is_a_sized_tmpfs() {
+async fn tmp_and_outputs_share_one_disk_budget() {
     let Some(sb) = sandbox() else { return };
     let lim = Limits {
         disk_mib: 8,
         ..limits()
     };
-    let cmd = "dd if=/dev/zero of=/tmp/big bs=1M count=64 2>/dev/null; echo dd=$?; \
-               echo $(($(stat -c %s /tmp/big) / 1048576))MiB";
+    let cmd = "head -c 6291456 /dev/zero > /tmp/a; echo tmp=$?; \
+               head -c 6291456 /dev/zero > $OUTPUT_DIR/b 2>/dev/null; echo out=$?; \
+               head -c 6291456 /dev/zero > /dev/shm/c 2>/dev/null; echo shm=$?; sleep 20";
     let done = run(sb, request(&work_dir(&[]), cmd, lim)).await;
-    // ENOSPC (dd=1) or RLIMIT_FSIZE (SIGXFSZ, dd=153), whichever comes first: 8 MiB at most.
-    assert!(
-        done.lines[0] == "dd=1" || done.lines[0] == "dd=153",
+    assert_eq!(
+        done.outcome.termination,
+        Termination::DiskLimitExceeded,
         "{:?}",
         done.lines
     );
-    assert_eq!(done.lines[1], "8MiB");
+    // The first write fits; whatever came after found the budget used up (the run may be
+    // killed before it says so).
+    assert_eq!(done.lines[0], "tmp=0", "{:?}", done.lines);
+    if let Some(second) = done.lines.get(1) {
+        assert_eq!(second, "out=1", "{:?}", done.lines);
+    }
+    let size = |p: &str| std::fs::metadata(done.dir.join(RUN_FS).join(p)).map_or(0, |m| m.len());
+    let (a, b, c) = (size("tmp/a"), size("output/b"), size("shm/c"));
+    assert_eq!(a, 6 * 1024 * 1024);
+    assert!(a + b + c <= 8 * 1024 * 1024, "{a} + {b} + {c}");
+    assert!(
+        done.outcome.duration < Duration::from_secs(8),
+        "{:?}",
+        done.outcome
+    );
 }
 
 #[tokio::test]
@@ -685,7 +709,7 @@ async fn many_files_trip_the_disk_budget() {
         "{:?}",
         done.outcome
     );
-    let usage = disk::measure(&[done.dir.join("output")], u64::MAX, u64::MAX);
+    let usage = disk::measure(&[output_of(&done.dir)], u64::MAX, u64::MAX);
     assert!(usage.bytes < 24 * 1024 * 1024, "{usage:?}");
 }
 
@@ -744,7 +768,7 @@ async fn stop_kills_a_sigterm_ignoring_program_promptly() {
     );
     assert_eq!(outcome.termination, Termination::Killed);
     assert_clean(sb, outcome.uid, run_id);
-    let _ = std::fs::remove_dir_all(dir);
+    let _ = remove_work_dir(&dir);
 }
 
 #[tokio::test]
@@ -762,8 +786,59 @@ async fn dropping_the_run_kills_everything() {
         }
         // `running` is dropped here, mid-run.
     };
-    assert_clean(sb, uid_line.parse().unwrap(), run_id);
-    let _ = std::fs::remove_dir_all(dir);
+    let uid: u32 = uid_line.parse().unwrap();
+    // The clean-up runs on the blocking pool, never on this (the runtime's only) thread.
+    let cleaned_on = wait_for_cleanup(run_id).await;
+    assert_ne!(cleaned_on, std::thread::current().id());
+    assert_clean(sb, uid, run_id);
+    let _ = remove_work_dir(&dir);
+}
+
+/// Which thread cleaned up after each run whose guard was dropped with work left.
+static CLEANUP_THREADS: std::sync::Mutex<Vec<(Uuid, std::thread::ThreadId)>> =
+    std::sync::Mutex::new(Vec::new());
+
+pub(super) fn record_cleanup_thread(run_id: Uuid) {
+    CLEANUP_THREADS
+        .lock()
+        .unwrap()
+        .push((run_id, std::thread::current().id()));
+}
+
+/// Waits (at most 20 s) until the clean-up of `run_id` has finished; returns its thread.
+async fn wait_for_cleanup(run_id: Uuid) -> std::thread::ThreadId {
+    let start = Instant::now();
+    loop {
+        // Recorded when the clean-up starts; it is done once the uid has no process and the
+        // cgroup is gone, which `assert_clean` checks after.
+        let found = CLEANUP_THREADS
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(id, _)| *id == run_id)
+            .map(|(_, thread)| *thread);
+        if let Some(thread) = found {
+            let gone = sb_cgroup_gone(run_id);
+            if gone {
+                return thread;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the run's clean-up did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn sb_cgroup_gone(run_id: Uuid) -> bool {
+    let Some(Ok(sb)) = SANDBOX.get() else {
+        return true;
+    };
+    sb.cgroups
+        .run_dirs(&run_id.to_string())
+        .iter()
+        .all(|d| !d.exists())
 }
 
 #[tokio::test]
@@ -843,7 +918,7 @@ async fn spawning_overhead_is_small() {
         assert_eq!(out.termination, Termination::Exited(0));
         boxed.push(t.elapsed());
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = remove_work_dir(&dir);
     bare.sort();
     boxed.sort();
     let (bare_med, boxed_med) = (bare[N / 2], boxed[N / 2]);
@@ -866,4 +941,345 @@ fn missing_bubblewrap_is_a_clear_preflight_error() {
     let message = Sandbox::new(config).unwrap_err().to_string();
     assert!(message.contains("/nonexistent/bwrap"), "{message}");
     assert!(message.contains("apt-get install bubblewrap"), "{message}");
+}
+
+/// Bytes the run's folder uses on the host's own disk: a walk that never enters another file
+/// system (the run's tmpfs) and never follows a link.
+fn host_disk_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::symlink_metadata(dir).unwrap().dev();
+    let mut bytes = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let meta = entry.metadata().unwrap();
+            if meta.dev() != dev {
+                continue;
+            }
+            bytes += meta.blocks() * 512;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    bytes
+}
+
+/// Runs `cmd` with an 8 MiB disk budget and proves the kernel held it: the run ends
+/// `DiskLimitExceeded` well before its wall time, its files were on its own tmpfs, and the
+/// host's disk got nothing but the log.
+async fn assert_disk_bypass_is_contained(files: &[(&str, &str)], cmd: &str) -> Done {
+    let sb = sandbox().expect("checked by the caller");
+    let lim = Limits {
+        disk_mib: 8,
+        wall_seconds: 20,
+        ..limits()
+    };
+    let dir = work_dir(files);
+    let req = request(&dir, cmd, lim);
+    let (tx, mut rx) = mpsc::channel(64);
+    let collector = tokio::spawn(async move {
+        let mut lines = Vec::new();
+        while let Some(line) = rx.recv().await {
+            lines.push(line);
+        }
+        lines
+    });
+    let run_id = req.run_id;
+    let running = sb.run(req, tx, CancellationToken::new());
+    tokio::pin!(running);
+    // While it runs: the run's folders are a tmpfs of exactly the budget.
+    let mut peak = 0u64;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut running => break outcome.expect("run"),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                let fs = dir.join(RUN_FS);
+                if runfs::is_mount_point(&fs)
+                    && let Ok(usage) = runfs::usage(&fs)
+                {
+                    peak = peak.max(usage.bytes);
+                }
+            }
+        }
+    };
+    let lines = collector.await.unwrap();
+    assert_clean(sb, outcome.uid, run_id);
+    assert!(runfs::is_mount_point(&dir.join(RUN_FS)), "no tmpfs");
+    assert!(
+        peak <= 8 * 1024 * 1024,
+        "the run's files reached {peak} bytes"
+    );
+    assert_eq!(
+        outcome.termination,
+        Termination::DiskLimitExceeded,
+        "{lines:?}"
+    );
+    assert!(
+        outcome.duration < Duration::from_secs(10),
+        "{:?}: the budget was noticed late",
+        outcome.duration
+    );
+    // The host's disk: the log and the generated files, nothing the program wrote.
+    let on_host = host_disk_bytes(&dir);
+    assert!(
+        on_host < 256 * 1024,
+        "{on_host} bytes of the run on host disk"
+    );
+    Done {
+        outcome,
+        lines,
+        dir,
+    }
+}
+
+#[tokio::test]
+async fn a_file_held_open_and_deleted_still_counts_against_the_disk_budget() {
+    let Some(_) = sandbox() else { return };
+    // The file vanishes from every folder at once, but keeps growing through fd 3.
+    let cmd = "exec 3>$OUTPUT_DIR/hidden; rm $OUTPUT_DIR/hidden; ls $OUTPUT_DIR | wc -l; \
+               while :; do head -c 1048576 /dev/zero >&3 2>/dev/null || echo refused; \
+               sleep 0.05; done";
+    let done = assert_disk_bypass_is_contained(&[], cmd).await;
+    assert_eq!(done.lines[0], "0", "{:?}", done.lines);
+}
+
+#[tokio::test]
+async fn a_folder_deeper_than_path_max_still_counts_against_the_disk_budget() {
+    let Some(_) = sandbox() else { return };
+    let script = r#"
+import os, time
+os.chdir(os.environ["OUTPUT_DIR"])
+for _ in range(2100):
+    os.mkdir("dd")
+    os.chdir("dd")
+print("depth", len(os.getcwd()) > 4096, flush=True)
+try:
+    with open("big", "wb") as f:
+        while True:
+            f.write(b"x" * (1 << 20))
+            f.flush()
+except OSError as e:
+    print("refused", e.errno, flush=True)
+time.sleep(30)
+"#;
+    let done = assert_disk_bypass_is_contained(&[("deep.py", script)], "python3 deep.py").await;
+    assert_eq!(done.lines[0], "depth True", "{:?}", done.lines);
+    // Collecting the outputs copes with the tree: what is too deep is left out.
+    let sb = sandbox().unwrap();
+    let collected = sb.collect_outputs(&done.dir, 100, 1 << 30).unwrap();
+    assert!(collected.files.is_empty(), "{collected:?}");
+}
+
+#[tokio::test]
+async fn a_folder_the_worker_cannot_list_still_counts_against_the_disk_budget() {
+    let Some(_) = sandbox() else { return };
+    let cmd = "mkdir $OUTPUT_DIR/closed; exec 3>$OUTPUT_DIR/closed/big; \
+               chmod 000 $OUTPUT_DIR/closed; ls $OUTPUT_DIR/closed 2>/dev/null || echo unlistable; \
+               while :; do head -c 1048576 /dev/zero >&3 2>/dev/null || echo refused; \
+               sleep 0.05; done";
+    let done = assert_disk_bypass_is_contained(&[], cmd).await;
+    assert_eq!(done.lines[0], "unlistable", "{:?}", done.lines);
+}
+
+#[tokio::test]
+async fn code_larger_than_the_disk_budget_is_refused_before_it_runs() {
+    let Some(sb) = sandbox() else { return };
+    let lim = Limits {
+        disk_mib: 1,
+        ..limits()
+    };
+    let big = "x".repeat(2 * 1024 * 1024);
+    let dir = work_dir(&[("big.txt", big.as_str())]);
+    let (tx, _rx) = mpsc::channel(4);
+    let err = sb
+        .run(request(&dir, "echo ran", lim), tx, CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SandboxError::CodeTooLarge(1)), "{err}");
+    let _ = remove_work_dir(&dir);
+}
+
+#[tokio::test]
+async fn the_runs_files_count_against_its_memory() {
+    let Some(sb) = sandbox() else { return };
+    // The run's cgroup holds memory + disk = 128 MiB: 80 MiB of memory fit, but not next to
+    // 60 MiB of files, because tmpfs pages are charged to the run's memory cgroup — the host's
+    // memory never pays for a run's files beyond its spec.
+    let lim = Limits {
+        memory_mib: 64,
+        disk_mib: 64,
+        ..limits()
+    };
+    let alloc = "python3 -c \"x = bytearray(80 * 1024 * 1024); print('allocated', flush=True)\"";
+    let alone = run(sb, request(&work_dir(&[]), alloc, lim)).await;
+    assert_eq!(
+        alone.outcome.termination,
+        Termination::Exited(0),
+        "{:?}",
+        alone.lines
+    );
+    assert_eq!(alone.lines, ["allocated"]);
+    let with_files =
+        format!("head -c 62914560 /dev/zero > $OUTPUT_DIR/big && echo written; {alloc}");
+    let done = run(sb, request(&work_dir(&[]), &with_files, lim)).await;
+    assert_eq!(done.lines[0], "written", "{:?}", done.lines);
+    assert_eq!(
+        done.outcome.termination,
+        Termination::OomKilled,
+        "{:?}",
+        done.lines
+    );
+}
+
+#[tokio::test]
+async fn forbidden_system_calls_fail_with_eperm() {
+    let Some(sb) = sandbox() else { return };
+    let mut calls: Vec<(String, i64, [u64; 2])> = seccomp::denied()
+        .into_iter()
+        .map(|(name, nr)| (name.trim_start_matches("SYS_").to_owned(), nr, [0, 0]))
+        .collect();
+    // Calls refused for some arguments only.
+    let clone = nix::libc::SYS_clone as i64;
+    let sigchld = nix::libc::SIGCHLD as u64;
+    for (flag, name) in [
+        (nix::libc::CLONE_NEWUSER, "clone(NEWUSER)"),
+        (nix::libc::CLONE_NEWNS, "clone(NEWNS)"),
+        (nix::libc::CLONE_NEWNET, "clone(NEWNET)"),
+        (nix::libc::CLONE_NEWPID, "clone(NEWPID)"),
+    ] {
+        calls.push((name.into(), clone, [flag as u64 | sigchld, 0]));
+    }
+    calls.push((
+        "personality(ADDR_NO_RANDOMIZE)".into(),
+        nix::libc::SYS_personality as i64,
+        [0x0040000, 0],
+    ));
+    let table: String = calls
+        .iter()
+        .map(|(name, nr, [a, b])| format!("    ({name:?}, {nr}, {a}, {b}),\n"))
+        .collect();
+    let script = format!(
+        r#"
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(nr, a=0, b=0):
+    ctypes.set_errno(0)
+    r = libc.syscall(ctypes.c_long(nr), ctypes.c_ulong(a), ctypes.c_ulong(b),
+                     ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0), ctypes.c_long(0))
+    return r, errno.errorcode.get(ctypes.get_errno(), "0")
+CALLS = [
+{table}]
+for name, nr, a, b in CALLS:
+    r, e = call(nr, a, b)
+    print("call", name, r, e, flush=True)
+print("clone3", *call({clone3}, 0, 0))
+print("personality(query)", call({personality}, 0xffffffff)[0] >= 0)
+print("getpid", call({getpid})[0] > 0)
+for line in open("/proc/self/status"):
+    if line.startswith("Seccomp"):
+        print(line.strip().replace("\t", " "))
+"#,
+        clone3 = nix::libc::SYS_clone3,
+        personality = nix::libc::SYS_personality,
+        getpid = nix::libc::SYS_getpid,
+    );
+    let dir = work_dir(&[("calls.py", script.as_str())]);
+    let done = run(sb, request(&dir, "python3 calls.py", limits())).await;
+    assert_eq!(
+        done.outcome.termination,
+        Termination::Exited(0),
+        "{:?}",
+        done.lines
+    );
+    let answered: Vec<&String> = done
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("call "))
+        .collect();
+    assert_eq!(answered.len(), calls.len(), "{:?}", done.lines);
+    for (line, (name, _, _)) in answered.iter().zip(&calls) {
+        assert_eq!(
+            **line,
+            format!("call {name} -1 EPERM"),
+            "{name} was not refused with EPERM"
+        );
+    }
+    // `clone3` says "not implemented" so that the C library falls back to `clone`.
+    assert!(done.has("clone3 -1 ENOSYS"), "{:?}", done.lines);
+    assert!(done.has("personality(query) True"), "{:?}", done.lines);
+    assert!(done.has("getpid True"), "{:?}", done.lines);
+    assert!(done.has("Seccomp: 2"), "{:?}", done.lines);
+    assert!(done.has("Seccomp_filters: 2"), "{:?}", done.lines);
+}
+
+#[tokio::test]
+async fn the_filter_files_do_not_leak_into_the_program() {
+    let Some(sb) = sandbox() else { return };
+    let cmd = "for fd in /proc/self/fd/*; do readlink $fd; done; true";
+    let done = run(sb, request(&work_dir(&[]), cmd, limits())).await;
+    assert_eq!(done.outcome.termination, Termination::Exited(0));
+    // bubblewrap read and closed fds 3 and 4; nothing the program holds is a filter file.
+    assert!(
+        !done
+            .lines
+            .iter()
+            .any(|l| l.contains("seccomp") || l.contains(".sandbox-etc")),
+        "{:?}",
+        done.lines
+    );
+    assert!(done.has("/dev/null"), "{:?}", done.lines);
+}
+
+#[tokio::test]
+async fn python_java_and_r_still_run_under_the_filter() {
+    let Some(sb) = sandbox() else { return };
+    let lim = Limits {
+        memory_mib: 1024,
+        disk_mib: 256,
+        pids: 256,
+        wall_seconds: 120,
+        ..limits()
+    };
+    let python = "import threading, subprocess\n\
+                  t = threading.Thread(target=lambda: print('thread ok', flush=True)); t.start(); t.join()\n\
+                  print(subprocess.run(['echo', 'child ok'], capture_output=True, text=True).stdout.strip())\n";
+    let java = "public class Main { public static void main(String[] a) throws Exception {\n\
+                Thread t = new Thread(() -> System.out.println(\"java thread ok\")); t.start(); t.join();\n\
+                System.out.println(\"java ok\"); } }\n";
+    let r = "x <- sum(1:10)\ncat('r ok', x, '\\n')\n";
+    for (binary, file, content, cmd, expected) in [
+        (
+            "python3",
+            "main.py",
+            python,
+            "python3 main.py",
+            vec!["thread ok", "child ok"],
+        ),
+        (
+            "java",
+            "Main.java",
+            java,
+            "java Main.java",
+            vec!["java thread ok", "java ok"],
+        ),
+        ("Rscript", "main.R", r, "Rscript main.R", vec!["r ok 55 "]),
+    ] {
+        let installed = ["/usr/bin", "/bin", "/usr/local/bin"]
+            .iter()
+            .any(|d| Path::new(d).join(binary).exists());
+        if !installed {
+            eprintln!("SKIPPED {binary}: not installed on this host");
+            continue;
+        }
+        let done = run(sb, request(&work_dir(&[(file, content)]), cmd, lim)).await;
+        assert_eq!(
+            done.outcome.termination,
+            Termination::Exited(0),
+            "{binary}: {:?}",
+            done.lines
+        );
+        assert_eq!(done.lines, expected, "{binary}");
+    }
 }

@@ -5,12 +5,17 @@
 //! live log already holds, since a container's log is the same from its start every time it is
 //! read. The live log is capped at `log_max_bytes`; past it the streamer raises `over_cap` and
 //! the run ends `output_limit_exceeded`.
+//!
+//! The rule it keeps: the worker's memory is bounded whatever the program prints. Bytes are
+//! counted as they arrive (not per finished line), lines longer than 64 KiB are split exactly
+//! as the local executor splits them, and a line that never ends is never held whole.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::AsyncBufReadExt;
+use async_trait::async_trait;
+use futures::AsyncReadExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::LogParams;
@@ -18,6 +23,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::job::MAIN;
+use crate::lines::{LineSplitter, MAX_LINE_BYTES};
 use crate::recorder::Recorder;
 
 /// Lines sent to the live log in one round trip at most.
@@ -81,16 +87,33 @@ pub async fn follow(
     }
 }
 
+#[derive(Debug, PartialEq, Eq)]
 enum Pump {
     Ended,
     OverCap,
 }
 
-/// Reads lines from one log stream (which starts at the container's start), skipping the first
-/// `written` (already in the live log) and appending the rest in batches.
+/// Where a pump appends lines: the live log (a trait so the pump can be tested alone).
+#[async_trait]
+trait LineSink: Sync {
+    /// Appends `lines` as lines `first`, `first + 1`, ….
+    async fn append(&self, run: Uuid, first: u64, lines: &[String]) -> anyhow::Result<()>;
+}
+
+#[async_trait]
+impl LineSink for Recorder {
+    async fn append(&self, run: Uuid, first: u64, lines: &[String]) -> anyhow::Result<()> {
+        self.log_lines(run, first, lines).await
+    }
+}
+
+/// Reads one log stream (which starts at the container's start) in chunks, splits it into
+/// lines, skips the first `written` (already in the live log) and appends the rest in batches.
+/// Past `cap` bytes of the stream it stops reading; the lines before the cap are kept (the
+/// last one cut at the cap, as `log.txt` is).
 async fn pump(
-    reader: impl futures::AsyncBufRead + Unpin,
-    recorder: &Recorder,
+    reader: impl futures::AsyncRead + Unpin,
+    sink: &impl LineSink,
     run: Uuid,
     written: &mut u64,
     cap: u64,
@@ -100,55 +123,62 @@ async fn pump(
     let mut batch: Vec<String> = Vec::with_capacity(BATCH);
     let mut flush_at = tokio::time::Instant::now() + FLUSH;
     let mut reader = reader;
-    // Kept across flush timeouts: `read_until` appends what it read before being interrupted.
-    let mut buf = Vec::new();
+    let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut take = |line: Vec<u8>, batch: &mut Vec<String>, written: u64| {
+        seen += 1;
+        if seen > written + batch.len() as u64 {
+            let mut line = line;
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            batch.push(String::from_utf8_lossy(&line).into_owned());
+        }
+    };
     let outcome = loop {
-        let read = tokio::time::timeout_at(flush_at, reader.read_until(b'\n', &mut buf)).await;
-        let mut last = false;
+        // Dropping a pending read loses nothing, so a flush may interrupt it.
+        let read = tokio::time::timeout_at(flush_at, reader.read(&mut chunk)).await;
         match read {
             Err(_) => {} // time to flush
             Ok(Err(e)) => {
-                flush(recorder, run, written, &mut batch).await;
+                flush(sink, run, written, &mut batch).await;
                 return Err(e.into());
             }
-            Ok(Ok(0)) if buf.is_empty() => break Pump::Ended,
-            Ok(Ok(_)) => {
-                // Without a final newline, this is the stream's last line.
-                last = buf.last() != Some(&b'\n');
-                let mut line = std::mem::take(&mut buf);
-                if line.last() == Some(&b'\n') {
-                    line.pop();
+            Ok(Ok(0)) => {
+                if let Some(rest) = splitter.finish() {
+                    take(rest, &mut batch, *written);
                 }
-                if line.last() == Some(&b'\r') {
-                    line.pop();
+                break Pump::Ended;
+            }
+            Ok(Ok(n)) => {
+                let room = cap.saturating_sub(bytes);
+                let kept = (n as u64).min(room) as usize;
+                bytes += kept as u64;
+                for line in splitter.push(&chunk[..kept]) {
+                    take(line, &mut batch, *written);
                 }
-                seen += 1;
-                bytes += line.len() as u64 + 1;
-                if bytes > cap {
+                if kept < n {
+                    if let Some(rest) = splitter.finish() {
+                        take(rest, &mut batch, *written);
+                    }
                     break Pump::OverCap;
-                }
-                if seen > *written + batch.len() as u64 {
-                    batch.push(String::from_utf8_lossy(&line).into_owned());
                 }
             }
         }
-        if last {
-            break Pump::Ended;
-        }
         if batch.len() >= BATCH || tokio::time::Instant::now() >= flush_at {
-            flush(recorder, run, written, &mut batch).await;
+            flush(sink, run, written, &mut batch).await;
             flush_at = tokio::time::Instant::now() + FLUSH;
         }
     };
-    flush(recorder, run, written, &mut batch).await;
+    flush(sink, run, written, &mut batch).await;
     Ok(outcome)
 }
 
-async fn flush(recorder: &Recorder, run: Uuid, written: &mut u64, batch: &mut Vec<String>) {
+async fn flush(sink: &impl LineSink, run: Uuid, written: &mut u64, batch: &mut Vec<String>) {
     if batch.is_empty() {
         return;
     }
-    match recorder.log_lines(run, *written + 1, batch).await {
+    match sink.append(run, *written + 1, batch).await {
         Ok(()) => *written += batch.len() as u64,
         Err(e) => tracing::warn!(%run, error = %e, "cannot append to the live log"),
     }
@@ -192,4 +222,87 @@ fn cut(mut log: Vec<u8>, cap: u64) -> (Vec<u8>, bool) {
         log.truncate(cap as usize);
     }
     (log, truncated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::sync::Mutex;
+    use std::task::{Context, Poll};
+
+    /// Collects what the pump appends.
+    #[derive(Default)]
+    struct Collected(Mutex<Vec<(u64, String)>>);
+
+    #[async_trait]
+    impl LineSink for Collected {
+        async fn append(&self, _: Uuid, first: u64, lines: &[String]) -> anyhow::Result<()> {
+            let mut all = self.0.lock().unwrap();
+            for (i, line) in lines.iter().enumerate() {
+                all.push((first + i as u64, line.clone()));
+            }
+            Ok(())
+        }
+    }
+
+    /// A log that never ends and never has a newline; counts what it served.
+    struct Endless {
+        served: u64,
+    }
+
+    impl futures::AsyncRead for Endless {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<std::io::Result<usize>> {
+            buf.fill(b'x');
+            self.served += buf.len() as u64;
+            Poll::Ready(Ok(buf.len()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_line_that_never_ends_is_split_and_stops_at_the_cap() {
+        let sink = Collected::default();
+        let mut reader = Endless { served: 0 };
+        let mut written = 0;
+        let cap = 1024 * 1024;
+        let outcome = pump(&mut reader, &sink, Uuid::nil(), &mut written, cap)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Pump::OverCap);
+        // It stopped reading one chunk past the cap at most: nothing was held beyond that.
+        assert!(reader.served <= cap + 64 * 1024, "{}", reader.served);
+        let lines = sink.0.into_inner().unwrap();
+        assert_eq!(lines.len(), 16, "1 MiB in pieces of 64 KiB");
+        assert!(lines.iter().all(|(_, l)| l.len() == MAX_LINE_BYTES));
+        let numbers: Vec<u64> = lines.iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, (1..=16).collect::<Vec<_>>());
+        assert_eq!(written, 16);
+    }
+
+    #[tokio::test]
+    async fn a_resumed_stream_skips_the_lines_already_written_counting_split_pieces() {
+        let log = format!("a\r\n{}\nb\nlast", "y".repeat(MAX_LINE_BYTES + 10));
+        let sink = Collected::default();
+        let mut written = 2; // "a" and the first piece of the long line
+        // Chunks of any size give the same lines.
+        let reader = futures::io::Cursor::new(log.into_bytes());
+        let outcome = pump(reader, &sink, Uuid::nil(), &mut written, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(outcome, Pump::Ended);
+        let lines = sink.0.into_inner().unwrap();
+        assert_eq!(
+            lines,
+            [
+                (3, "y".repeat(10)),
+                (4, "b".to_owned()),
+                (5, "last".to_owned())
+            ]
+        );
+        assert_eq!(written, 5);
+    }
 }

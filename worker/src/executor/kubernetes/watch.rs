@@ -744,7 +744,14 @@ impl Actor {
         ending.log_bytes = Some(log.len() as i64);
         ending.log_truncated |= truncated;
         inner.recorder.store_log_bytes(self.id, log).await?;
-        self.store_outputs().await?;
+        if let Some(refused) = self.store_outputs().await? {
+            // The program's own verdict stays if it already failed with a reason.
+            if ending.reason.is_none() {
+                ending.status = RunStatus::Failed;
+                ending.reason = Some(Reason::OutputLimitExceeded);
+            }
+            ending.detail = format!("{}; {refused}", ending.detail);
+        }
         let status = ending.status;
         let ended = inner.recorder.finish(self.id, ending).await?;
         tracing::info!(run = %run.id, ?status, ?ended, "finished the run");
@@ -752,44 +759,54 @@ impl Actor {
     }
 
     /// Unpacks the archive the pod uploaded into `runs/{id}/output/…` and lists the files.
-    async fn store_outputs(&self) -> anyhow::Result<()> {
+    /// An archive over the outputs limit is refused whole: nothing is stored, and the refusal
+    /// is returned for the run's ending.
+    async fn store_outputs(&self) -> anyhow::Result<Option<outputs::Refused>> {
         let inner = &self.inner;
         let key = outputs_key(self.id);
-        let Some(archive) = inner.recorder.storage.get_optional(&key).await? else {
-            return Ok(());
-        };
         let dir = std::env::temp_dir().join(format!(
             "coderun-outputs-{}-{}",
             self.id,
             Uuid::new_v4().simple()
         ));
         tokio::fs::create_dir_all(&dir).await?;
-        let (into, files, bytes, paths) = (
-            dir.clone(),
+        let fetched = outputs::fetch(
+            &inner.recorder.storage,
+            &key,
+            &dir,
             inner.runs.output_max_files as usize,
             inner.runs.output_max_bytes,
-            inner.paths.clone(),
-        );
-        let unpacked = tokio::task::spawn_blocking(move || {
-            outputs::unpack(&archive, &into, files, bytes, &paths)
-        })
-        .await?;
-        let stored = match unpacked {
-            Ok(unpacked) => {
+            &inner.paths,
+        )
+        .await;
+        let (stored, refused) = match fetched {
+            Ok(outputs::Fetched::Missing) => {
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                return Ok(None);
+            }
+            Ok(outputs::Fetched::Unpacked(unpacked)) => {
                 if !unpacked.skipped.is_empty() {
                     tracing::warn!(run = %self.id, skipped = ?unpacked.skipped, "left some outputs out");
                 }
-                inner.recorder.store_outputs(self.id, &unpacked.files).await
+                (
+                    inner.recorder.store_outputs(self.id, &unpacked.files).await,
+                    None,
+                )
             }
-            Err(e) => {
+            Ok(outputs::Fetched::Refused(refused)) => {
+                tracing::warn!(run = %self.id, %refused, "refused the outputs archive");
+                (Ok(()), Some(refused))
+            }
+            Ok(outputs::Fetched::Unreadable(e)) => {
                 tracing::warn!(run = %self.id, error = %e, "the outputs archive is unreadable");
-                Ok(())
+                (Ok(()), None)
             }
+            Err(e) => (Err(e), None),
         };
         let _ = tokio::fs::remove_dir_all(&dir).await;
         stored?;
         inner.recorder.storage.delete_prefix(&key).await?;
-        Ok(())
+        Ok(refused)
     }
 }
 
