@@ -473,3 +473,58 @@ async fn stop_wins_in_every_phase_even_when_the_executing_worker_is_gone() {
         assert!(!phases.contains(&"failed".to_owned()));
     }
 }
+
+#[tokio::test]
+async fn a_run_that_fills_its_disk_ends_evicted_and_leaves_no_mount_behind() {
+    let p = platform(vec![]).await;
+    let worker = p.worker("w").await;
+    // Writes until the run's tmpfs (the small spec's 256 MiB) is full, then keeps trying.
+    let code = "import os, time\n\
+                f = open(os.path.join(os.environ['OUTPUT_DIR'], 'big'), 'wb')\n\
+                while True:\n    try:\n        f.write(b'x' * (1 << 20)); f.flush()\n    \
+                except OSError:\n        time.sleep(0.1)\n";
+    let id = p.submit_python(code, json!({})).await;
+    let run = p.wait_terminal(&id, T).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["reason"], "evicted");
+    let detail = run["events"].as_array().unwrap().last().unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(detail.contains("disk limit exceeded"), "{detail}");
+    // The run's folder and its tmpfs are gone once the run is recorded.
+    let work_dir = p.settings().worker.work_dir.join(&id);
+    let deadline = std::time::Instant::now() + T;
+    while work_dir.exists() {
+        assert!(std::time::Instant::now() < deadline, "{work_dir:?} is left");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(work_dir.to_str().unwrap()),
+        "the run's tmpfs is still mounted"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_whose_work_dir_others_may_write_refuses_to_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = platform(vec![]).await;
+    let mut settings = p.settings();
+    let open = std::env::temp_dir().join(format!("coderun-open-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    settings.worker.work_dir = open.clone();
+    let error = coderun_worker::Context::build(settings)
+        .await
+        .err()
+        .expect("no worker in a folder others may write");
+    let message = format!("{error:#}");
+    assert!(message.contains("worker.work_dir"), "{message}");
+    assert!(
+        message.contains("writable by its group or others"),
+        "{message}"
+    );
+    std::fs::remove_dir_all(open).unwrap();
+}
