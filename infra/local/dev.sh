@@ -174,7 +174,9 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-mkdir -p "$logs" "$run" "$runs_dir"
+mkdir -p "$logs" "$run"
+# The worker refuses a run folder others may write to (whatever the umask).
+mkdir -p -m 0711 "$runs_dir"
 # A start-up error is one readable line in the log, not a backtrace (panics still get theirs
 # when RUST_BACKTRACE asks for them).
 export RUST_LIB_BACKTRACE="${RUST_LIB_BACKTRACE:-0}"

@@ -159,13 +159,13 @@ pub(super) fn build() -> Result<Filters, FilterError> {
                 .map_err(err)?,
         );
     }
-    deny.insert(libc::SYS_clone as i64, clone_rules);
+    deny.insert(libc::SYS_clone, clone_rules);
     let mut personality = Vec::new();
     for allowed in PERSONALITIES {
         personality.push(condition(0, SeccompCmpOp::Ne, allowed)?);
     }
     deny.insert(
-        libc::SYS_personality as i64,
+        libc::SYS_personality,
         vec![SeccompRule::new(personality).map_err(err)?],
     );
     let deny = SeccompFilter::new(
@@ -177,9 +177,9 @@ pub(super) fn build() -> Result<Filters, FilterError> {
     .map_err(err)?;
 
     let mut clone3: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    clone3.insert(libc::SYS_clone3 as i64, Vec::new());
+    clone3.insert(libc::SYS_clone3, Vec::new());
     #[cfg(target_arch = "x86_64")]
-    clone3.insert(libc::SYS_clone3 as i64 | X32_BIT, Vec::new());
+    clone3.insert(libc::SYS_clone3 | X32_BIT, Vec::new());
     let clone3 = SeccompFilter::new(
         clone3,
         SeccompAction::Allow,
@@ -215,8 +215,8 @@ mod unit {
     #[test]
     fn both_filters_compile_to_whole_instructions() {
         let filters = build().unwrap();
-        assert!(!filters.deny.is_empty() && filters.deny.len() % 8 == 0);
-        assert!(!filters.clone3.is_empty() && filters.clone3.len() % 8 == 0);
+        assert!(!filters.deny.is_empty() && filters.deny.len().is_multiple_of(8));
+        assert!(!filters.clone3.is_empty() && filters.clone3.len().is_multiple_of(8));
         // The kernel takes at most 4096 instructions per filter.
         assert!(filters.deny.len() / 8 < 4096, "{}", filters.deny.len() / 8);
     }
@@ -235,7 +235,7 @@ mod unit {
             libc::SYS_clone,
             libc::SYS_mmap,
         ] {
-            assert!(!numbers.contains(&(basic as i64)), "{basic}");
+            assert!(!numbers.contains(&basic), "{basic}");
         }
     }
 }

@@ -1140,7 +1140,7 @@ async fn forbidden_system_calls_fail_with_eperm() {
         .map(|(name, nr)| (name.trim_start_matches("SYS_").to_owned(), nr, [0, 0]))
         .collect();
     // Calls refused for some arguments only.
-    let clone = nix::libc::SYS_clone as i64;
+    let clone = nix::libc::SYS_clone;
     let sigchld = nix::libc::SIGCHLD as u64;
     for (flag, name) in [
         (nix::libc::CLONE_NEWUSER, "clone(NEWUSER)"),
@@ -1152,7 +1152,7 @@ async fn forbidden_system_calls_fail_with_eperm() {
     }
     calls.push((
         "personality(ADDR_NO_RANDOMIZE)".into(),
-        nix::libc::SYS_personality as i64,
+        nix::libc::SYS_personality,
         [0x0040000, 0],
     ));
     let table: String = calls
