@@ -488,7 +488,9 @@ async fn outputs_never_follow_symlinks_or_hard_links() {
     // another run (same file system) appears after the run.
     std::fs::hard_link(&other_file, done.dir.join("output/planted")).unwrap();
 
-    let collected = sb.collect_outputs(&done.dir, 100, 1 << 20).unwrap();
+    let collected = sb
+        .collect_outputs(&done.dir, 100, 1 << 20, &task_paths())
+        .unwrap();
     let files: Vec<&str> = collected.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(files, ["real.txt", "sub/n.txt"]);
     let skipped: Vec<(&str, SkipReason)> = collected
@@ -523,10 +525,14 @@ async fn outputs_never_follow_symlinks_or_hard_links() {
     );
 
     // Caps: one file, or too few bytes.
-    let one = sb.collect_outputs(&done.dir, 1, 1 << 20).unwrap();
+    let one = sb
+        .collect_outputs(&done.dir, 1, 1 << 20, &task_paths())
+        .unwrap();
     assert_eq!(one.files.len(), 1);
     assert!(one.truncated);
-    let small = sb.collect_outputs(&done.dir, 100, 3).unwrap();
+    let small = sb
+        .collect_outputs(&done.dir, 100, 3, &task_paths())
+        .unwrap();
     assert_eq!(
         small
             .files
@@ -866,4 +872,11 @@ fn missing_bubblewrap_is_a_clear_preflight_error() {
     let message = Sandbox::new(config).unwrap_err().to_string();
     assert!(message.contains("/nonexistent/bwrap"), "{message}");
     assert!(message.contains("apt-get install bubblewrap"), "{message}");
+}
+
+/// The path rules of task files, which outputs follow too.
+fn task_paths() -> coderun_shared::config::LimitSettings {
+    coderun_shared::config::Settings::with_overrides([("local_stack", "true".to_string())])
+        .unwrap()
+        .limits
 }
