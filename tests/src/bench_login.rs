@@ -64,7 +64,7 @@ async fn clear_counters(redis: &Client, prefix: &str) -> anyhow::Result<()> {
     }
 }
 
-struct Flood {
+pub struct Flood {
     name: String,
     statuses: BTreeMap<u16, u64>,
     errors: u64,
@@ -105,8 +105,9 @@ impl std::fmt::Display for Flood {
     }
 }
 
-/// `clients` loops of logins for `seconds`, `credentials(client, i)` choosing each one.
-async fn flood(
+/// `clients` loops of logins against `base` for `seconds`, `credentials(client, i)` choosing
+/// each one, watching the resident memory of process `pid`.
+pub async fn flood(
     name: &str,
     base: &str,
     pid: u32,
