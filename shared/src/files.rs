@@ -118,13 +118,13 @@ impl FileSet {
     /// Refuses `path` when it, or one of its folders, folds to a path stored differently.
     fn check_fold(&self, path: &str) -> Result<(), Error> {
         for (prefix, folded) in prefixes(path) {
-            if let Some((existing, _)) = self.folded.get(&folded) {
-                if existing != prefix {
-                    return Err(Error::NameClash {
-                        path: prefix.to_owned(),
-                        existing: existing.clone(),
-                    });
-                }
+            if let Some((existing, _)) = self.folded.get(&folded)
+                && existing != prefix
+            {
+                return Err(Error::NameClash {
+                    path: prefix.to_owned(),
+                    existing: existing.clone(),
+                });
             }
         }
         Ok(())

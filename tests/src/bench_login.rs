@@ -255,7 +255,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
                 options.login_seconds,
                 move |c, i| {
                     // Half at real accounts, half at names that do not exist.
-                    let name = if (c as u64 + i) % 2 == 0 {
+                    let name = if (c as u64 + i).is_multiple_of(2) {
                         names[c % names.len()].clone()
                     } else {
                         format!("nobody-{c}-{i}")

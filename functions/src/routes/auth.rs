@@ -72,10 +72,7 @@ pub async fn login(
     } else {
         None
     };
-    let (user, hash) = match found {
-        Some((user, hash)) => (Some(user), Some(hash)),
-        None => (None, None),
-    };
+    let (user, hash) = found.unzip();
     // Always one hash: the user's, or the dummy one for a name that does not exist.
     let matched = state.verify_password(body.password, hash).await?;
     let Some(user) = user.filter(|_| matched) else {
