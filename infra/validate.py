@@ -659,9 +659,10 @@ def find_kustomize() -> list[str] | None:
     return None
 
 
-def render_overlay(cmd: list[str], overlay: Path) -> tuple[list[dict] | None, str]:
+def render_overlay(cmd: list[str], overlay: Path,
+                   components: tuple[str, ...] = ()) -> tuple[list[dict] | None, str]:
     """Renders `overlay` in a scratch copy of infra/k8s where each missing secrets.env is the
-    committed example (so nothing real is read)."""
+    committed example (so nothing real is read), with the opt-in `components` added to it."""
     with tempfile.TemporaryDirectory(prefix="coderun-validate-") as tmp:
         copy_root = Path(tmp) / "k8s"
         shutil.copytree(K8S, copy_root, ignore=shutil.ignore_patterns("secrets.env"))
@@ -669,6 +670,11 @@ def render_overlay(cmd: list[str], overlay: Path) -> tuple[list[dict] | None, st
             example.with_name(example.name.replace(".example", "")).write_text(
                 example.read_text())
         target = copy_root / overlay.relative_to(K8S)
+        if components:
+            kfile = target / "kustomization.yaml"
+            k = yaml.safe_load(kfile.read_text()) or {}
+            k["components"] = list(k.get("components") or []) + list(components)
+            kfile.write_text(yaml.safe_dump(k, sort_keys=False))
         out = run(cmd + [str(target)])
         if out.returncode != 0:
             return None, out.stderr.strip() or out.stdout.strip()
@@ -1233,6 +1239,14 @@ def check_objects(docs: list[dict], defaults: dict, keys: set[str], what: str) -
         for key in s.get("data") or {}:
             if (s["metadata"]["name"], key) not in used:
                 bad(s, f"key {key} is used by nothing")
+
+    # --- The worker never signs or checks tokens: it gets no JWT secret
+    for d in objs.of_kind("Deployment"):
+        if name_of(d).endswith("/coderun-worker"):
+            for c in all_containers(pod_spec_of(d) or {}):
+                if any(e.get("name") == "CODERUN__AUTH__JWT_SECRET" for e in c.get("env") or []):
+                    bad(d, f"container {c.get('name')} gets CODERUN__AUTH__JWT_SECRET, which "
+                           f"the worker never needs")
     return findings
 
 
@@ -1319,7 +1333,38 @@ def check_render(report: Report, version: str, defaults: dict, keys: set[str],
                      f"trigger vs queue settings, quota vs capacity")
         if overlay.name == "production" or not chosen:
             chosen = docs
+        if overlay.name == "production":
+            check_console_opt_in(report, cmd, overlay, docs, version, defaults, keys)
     return chosen
+
+
+def console_routes(docs: list[dict]) -> list[str]:
+    """The HTTPRoutes that send traffic to the MinIO console."""
+    return [name_of(d) for d in docs if d.get("kind") == "HTTPRoute" and any(
+        ref.get("name") == "minio-console"
+        for rule in (d.get("spec") or {}).get("rules") or []
+        for ref in rule.get("backendRefs") or [])]
+
+
+def check_console_opt_in(report: Report, cmd: list[str], overlay: Path, docs: list[dict],
+                         version: str, defaults: dict, keys: set[str]) -> None:
+    """Production exposes the MinIO console (whose login is the storage's root user) only when
+    its operator opts in with the `console` component; with it, the overlay still renders and
+    passes every check."""
+    findings = [f"overlays/production: {r} routes the MinIO console publicly without the opt-in "
+                f"component" for r in console_routes(docs)]
+    opted, err = render_overlay(cmd, overlay, components=("console",))
+    if opted is None:
+        findings.append(f"overlays/production + console: {err}")
+    else:
+        if not console_routes(opted):
+            findings.append("overlays/production + console: no route to the console")
+        for doc in opted:
+            findings.extend(validate_doc(doc, version, "overlays/production + console"))
+        findings.extend(check_objects(opted, defaults, keys, "overlays/production + console"))
+    report.check("console-opt-in", findings,
+                 "production routes no MinIO console by default; with the `console` component "
+                 "it does, and still passes every check")
 
 
 def newest_source_mtime() -> float:

@@ -6,7 +6,7 @@ use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, Que
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use coderun_shared::domain::Invalid;
-use coderun_shared::{bundle, files, runs, storage, tasks, users};
+use coderun_shared::{auth, bundle, files, runs, storage, tasks, users};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +158,22 @@ impl From<bundle::Error> for ApiError {
     }
 }
 
+/// How long a login that found every hash slot busy is told to wait: hashes take tens of
+/// milliseconds, so a slot is free again almost at once.
+pub const HASH_BUSY_RETRY_AFTER_SECONDS: u64 = 1;
+
+impl From<auth::Error> for ApiError {
+    fn from(e: auth::Error) -> Self {
+        match e {
+            auth::Error::Busy => ApiError::TooManyRequests {
+                detail: "too many logins are being checked right now; try again in a moment".into(),
+                retry_after: HASH_BUSY_RETRY_AFTER_SECONDS,
+            },
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
 /// How long a caller at the cap on active runs is told to wait: runs of the default spec
 /// usually finish within seconds, and a retry then costs one cheap refusal.
 pub const ACTIVE_RUNS_RETRY_AFTER_SECONDS: u64 = 10;
@@ -203,8 +219,11 @@ impl From<files::Error> for ApiError {
         match e {
             E::TaskNotFound => ApiError::not_found("task"),
             E::NotFound(_) => ApiError::NotFound(e.to_string()),
-            E::MoveIntoItself { .. } | E::Duplicate(_) => ApiError::BadRequest(e.to_string()),
+            E::MoveIntoItself { .. } | E::Duplicate(_) | E::InvalidPath { .. } => {
+                ApiError::BadRequest(e.to_string())
+            }
             E::IsFolder(_)
+            | E::NameClash { .. }
             | E::UnderFile(_)
             | E::Exists(_)
             | E::DeletesMainFile(_)

@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod client_address;
 pub mod error;
 pub mod extract;
 pub mod metrics;

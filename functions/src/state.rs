@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use coderun_shared::auth::Authenticator;
+use coderun_shared::auth::{self, Authenticator, HashGate};
 use coderun_shared::config::Settings;
 use coderun_shared::domain::{Role, Username};
 use coderun_shared::livelog::LiveLog;
 use coderun_shared::queue::RunQueue;
 use coderun_shared::redis::Keys;
 use coderun_shared::storage::Storage;
+use coderun_shared::throttle::LoginThrottle;
 use coderun_shared::{db, redis, users};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
@@ -20,6 +21,11 @@ pub struct AppState {
     pub db: PgPool,
     pub storage: Storage,
     pub auth: Arc<Authenticator>,
+    /// Bounds the password hashes this process computes at once, and their memory.
+    pub hashes: Arc<HashGate>,
+    /// A hash no password matches, with the current cost: unknown users are checked against it.
+    pub dummy_hash: Arc<str>,
+    pub login_throttle: LoginThrottle,
     pub metrics: PrometheusHandle,
     /// One multiplexed Redis connection for every non-blocking command (the API never blocks
     /// on Redis: it adds stream entries, reads live logs and publishes stop requests).
@@ -33,18 +39,38 @@ impl AppState {
     /// Connects to Postgres (applying migrations), S3 and Redis, and seeds the local stack's
     /// users.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings.validate_api()?;
         let db = db::connect_and_migrate(&settings.database).await?;
         let storage = Storage::connect(&settings.storage).await?;
         let auth = Arc::new(Authenticator::new(&settings.auth)?);
+        let permits = match settings.login.max_concurrent_hashes {
+            0 => auth::hash_permits_for_memory(
+                settings.auth.argon2_memory_kib,
+                settings.login.hash_memory_percent,
+            ),
+            n => n as usize,
+        };
+        let hashes = Arc::new(HashGate::new(
+            permits,
+            std::time::Duration::from_secs(settings.login.hash_wait_seconds),
+        ));
+        tracing::info!(permits, "password hashes at once");
+        metrics::gauge!("login_hash_permits").set(permits as f64);
+        let dummy_hash = Arc::from(auth.dummy_hash());
         let redis = redis::connect(&settings.redis).await?;
         let keys = Keys::new(&settings.redis.prefix);
         let queue = RunQueue::new(redis.clone(), keys.clone(), settings.queue.clone());
         let live_log = LiveLog::new(redis.clone(), keys.clone());
+        let login_throttle =
+            LoginThrottle::new(redis.clone(), keys.clone(), settings.login.clone());
         let state = Self {
             settings: Arc::new(settings),
             db,
             storage,
             auth,
+            hashes,
+            dummy_hash,
+            login_throttle,
             metrics: crate::metrics::handle(),
             redis,
             keys,
@@ -67,14 +93,28 @@ impl AppState {
         Ok(())
     }
 
-    /// Hashes on the blocking pool: Argon2 is deliberately slow.
-    pub async fn hash_password(&self, password: String) -> anyhow::Result<String> {
+    /// Hashes on the blocking pool, through the gate: Argon2 is deliberately slow and big.
+    pub async fn hash_password(&self, password: String) -> Result<String, auth::Error> {
         let auth = self.auth.clone();
-        Ok(tokio::task::spawn_blocking(move || auth.hash_password(&password)).await??)
+        self.hashes
+            .run(move |memory| auth.hash_password(&password, memory))
+            .await?
     }
 
-    pub async fn verify_password(&self, password: String, hash: String) -> anyhow::Result<bool> {
+    /// Checks `password` against `hash` through the gate; `None` checks it against the dummy
+    /// hash, at the same cost, and is always false.
+    pub async fn verify_password(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, auth::Error> {
         let auth = self.auth.clone();
-        Ok(tokio::task::spawn_blocking(move || auth.verify_password(&password, &hash)).await?)
+        let known = hash.is_some();
+        let hash = hash.unwrap_or_else(|| self.dummy_hash.to_string());
+        let matched = self
+            .hashes
+            .run(move |memory| auth.verify_password(&password, &hash, memory))
+            .await?;
+        Ok(matched && known)
     }
 }

@@ -13,6 +13,10 @@ use serde::Deserialize;
 
 const DEFAULTS: &str = include_str!("defaults.toml");
 const DEV_JWT_SECRET: &str = "coderun-local-development-secret-do-not-use";
+const DEV_S3_SECRET: &str = "coderun-secret";
+/// The placeholder the deployment examples carry (`CHANGE-ME…`): a secret still holding it was
+/// never filled in.
+const PLACEHOLDER: &str = "CHANGE-ME";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -34,6 +38,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub redis: RedisSettings,
     pub auth: AuthSettings,
+    pub login: LoginSettings,
     pub limits: LimitSettings,
     pub queue: QueueSettings,
     pub capacity: CapacitySettings,
@@ -140,6 +145,33 @@ pub struct AuthSettings {
     pub token_ttl_seconds: u64,
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
+}
+
+/// How logins are throttled. The counters live in Redis, so every API process shares them.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoginSettings {
+    /// A request header a trusted gateway sets to the client's address (its right-most
+    /// comma-separated value is taken); empty: the socket peer's address.
+    pub client_address_header: String,
+    /// Failed logins of one account before it is locked out.
+    pub lockout_after_failures: u32,
+    /// The first lockout; each further failure doubles it, up to `lockout_max_seconds`.
+    pub lockout_base_seconds: u64,
+    pub lockout_max_seconds: u64,
+    /// An account's failures are forgotten this long after its last one (or at a success).
+    pub failure_memory_seconds: u64,
+    /// The window of the per-address counters.
+    pub address_window_seconds: u64,
+    /// Login attempts (successful or not) from one address per window.
+    pub address_max_attempts: u32,
+    /// Failed logins from one address per window.
+    pub address_max_failures: u32,
+    /// Password hashes one process computes at once; 0: sized from the process's memory.
+    pub max_concurrent_hashes: u32,
+    /// With `max_concurrent_hashes = 0`: the share of the memory limit hashes may hold.
+    pub hash_memory_percent: u32,
+    /// How long a login waits for a free hash slot before it is answered 429.
+    pub hash_wait_seconds: u64,
 }
 
 /// Size and count limits on what users store. Every one is enforced at the HTTP edge or inside
@@ -271,21 +303,35 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Rules no single field can state: the secret outside the local stack, the default spec,
-    /// languages that name their own main file.
+    /// Rules no single field can state, for every binary: the S3 secret outside the local
+    /// stack, the default spec, languages that name their own main file. The API adds
+    /// [`validate_api`](Self::validate_api); the worker never needs the JWT secret.
     pub fn validate(&self) -> Result<(), Error> {
-        let secret = self.auth.jwt_secret.expose_secret();
-        if !self.local_stack && secret == DEV_JWT_SECRET {
+        let s3_secret = self.storage.secret_key.expose_secret();
+        if !self.local_stack && (s3_secret == DEV_S3_SECRET || s3_secret.contains(PLACEHOLDER)) {
             return Err(Error::Invalid(
-                "auth.jwt_secret is the built-in development secret; set CODERUN__AUTH__JWT_SECRET \
-                 to a random string of at least 32 characters (or CODERUN__LOCAL_STACK=true for a \
-                 throw-away local stack)"
+                "storage.secret_key is the built-in development secret (or a CHANGE-ME \
+                 placeholder); set CODERUN__STORAGE__SECRET_KEY to the S3 secret key of this \
+                 installation (or CODERUN__LOCAL_STACK=true for a throw-away local stack)"
                     .into(),
             ));
         }
-        if secret.len() < 32 {
+        if self.login.lockout_after_failures == 0
+            || self.login.lockout_base_seconds == 0
+            || self.login.lockout_max_seconds < self.login.lockout_base_seconds
+            || self.login.address_window_seconds == 0
+            || self.login.failure_memory_seconds == 0
+        {
             return Err(Error::Invalid(
-                "auth.jwt_secret must be at least 32 characters long".into(),
+                "login: lockout_after_failures, lockout_base_seconds, address_window_seconds and \
+                 failure_memory_seconds must be at least 1, and lockout_max_seconds at least \
+                 lockout_base_seconds"
+                    .into(),
+            ));
+        }
+        if !(1..=90).contains(&self.login.hash_memory_percent) {
+            return Err(Error::Invalid(
+                "login.hash_memory_percent must be between 1 and 90".into(),
             ));
         }
         if !self.specs.contains_key(&self.run.default_spec) {
@@ -314,6 +360,25 @@ impl Settings {
         }
         Ok(())
     }
+
+    /// What only the API needs: a real JWT secret outside the local stack, long enough.
+    pub fn validate_api(&self) -> Result<(), Error> {
+        let secret = self.auth.jwt_secret.expose_secret();
+        if !self.local_stack && (secret == DEV_JWT_SECRET || secret.contains(PLACEHOLDER)) {
+            return Err(Error::Invalid(
+                "auth.jwt_secret is the built-in development secret (or a CHANGE-ME \
+                 placeholder); set CODERUN__AUTH__JWT_SECRET to a random string of at least 32 \
+                 characters (or CODERUN__LOCAL_STACK=true for a throw-away local stack)"
+                    .into(),
+            ));
+        }
+        if secret.len() < 32 {
+            return Err(Error::Invalid(
+                "auth.jwt_secret must be at least 32 characters long".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -333,19 +398,90 @@ mod tests {
         assert_eq!(settings.limits.max_file_bytes, 10 * 1024 * 1024);
     }
 
+    /// Settings outside the local stack with a real S3 secret: what a worker starts with.
+    fn deployed() -> Vec<(&'static str, String)> {
+        vec![
+            ("local_stack", "false".into()),
+            (
+                "storage.secret_key",
+                "a-real-s3-secret-of-this-installation".into(),
+            ),
+        ]
+    }
+
     #[test]
-    fn the_development_secret_is_refused_outside_the_local_stack() {
-        let err = Settings::with_overrides([("local_stack", "false".to_string())]).unwrap_err();
+    fn the_development_jwt_secret_is_refused_outside_the_local_stack() {
+        let settings = Settings::with_overrides(deployed()).unwrap();
+        let err = settings.validate_api().unwrap_err();
         assert!(
             err.to_string().contains("CODERUN__AUTH__JWT_SECRET"),
             "{err}"
+        );
+        let mut placeholder = deployed();
+        placeholder.push((
+            "auth.jwt_secret",
+            "CHANGE-ME-TO-AT-LEAST-32-RANDOM-CHARACTERS".into(),
+        ));
+        let err = Settings::with_overrides(placeholder)
+            .unwrap()
+            .validate_api()
+            .unwrap_err();
+        assert!(err.to_string().contains("CHANGE-ME"), "{err}");
+    }
+
+    #[test]
+    fn the_development_s3_secret_is_refused_outside_the_local_stack() {
+        for secret in [DEV_S3_SECRET, "CHANGE-ME"] {
+            let err = Settings::with_overrides([
+                ("local_stack", "false".to_string()),
+                ("storage.secret_key", secret.to_string()),
+                ("auth.jwt_secret", "x".repeat(40)),
+            ])
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("CODERUN__STORAGE__SECRET_KEY"),
+                "{err}"
+            );
+        }
+        // The local stack keeps its built-in secrets.
+        assert!(Settings::with_overrides(local()).is_ok());
+    }
+
+    #[test]
+    fn a_worker_starts_without_any_jwt_secret() {
+        // The worker only calls `validate`: the development JWT secret (or none at all) is no
+        // reason for it to refuse, because it never reads the secret.
+        let settings = Settings::with_overrides(deployed()).unwrap();
+        assert!(settings.validate().is_ok());
+        let mut with_real = deployed();
+        with_real.push(("auth.jwt_secret", "r".repeat(40)));
+        assert!(
+            Settings::with_overrides(with_real)
+                .unwrap()
+                .validate_api()
+                .is_ok()
         );
     }
 
     #[test]
     fn a_short_secret_is_refused() {
-        let err = Settings::with_overrides([("auth.jwt_secret", "short".to_string())]).unwrap_err();
+        let mut overrides = local();
+        overrides.push(("auth.jwt_secret", "short".to_string()));
+        let err = Settings::with_overrides(overrides)
+            .unwrap()
+            .validate_api()
+            .unwrap_err();
         assert!(err.to_string().contains("32 characters"), "{err}");
+    }
+
+    #[test]
+    fn login_limits_must_be_positive() {
+        let mut overrides = local();
+        overrides.push(("login.lockout_base_seconds", "0".into()));
+        assert!(Settings::with_overrides(overrides).is_err());
+        let mut overrides = local();
+        overrides.push(("login.hash_memory_percent", "0".into()));
+        assert!(Settings::with_overrides(overrides).is_err());
     }
 
     #[test]

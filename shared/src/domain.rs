@@ -176,8 +176,46 @@ impl Language {
     }
 }
 
+/// Characters that change how text around them is displayed or that display as nothing:
+/// bidirectional controls (a name can then read differently from what it is) and zero-width
+/// characters (two names that look the same can differ).
+fn is_invisible_or_bidi(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'                     // soft hyphen
+            | '\u{061C}'               // Arabic letter mark
+            | '\u{180E}'               // Mongolian vowel separator
+            | '\u{200B}'..='\u{200F}' // zero-width space, (non-)joiner, LRM, RLM
+            | '\u{202A}'..='\u{202E}' // embeddings and overrides
+            | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
+            | '\u{2066}'..='\u{2069}' // isolates
+            | '\u{FEFF}' // zero-width no-break space
+    )
+}
+
+/// Names Windows reserves for devices, with or without an extension, in any case: a file
+/// named so cannot be unpacked there.
+fn is_windows_reserved(segment: &str) -> bool {
+    let stem = segment.split('.').next().unwrap_or(segment);
+    let stem = stem.trim_end_matches(' ').to_ascii_uppercase();
+    match stem.as_str() {
+        "CON" | "PRN" | "AUX" | "NUL" => true,
+        _ => {
+            let bytes = stem.as_bytes();
+            bytes.len() == 4
+                && (stem.starts_with("COM") || stem.starts_with("LPT"))
+                && (b'1'..=b'9').contains(&bytes[3])
+        }
+    }
+}
+
 /// A file's path inside a task: relative, `/`-separated, no empty, `.` or `..` segment, no
-/// backslash or control character, at most `max_path_bytes` bytes and `max_path_depth` levels.
+/// backslash, `:`, control, bidirectional or zero-width character, no Windows device name and
+/// no `.git` segment (so an archive unpacks the same on every system and no tool mistakes it
+/// for a repository), at most `max_path_bytes` bytes and `max_path_depth` levels.
+///
+/// This is the one rule for every path coderun takes from a program or a user: saved files,
+/// moved files (each path a move produces), and the outputs of runs on both executors.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FilePath(String);
 
@@ -198,8 +236,14 @@ impl FilePath {
         if raw.contains('\\') {
             return invalid("path must use '/' as separator and contain no backslash");
         }
+        if raw.contains(':') {
+            return invalid("path must not contain ':' (Windows cannot store it)");
+        }
         if raw.chars().any(char::is_control) {
             return invalid("path must not contain control characters");
+        }
+        if raw.chars().any(is_invisible_or_bidi) {
+            return invalid("path must not contain bidirectional or zero-width characters");
         }
         let mut depth = 0;
         for segment in raw.split('/') {
@@ -213,6 +257,18 @@ impl FilePath {
                 "." | ".." => return invalid("path must not contain '.' or '..' segments"),
                 _ => {}
             }
+            if segment
+                .trim_end_matches(['.', ' '])
+                .eq_ignore_ascii_case(".git")
+            {
+                return invalid("path must not contain a '.git' segment");
+            }
+            if is_windows_reserved(segment) {
+                return invalid(format!(
+                    "`{segment}` is a name Windows reserves for a device (CON, PRN, AUX, NUL, \
+                     COM1-9, LPT1-9, with any extension)"
+                ));
+            }
         }
         if depth > limits.max_path_depth {
             return invalid(format!(
@@ -221,6 +277,14 @@ impl FilePath {
             ));
         }
         Ok(Self(raw.to_owned()))
+    }
+
+    /// How the path compares on a system that ignores case or Unicode normalisation (macOS,
+    /// Windows): two paths with the same key are the same file there.
+    pub fn fold(path: &str) -> String {
+        use unicode_normalization::UnicodeNormalization;
+        let lower: String = path.nfc().flat_map(char::to_lowercase).collect();
+        lower.nfc().collect()
     }
 
     pub fn as_str(&self) -> &str {
@@ -360,6 +424,57 @@ mod tests {
         ] {
             assert!(FilePath::parse(bad, &limits()).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn names_that_unpack_differently_elsewhere_are_refused() {
+        for bad in [
+            "a:b",
+            "C:/x.py",
+            "src/con",
+            "CON",
+            "nul.txt",
+            "Aux.tar.gz",
+            "lpt9.py",
+            "com1",
+            "x/PRN .txt",
+            ".git",
+            ".git/config",
+            "src/.GIT/hooks/pre-commit",
+            "a/.git./b",
+            "evil\u{202E}txt.py",
+            "a\u{2066}b",
+            "zero\u{200B}width.py",
+            "bom\u{FEFF}.py",
+            "joiner\u{200D}.py",
+        ] {
+            let err = FilePath::parse(bad, &limits()).unwrap_err();
+            assert!(!err.0.is_empty(), "{bad:?}");
+        }
+        for ok in [
+            "console.py",
+            "com10.py",
+            "com0",
+            "lpt.txt",
+            "nullable.py",
+            ".gitignore",
+            "git/x",
+            ".github/workflows/ci.yml",
+            "a.git/b",
+            "Straße/ü.txt",
+        ] {
+            assert!(FilePath::parse(ok, &limits()).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn folding_ignores_case_and_normalisation() {
+        let composed = "caf\u{00E9}.py";
+        let decomposed = "cafe\u{0301}.py";
+        assert_ne!(composed, decomposed);
+        assert_eq!(FilePath::fold(composed), FilePath::fold(decomposed));
+        assert_eq!(FilePath::fold("Src/Main.PY"), FilePath::fold("src/main.py"));
+        assert_ne!(FilePath::fold("a.py"), FilePath::fold("b.py"));
     }
 
     #[test]

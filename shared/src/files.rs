@@ -5,7 +5,7 @@
 //! sizes (no contents), and only a change that passes them all is written: a refused request
 //! stores nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -37,6 +37,13 @@ pub enum Error {
     TaskTooLarge { max: u64 },
     #[error("`{0}` is named twice in one request")]
     Duplicate(String),
+    #[error(
+        "`{path}` differs only by case or Unicode normalisation from `{existing}`, which this \
+         task already has"
+    )]
+    NameClash { path: String, existing: String },
+    #[error("the move would make `{path}`, which is not a valid path: {reason}")]
+    InvalidPath { path: String, reason: String },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -46,6 +53,29 @@ pub enum Error {
 pub struct FileSet {
     files: BTreeMap<String, i64>,
     main: Option<String>,
+    /// Every file and folder path by its folded form ([`FilePath::fold`]), with the path as
+    /// stored and how many files it covers: what finds a new path that would be the same
+    /// file on a system ignoring case or normalisation.
+    folded: HashMap<String, (String, usize)>,
+}
+
+/// Each prefix of `path` that names a folder or the file itself (`a`, `a/b`, `a/b/c.txt`),
+/// with its folded form.
+fn prefixes(path: &str) -> Vec<(&str, String)> {
+    let mut out = Vec::new();
+    let mut folded = String::new();
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            folded.push('/');
+        }
+        folded.push_str(&FilePath::fold(segment));
+        let end = path
+            .match_indices('/')
+            .nth(i)
+            .map_or(path.len(), |(at, _)| at);
+        out.push((&path[..end], folded.clone()));
+    }
+    out
 }
 
 /// What a move did: each file's old and new path.
@@ -53,10 +83,62 @@ pub type Renames = Vec<(String, String)>;
 
 impl FileSet {
     pub fn new(files: impl IntoIterator<Item = (String, i64)>, main: Option<String>) -> Self {
-        Self {
+        let mut set = Self {
             files: files.into_iter().collect(),
             main,
+            folded: HashMap::new(),
+        };
+        let paths: Vec<String> = set.files.keys().cloned().collect();
+        for path in &paths {
+            set.index_add(path);
         }
+        set
+    }
+
+    fn index_add(&mut self, path: &str) {
+        for (prefix, folded) in prefixes(path) {
+            self.folded
+                .entry(folded)
+                .or_insert_with(|| (prefix.to_owned(), 0))
+                .1 += 1;
+        }
+    }
+
+    fn index_remove(&mut self, path: &str) {
+        for (_, folded) in prefixes(path) {
+            if let Some(entry) = self.folded.get_mut(&folded) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    self.folded.remove(&folded);
+                }
+            }
+        }
+    }
+
+    /// Refuses `path` when it, or one of its folders, folds to a path stored differently.
+    fn check_fold(&self, path: &str) -> Result<(), Error> {
+        for (prefix, folded) in prefixes(path) {
+            if let Some((existing, _)) = self.folded.get(&folded)
+                && existing != prefix
+            {
+                return Err(Error::NameClash {
+                    path: prefix.to_owned(),
+                    existing: existing.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, path: String, size: i64) {
+        self.index_add(&path);
+        self.files.insert(path, size);
+    }
+
+    fn remove(&mut self, path: &str) -> Option<i64> {
+        let size = self.files.remove(path)?;
+        self.index_remove(path);
+        Some(size)
     }
 
     pub fn main(&self) -> Option<&str> {
@@ -109,8 +191,14 @@ impl FileSet {
 
     /// Creates or replaces a file; `true` when it was created.
     pub fn upsert(&mut self, path: &FilePath, size: i64) -> Result<bool, Error> {
+        if let Some(existing) = self.files.get_mut(path.as_str()) {
+            *existing = size;
+            return Ok(false);
+        }
         self.check_file_slot(path)?;
-        Ok(self.files.insert(path.to_string(), size).is_none())
+        self.check_fold(path.as_str())?;
+        self.insert(path.to_string(), size);
+        Ok(true)
     }
 
     /// Deletes a file, or a folder and everything below it; returns the deleted paths.
@@ -129,13 +217,19 @@ impl FileSet {
             }
         }
         for p in &doomed {
-            self.files.remove(p);
+            self.remove(p);
         }
         Ok(doomed)
     }
 
-    /// Moves a file or a folder; the main file stays main under its new path.
-    pub fn move_path(&mut self, from: &FilePath, to: &FilePath) -> Result<Renames, Error> {
+    /// Moves a file or a folder; the main file stays main under its new path. Every path the
+    /// move makes passes the rules of a saved file (depth, length, names).
+    pub fn move_path(
+        &mut self,
+        from: &FilePath,
+        to: &FilePath,
+        limits: &LimitSettings,
+    ) -> Result<Renames, Error> {
         if to.is_within(from) {
             return Err(Error::MoveIntoItself {
                 from: from.to_string(),
@@ -160,16 +254,36 @@ impl FileSet {
         {
             return Err(Error::UnderFile(ancestor));
         }
-        let renames: Renames = sources
-            .into_iter()
-            .map(|old| {
-                let new = format!("{}{}", to.as_str(), &old[from.as_str().len()..]);
-                (old, new)
-            })
+        let mut renames: Renames = Vec::with_capacity(sources.len());
+        for old in sources {
+            let new = format!("{}{}", to.as_str(), &old[from.as_str().len()..]);
+            if let Err(reason) = FilePath::parse(&new, limits) {
+                return Err(Error::InvalidPath {
+                    path: new,
+                    reason: reason.0,
+                });
+            }
+            renames.push((old, new));
+        }
+        // Take the sources out, then check each new path against what stays; on a clash put
+        // everything back as it was.
+        let sizes: Vec<i64> = renames
+            .iter()
+            .map(|(old, _)| self.remove(old).unwrap_or(0))
             .collect();
+        for (i, (_, new)) in renames.iter().enumerate() {
+            if let Err(clash) = self.check_fold(new) {
+                for (_, placed) in &renames[..i] {
+                    self.remove(placed);
+                }
+                for ((old, _), size) in renames.iter().zip(&sizes) {
+                    self.insert(old.clone(), *size);
+                }
+                return Err(clash);
+            }
+            self.insert(new.clone(), sizes[i]);
+        }
         for (old, new) in &renames {
-            let size = self.files.remove(old).unwrap_or(0);
-            self.files.insert(new.clone(), size);
             if self.main.as_deref() == Some(old.as_str()) {
                 self.main = Some(new.clone());
             }
@@ -192,71 +306,96 @@ impl FileSet {
         Ok(())
     }
 
-    /// The tree the API shows: folders first, then files, each by name.
+    /// The tree the API shows: folders first, then files, each by name. Built without
+    /// recursion, so no nesting can exhaust the stack.
     pub fn tree(&self) -> Vec<TreeNode> {
-        let mut root = Vec::new();
+        let mut arena = Arena::default();
+        let mut folders: HashMap<&str, usize> = HashMap::new();
         for (path, size) in &self.files {
-            insert_node(
-                &mut root,
-                path,
-                path,
-                *size,
-                self.main.as_deref() == Some(path.as_str()),
-            );
+            let mut parent = None;
+            for (at, _) in path.match_indices('/') {
+                let folder = &path[..at];
+                let index = match folders.get(folder) {
+                    Some(&index) => index,
+                    None => {
+                        let index = arena.add(node(folder, NodeKind::Folder, 0, false), parent);
+                        folders.insert(folder, index);
+                        index
+                    }
+                };
+                arena.grow(index, *size);
+                parent = Some(index);
+            }
+            let main = self.main.as_deref() == Some(path.as_str());
+            arena.add(node(path, NodeKind::File, *size, main), parent);
         }
-        sort_nodes(&mut root);
-        root
+        arena.into_tree()
     }
 }
 
-fn insert_node(level: &mut Vec<TreeNode>, full: &str, rest: &str, size: i64, main: bool) {
-    match rest.split_once('/') {
-        None => level.push(TreeNode {
-            name: rest.to_owned(),
-            path: full.to_owned(),
-            kind: NodeKind::File,
-            size,
-            main,
-            children: None,
-        }),
-        Some((folder, rest)) => {
-            let folder_path = &full[..full.len() - rest.len() - 1];
-            let index = match level
-                .iter()
-                .position(|n| n.kind == NodeKind::Folder && n.name == folder)
-            {
-                Some(i) => i,
-                None => {
-                    level.push(TreeNode {
-                        name: folder.to_owned(),
-                        path: folder_path.to_owned(),
-                        kind: NodeKind::Folder,
-                        size: 0,
-                        main: false,
-                        children: Some(Vec::new()),
-                    });
-                    level.len() - 1
-                }
-            };
-            let node = &mut level[index];
+fn node(path: &str, kind: NodeKind, size: i64, main: bool) -> TreeNode {
+    TreeNode {
+        name: path.rsplit('/').next().unwrap_or(path).to_owned(),
+        path: path.to_owned(),
+        kind,
+        size,
+        main,
+        children: (kind == NodeKind::Folder).then(Vec::new),
+    }
+}
+
+/// The tree's nodes in creation order, each with its children's indices: a child is always
+/// created after its folder, which lets [`Arena::into_tree`] assemble bottom-up in one pass.
+#[derive(Default)]
+struct Arena {
+    nodes: Vec<Option<TreeNode>>,
+    children: Vec<Vec<usize>>,
+    roots: Vec<usize>,
+}
+
+impl Arena {
+    fn add(&mut self, node: TreeNode, parent: Option<usize>) -> usize {
+        let index = self.nodes.len();
+        self.nodes.push(Some(node));
+        self.children.push(Vec::new());
+        match parent {
+            Some(p) => self.children[p].push(index),
+            None => self.roots.push(index),
+        }
+        index
+    }
+
+    fn grow(&mut self, index: usize, size: i64) {
+        if let Some(node) = self.nodes[index].as_mut() {
             node.size += size;
-            insert_node(
-                node.children.get_or_insert_with(Vec::new),
-                full,
-                rest,
-                size,
-                main,
-            );
         }
     }
-}
 
-fn sort_nodes(level: &mut [TreeNode]) {
-    level.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
-    for node in level {
-        if let Some(children) = &mut node.children {
-            sort_nodes(children);
+    fn into_tree(mut self) -> Vec<TreeNode> {
+        fn order(a: &TreeNode, b: &TreeNode) -> std::cmp::Ordering {
+            (a.kind, &a.name).cmp(&(b.kind, &b.name))
         }
+        // Last created first: every child is complete before its folder takes it.
+        for index in (0..self.nodes.len()).rev() {
+            if self.children[index].is_empty() {
+                continue;
+            }
+            let mut kids: Vec<TreeNode> = self.children[index]
+                .iter()
+                .filter_map(|&child| self.nodes[child].take())
+                .collect();
+            kids.sort_by(order);
+            if let Some(node) = self.nodes[index].as_mut() {
+                node.children = Some(kids);
+            }
+        }
+        let mut root: Vec<TreeNode> = self
+            .roots
+            .iter()
+            .filter_map(|&index| self.nodes[index].take())
+            .collect();
+        root.sort_by(order);
+        root
     }
 }
 
@@ -465,10 +604,11 @@ pub async fn move_path(
     task_id: Uuid,
     from: &FilePath,
     to: &FilePath,
+    limits: &LimitSettings,
 ) -> Result<(FileSet, Renames), Error> {
     let mut tx = pool.begin().await?;
     let mut set = lock(&mut tx, task_id).await?;
-    let renames = set.move_path(from, to)?;
+    let renames = set.move_path(from, to, limits)?;
     let (old, new): (Vec<String>, Vec<String>) = renames.iter().cloned().unzip();
     sqlx::query(
         "UPDATE task_files f SET path = m.new, updated_at = now()
@@ -541,24 +681,25 @@ mod tests {
     fn moves_keep_the_main_file_main_and_refuse_moving_into_themselves() {
         let mut s = set();
         assert!(matches!(
-            s.move_path(&p("lib"), &p("lib/sub/x")),
+            s.move_path(&p("lib"), &p("lib/sub/x"), &limits()),
             Err(Error::MoveIntoItself { .. })
         ));
         assert!(matches!(
-            s.move_path(&p("lib"), &p("lib")),
+            s.move_path(&p("lib"), &p("lib"), &limits()),
             Err(Error::MoveIntoItself { .. })
         ));
         assert!(matches!(
-            s.move_path(&p("lib/a.py"), &p("main.py")),
+            s.move_path(&p("lib/a.py"), &p("main.py"), &limits()),
             Err(Error::Exists(_))
         ));
         assert!(matches!(
-            s.move_path(&p("lib/a.py"), &p("main.py/a.py")),
+            s.move_path(&p("lib/a.py"), &p("main.py/a.py"), &limits()),
             Err(Error::UnderFile(_))
         ));
-        s.move_path(&p("main.py"), &p("src/app.py")).unwrap();
+        s.move_path(&p("main.py"), &p("src/app.py"), &limits())
+            .unwrap();
         assert_eq!(s.main(), Some("src/app.py"));
-        let renames = s.move_path(&p("lib"), &p("src/lib")).unwrap();
+        let renames = s.move_path(&p("lib"), &p("src/lib"), &limits()).unwrap();
         assert_eq!(renames.len(), 2);
         assert_eq!(s.tree()[0].name, "src");
     }
@@ -591,5 +732,100 @@ mod tests {
             s.check_limits(&l),
             Err(Error::TaskTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn names_differing_only_by_case_or_normalisation_are_refused() {
+        let mut s = set();
+        for clash in ["MAIN.py", "Lib/c.py", "lib/SUB/b.py", "LIB"] {
+            assert!(
+                matches!(s.upsert(&p(clash), 1), Err(Error::NameClash { .. })),
+                "{clash}"
+            );
+        }
+        s.upsert(&p("caf\u{00E9}.py"), 1).unwrap();
+        assert!(matches!(
+            s.upsert(&p("cafe\u{0301}.py"), 1),
+            Err(Error::NameClash { .. })
+        ));
+        assert!(matches!(
+            s.move_path(&p("lib/a.py"), &p("Main.py"), &limits()),
+            Err(Error::NameClash { .. })
+        ));
+        assert!(
+            s.files.contains_key("lib/a.py"),
+            "a refused move changes nothing"
+        );
+        // Replacing the same path, and renaming a file to another case of itself, are fine.
+        assert!(!s.upsert(&p("main.py"), 3).unwrap());
+        s.move_path(&p("lib"), &p("Lib"), &limits()).unwrap();
+        assert!(s.upsert(&p("Lib/c.py"), 1).unwrap());
+        // Once a name is gone, its other spelling is free.
+        s.delete(&p("Lib")).unwrap();
+        assert!(s.upsert(&p("LIB/x.py"), 1).unwrap());
+    }
+
+    #[test]
+    fn a_move_cannot_make_a_path_a_save_would_refuse() {
+        let mut l = limits();
+        l.max_path_depth = 4;
+        l.max_path_bytes = 20;
+        let mut s = FileSet::new([("a/b/c.txt".into(), 1)], None);
+        let q = |raw: &str| FilePath::parse(raw, &l).unwrap();
+        assert!(matches!(
+            s.move_path(&q("a"), &q("x/y/a"), &l),
+            Err(Error::InvalidPath { .. })
+        ));
+        assert!(matches!(
+            s.move_path(&q("a"), &q("a-very-long-name"), &l),
+            Err(Error::InvalidPath { .. })
+        ));
+        assert_eq!(s.len(), 1);
+        assert!(s.files.contains_key("a/b/c.txt"));
+        s.move_path(&q("a"), &q("x/a"), &l).unwrap();
+        assert!(s.files.contains_key("x/a/b/c.txt"));
+    }
+
+    #[test]
+    fn alternating_moves_stop_at_the_depth_limit() {
+        let l = limits();
+        let mut s = FileSet::new([("a/f.txt".into(), 1)], None);
+        let mut refused = 0;
+        for i in 0..40 {
+            // `a/…` → `b/a/…` → `a/b/a/…`: each move nests everything one level deeper.
+            let top = s.files.keys().next().unwrap().split('/').next().unwrap();
+            let (from, to) = if top == "a" {
+                ("a", "b/a")
+            } else {
+                ("b", "a/b")
+            };
+            match s.move_path(&p(from), &p(to), &l) {
+                Ok(_) => {}
+                Err(Error::InvalidPath { .. }) => refused += 1,
+                Err(e) => panic!("move {i}: {e}"),
+            }
+            for path in s.files.keys() {
+                assert!(FilePath::parse(path, &l).is_ok(), "{path}");
+            }
+        }
+        assert!(refused > 0);
+        assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn a_very_deep_tree_is_built_without_recursion() {
+        // Deeper than any path the rules allow, as a task stored by an older release could be.
+        let deep = vec!["d"; 1000].join("/") + "/leaf.txt";
+        let s = FileSet::new([(deep.clone(), 5)], None);
+        let tree = s.tree();
+        let mut node = &tree[0];
+        let mut depth = 1;
+        while let Some(children) = &node.children {
+            assert_eq!(node.size, 5);
+            node = &children[0];
+            depth += 1;
+        }
+        assert_eq!(depth, 1001);
+        assert_eq!(node.path, deep);
     }
 }

@@ -75,4 +75,24 @@ impl Keys {
     pub fn stops(&self) -> String {
         format!("{}:stops", self.prefix)
     }
+
+    /// Failed logins of an account (by digest of its name).
+    pub fn login_account_failures(&self, account: &str) -> String {
+        format!("{}:login:account:{account}:failures", self.prefix)
+    }
+
+    /// An account's lockout: present while it lasts.
+    pub fn login_account_lock(&self, account: &str) -> String {
+        format!("{}:login:account:{account}:lock", self.prefix)
+    }
+
+    /// Login attempts from a client address in the current window.
+    pub fn login_address_attempts(&self, address: &str) -> String {
+        format!("{}:login:address:{address}:attempts", self.prefix)
+    }
+
+    /// Failed logins from a client address in the current window.
+    pub fn login_address_failures(&self, address: &str) -> String {
+        format!("{}:login:address:{address}:failures", self.prefix)
+    }
 }

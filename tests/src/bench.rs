@@ -22,7 +22,7 @@ pub struct Options {
     /// The admin's password (the local stack's is `admin`).
     #[arg(long, default_value = "admin")]
     pub admin_password: String,
-    /// Which benchmarks: `files`, `runs`, `kubernetes` or `all`.
+    /// Which benchmarks: `files`, `runs`, `kubernetes`, `login` or `all`.
     #[arg(long, default_value = "all")]
     pub suite: String,
     /// The local stack's Redis (the runs suite pauses the fleet through the capacity key).
@@ -55,6 +55,15 @@ pub struct Options {
     /// Running Jobs one worker watches in the kubernetes memory benchmark.
     #[arg(long, default_value_t = 1_000)]
     pub kube_watched: usize,
+    /// The API's pid file (for its resident memory in the login suite).
+    #[arg(long, default_value = ".local/run/functions.pid")]
+    pub functions_pid_file: String,
+    /// Concurrent clients of the wrong-password flood (a third of them log in correctly).
+    #[arg(long, default_value_t = 60)]
+    pub login_clients: usize,
+    /// Seconds each login flood lasts.
+    #[arg(long, default_value_t = 10)]
+    pub login_seconds: u64,
 }
 
 /// What one scenario measured.
@@ -169,6 +178,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     if options.suite == "kubernetes" || options.suite == "all" {
         crate::bench_kube::run(&options).await?;
+    }
+    // Last: its floods leave the API's hash buffers allocated and would distort the others.
+    if options.suite == "login" || options.suite == "all" {
+        crate::bench_login::run(&options).await?;
     }
     Ok(())
 }

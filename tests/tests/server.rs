@@ -70,9 +70,25 @@ async fn the_server_answers_over_tcp_and_shuts_down_gracefully() {
 }
 
 #[tokio::test]
-async fn start_up_refuses_the_development_secret_outside_the_local_stack() {
+async fn start_up_refuses_the_development_secrets_outside_the_local_stack() {
+    // The S3 secret: refused by every binary, when the settings are read.
     let mut overrides = test_settings("unused", "unused");
     overrides.push(("local_stack", "false".into()));
-    let err = Settings::with_overrides(overrides).unwrap_err();
-    assert!(err.to_string().contains("CODERUN__AUTH__JWT_SECRET"));
+    let err = Settings::with_overrides(overrides.clone()).unwrap_err();
+    assert!(
+        err.to_string().contains("CODERUN__STORAGE__SECRET_KEY"),
+        "{err}"
+    );
+    // The JWT secret: refused by the API before it connects to anything (the worker never
+    // reads it).
+    overrides.push((
+        "storage.secret_key",
+        "the-real-secret-of-this-bucket".into(),
+    ));
+    let settings = Settings::with_overrides(overrides).unwrap();
+    let err = AppState::build(settings).await.err().unwrap();
+    assert!(
+        err.to_string().contains("CODERUN__AUTH__JWT_SECRET"),
+        "{err}"
+    );
 }

@@ -1,4 +1,9 @@
 //! Logging in, the caller, and user creation by admins.
+//!
+//! A login is throttled before its password is hashed (per account and per client address,
+//! fleet-wide), and every login that gets through costs exactly one Argon2 hash: an unknown
+//! user is checked against a dummy hash of the same cost, so timing does not tell which names
+//! exist.
 
 use axum::Router;
 use axum::extract::State;
@@ -10,6 +15,7 @@ use coderun_shared::users::{self, User};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::client_address::ClientAddress;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Caller, Json};
 use crate::state::AppState;
@@ -43,24 +49,40 @@ pub struct LoginResponse {
     pub user: LoginUser,
 }
 
-/// Exchange a username and password for a bearer token.
+/// Exchange a username and password for a bearer token. Failed logins lock the account for a
+/// growing while, and each client address has a budget of attempts and failures: beyond
+/// either the answer is 429 with `Retry-After`.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth", request_body = LoginRequest,
-    responses((status = 200, body = LoginResponse), (status = 401, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = LoginResponse), (status = 401, body = Problem), (status = 422, body = Problem),
+        (status = 429, body = Problem, headers(("Retry-After" = u64, description = "seconds to wait")))))]
 pub async fn login(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     Json(body): Json<LoginRequest>,
 ) -> ApiResult<Json<LoginResponse>> {
+    if let Some(refusal) = state.login_throttle.check(&body.username, &address).await? {
+        metrics::counter!("login_refusals_total").increment(1);
+        return Err(ApiError::TooManyRequests {
+            detail: refusal.to_string(),
+            retry_after: refusal.retry_after(),
+        });
+    }
     let found = if body.username.len() <= 64 && body.password.len() <= 1024 {
         users::find_for_login(&state.db, &body.username).await?
     } else {
         None
     };
-    let Some((user, hash)) = found else {
+    let (user, hash) = found.unzip();
+    // Always one hash: the user's, or the dummy one for a name that does not exist.
+    let matched = state.verify_password(body.password, hash).await?;
+    let Some(user) = user.filter(|_| matched) else {
+        state
+            .login_throttle
+            .failed(&body.username, &address)
+            .await?;
         return Err(ApiError::BadCredentials);
     };
-    if !state.verify_password(body.password, hash).await? {
-        return Err(ApiError::BadCredentials);
-    }
+    state.login_throttle.succeeded(&body.username).await?;
     let (token, expires_at) = state
         .auth
         .issue(user.id, user.role)

@@ -223,7 +223,7 @@ pub async fn move_path(
     let from = parse_path(&body.from, &state)?;
     let to = parse_path(&body.to, &state)?;
     authorize(&state, &caller, task_id, Access::Write).await?;
-    files::move_path(&state.db, task_id, &from, &to).await?;
+    files::move_path(&state.db, task_id, &from, &to, &state.settings.limits).await?;
     Ok(Json(task_detail(&state, task_id).await?))
 }
 

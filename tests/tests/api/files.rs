@@ -485,3 +485,270 @@ async fn the_archive_is_a_zip_of_every_file() {
         .unwrap();
     assert_eq!(content, "3 1 2\n");
 }
+
+/// `raw` percent-encoded for a URL path, keeping `/`.
+fn encode_path(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"/._-".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn names_that_unpack_differently_elsewhere_are_refused_on_every_route() {
+    let app = spawn_app().await;
+    let (token, uri) = setup(&app).await;
+    app.put_text(&format!("{uri}/files/src/ok.py"), &token, "x")
+        .await
+        .expect(201);
+    let before = app.snapshot().await;
+    let bad = [
+        "a:b.py",
+        "src/c:.py",
+        "CON",
+        "src/nul.txt",
+        "Aux.tar.gz",
+        "com1.py",
+        "LPT9",
+        "prn .txt",
+        ".git/config",
+        "x/.GIT/hooks/pre-commit",
+        ".git",
+        "evil\u{202E}yp.exe",
+        "a\u{2066}b.py",
+        "zero\u{200B}width.py",
+        "bom\u{FEFF}.py",
+        "joiner\u{200D}.py",
+    ];
+    for path in bad {
+        let problem = app
+            .put_text(&format!("{uri}/files/{}", encode_path(path)), &token, "x")
+            .await
+            .problem(400);
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("path") || detail.contains("Windows"),
+            "{path:?}: {problem}"
+        );
+        app.post(
+            &format!("{uri}/files:batch"),
+            &token,
+            json!({"upsert": [{"path": "fine.py", "content": ""}, {"path": path, "content": "x"}]}),
+        )
+        .await
+        .problem(400);
+        app.post(
+            &format!("{uri}/files:move"),
+            &token,
+            json!({"from": "src/ok.py", "to": path}),
+        )
+        .await
+        .problem(400);
+        app.post(
+            &format!("{uri}/files:move"),
+            &token,
+            json!({"from": "src", "to": path}),
+        )
+        .await
+        .problem(400);
+    }
+    assert_eq!(app.snapshot().await, before, "nothing was stored");
+    // Their harmless neighbours are fine.
+    for ok in [
+        "console.py",
+        "com10.py",
+        ".gitignore",
+        ".github/ci.yml",
+        "a.git/x",
+    ] {
+        app.put_text(&format!("{uri}/files/{}", encode_path(ok)), &token, "x")
+            .await
+            .expect(201);
+    }
+}
+
+#[tokio::test]
+async fn names_differing_only_by_case_or_normalisation_are_refused() {
+    let app = spawn_app().await;
+    let (token, uri) = setup(&app).await;
+    app.put_text(&format!("{uri}/files/src/a.py"), &token, "x")
+        .await
+        .expect(201);
+    let composed = "caf\u{00E9}.py";
+    let decomposed = "cafe\u{0301}.py";
+    app.put_text(
+        &format!("{uri}/files/{}", encode_path(composed)),
+        &token,
+        "x",
+    )
+    .await
+    .expect(201);
+    let before = app.snapshot().await;
+    for clash in ["MAIN.py", "readme.md", "Src/b.py", "SRC", decomposed] {
+        let problem = app
+            .put_text(&format!("{uri}/files/{}", encode_path(clash)), &token, "x")
+            .await
+            .problem(409);
+        assert!(
+            problem["detail"]
+                .as_str()
+                .unwrap()
+                .contains("differs only by case"),
+            "{problem}"
+        );
+    }
+    // Two spellings in one batch, and a move onto another spelling of an existing name.
+    app.post(
+        &format!("{uri}/files:batch"),
+        &token,
+        json!({"upsert": [{"path": "new/x.py", "content": ""}, {"path": "NEW/y.py", "content": ""}]}),
+    )
+    .await
+    .problem(409);
+    app.post(
+        &format!("{uri}/files:move"),
+        &token,
+        json!({"from": "src/a.py", "to": "Main.py"}),
+    )
+    .await
+    .problem(409);
+    app.post(
+        &format!("{uri}/files:move"),
+        &token,
+        json!({"from": "src", "to": "Cafe\u{0301}.py"}),
+    )
+    .await
+    .problem(409);
+    assert_eq!(app.snapshot().await, before, "nothing was stored");
+    // Renaming a name to another spelling of itself is a plain rename.
+    let task = app
+        .post(
+            &format!("{uri}/files:move"),
+            &token,
+            json!({"from": "src", "to": "Src"}),
+        )
+        .await
+        .expect(200);
+    let names: Vec<&str> = task["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"Src"), "{names:?}");
+}
+
+/// The deepest nesting of the tree the API shows.
+fn depth(nodes: &serde_json::Value) -> usize {
+    let mut deepest = 0;
+    let mut stack: Vec<(&serde_json::Value, usize)> = vec![(nodes, 0)];
+    while let Some((level, d)) = stack.pop() {
+        for node in level.as_array().into_iter().flatten() {
+            deepest = deepest.max(d + 1);
+            if let Some(children) = node.get("children") {
+                stack.push((children, d + 1));
+            }
+        }
+    }
+    deepest
+}
+
+#[tokio::test]
+async fn alternating_moves_cannot_nest_a_tree_past_the_limits() {
+    let app = spawn_app().await;
+    let (token, uri) = setup(&app).await;
+    app.put_text(&format!("{uri}/files/a/f.txt"), &token, "x")
+        .await
+        .expect(201);
+    // The measured attack: 40 alternating moves, `a/…` → `b/a/…` → `a/b/a/…`, each nesting
+    // everything one level deeper with a `to` that is itself a short, valid path.
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..40 {
+        let task = app.get(&uri, &token).await.expect(200);
+        let top = task["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["kind"] == "folder")
+            .unwrap()["name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (from, to) = if top == "a" {
+            ("a", "b/a")
+        } else {
+            ("b", "a/b")
+        };
+        let before = app.snapshot().await;
+        let response = app
+            .post(
+                &format!("{uri}/files:move"),
+                &token,
+                json!({"from": from, "to": to}),
+            )
+            .await;
+        if response.status == 200 {
+            accepted += 1;
+        } else {
+            let problem = response.problem(400);
+            assert!(
+                problem["detail"].as_str().unwrap().contains("levels deep"),
+                "{problem}"
+            );
+            assert_eq!(
+                app.snapshot().await,
+                before,
+                "a refused move stores nothing"
+            );
+            refused += 1;
+        }
+    }
+    // `a/f.txt` has two levels: 14 moves take it to the 16 allowed.
+    assert_eq!(accepted, 14, "up to 16 levels, then no deeper");
+    assert_eq!(refused, 26);
+    let task = app.get(&uri, &token).await.expect(200);
+    assert_eq!(depth(&task["files"]), 16);
+
+    // The measured set-up: a folder moved below a 15-level `b/b/…` would put its files at 17.
+    let deep = vec!["b"; 15].join("/");
+    app.put_text(&format!("{uri}/files/{deep}/x.txt"), &token, "x")
+        .await
+        .expect(201);
+    app.put_text(&format!("{uri}/files/c/f.txt"), &token, "x")
+        .await
+        .expect(201);
+    let before = app.snapshot().await;
+    app.post(
+        &format!("{uri}/files:move"),
+        &token,
+        json!({"from": "c", "to": format!("{deep}/c")}),
+    )
+    .await
+    .problem(400);
+    // Nor may a move make a path longer than the byte limit.
+    let long = "n".repeat(200);
+    app.post(
+        &format!("{uri}/files:move"),
+        &token,
+        json!({"from": "c", "to": long}),
+    )
+    .await
+    .expect(200);
+    let before_long = app.snapshot().await;
+    app.post(
+        &format!("{uri}/files:move"),
+        &token,
+        json!({"from": long, "to": format!("{}/{long}", "m".repeat(50))}),
+    )
+    .await
+    .problem(400);
+    assert_eq!(app.snapshot().await, before_long);
+    assert_ne!(before, before_long);
+    // The stack answers normally afterwards.
+    app.get(&uri, &token).await.expect(200);
+}

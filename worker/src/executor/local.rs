@@ -300,14 +300,16 @@ impl Inner {
             .store_log(run.id, &work_dir.join("log.txt"))
             .await?;
         let sandbox = self.sandbox.clone();
-        let (dir, files, bytes) = (
+        let (dir, files, bytes, paths) = (
             work_dir.to_owned(),
             self.runs.output_max_files as usize,
             self.runs.output_max_bytes,
+            self.paths.clone(),
         );
-        let collected =
-            tokio::task::spawn_blocking(move || sandbox.collect_outputs(&dir, files, bytes))
-                .await??;
+        let collected = tokio::task::spawn_blocking(move || {
+            sandbox.collect_outputs(&dir, files, bytes, &paths)
+        })
+        .await??;
         let files: Vec<(String, PathBuf, u64)> = collected
             .files
             .iter()

@@ -570,14 +570,21 @@ impl Sandbox {
     /// The regular files the program left under `work_dir/output`, by relative path. Never
     /// follows a symlink, skips files with more than one hard link and anything that is not a
     /// regular file or a folder; stops at `max_files` files / `max_bytes` bytes in total (the
-    /// rest is listed as skipped). Call it after [`Sandbox::run`] returned.
+    /// rest is listed as skipped), and skips paths that break the rules of task files
+    /// (`FilePath`, as the Kubernetes executor does). Call it after [`Sandbox::run`] returned.
     pub fn collect_outputs(
         &self,
         work_dir: &Path,
         max_files: usize,
         max_bytes: u64,
+        paths: &coderun_shared::config::LimitSettings,
     ) -> Result<CollectedOutputs, OutputError> {
-        outputs::collect(&RunLayout::new(work_dir).output(), max_files, max_bytes)
+        outputs::collect(
+            &RunLayout::new(work_dir).output(),
+            max_files,
+            max_bytes,
+            paths,
+        )
     }
 
     /// Kills what is left of a run's sandbox on this host, whichever worker started it: every

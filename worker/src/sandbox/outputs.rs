@@ -10,6 +10,8 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use coderun_shared::config::LimitSettings;
+use coderun_shared::domain::FilePath;
 use nix::fcntl::OFlag;
 
 /// One collected file.
@@ -47,7 +49,8 @@ pub enum SkipReason {
     HardLink,
     /// A fifo, socket or device.
     NotRegular,
-    /// The name is not UTF-8.
+    /// The name is not UTF-8, or the path breaks the rules of task files (the same check
+    /// the Kubernetes executor applies to its outputs archive).
     BadName,
     /// Over the number of files or bytes allowed.
     OverLimit,
@@ -95,6 +98,7 @@ pub(super) fn collect(
     output_dir: &Path,
     max_files: usize,
     max_bytes: u64,
+    paths: &LimitSettings,
 ) -> Result<CollectedOutputs, OutputError> {
     let mut out = CollectedOutputs::default();
     let root_meta = match std::fs::symlink_metadata(output_dir) {
@@ -160,6 +164,9 @@ pub(super) fn collect(
             let kind = meta.file_type();
             if kind.is_symlink() {
                 skip(&mut out, SkipReason::Symlink);
+            } else if FilePath::parse(&rel, paths).is_err() {
+                // Nothing below a refused folder can pass either: it is not entered.
+                skip(&mut out, SkipReason::BadName);
             } else if kind.is_dir() {
                 subdirs.push((rel.clone(), host));
             } else if !kind.is_file() {
@@ -204,5 +211,56 @@ fn join(dir: &str, name: &str) -> String {
         name.to_string()
     } else {
         format!("{dir}/{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coderun_shared::config::Settings;
+
+    fn paths() -> LimitSettings {
+        Settings::with_overrides([("local_stack", "true".to_string())])
+            .unwrap()
+            .limits
+    }
+
+    #[test]
+    fn output_names_follow_the_rules_of_task_files() {
+        let root = std::env::temp_dir().join(format!("coderun-outputs-{}", uuid::Uuid::new_v4()));
+        let deep = (0..20)
+            .map(|i| format!("d{i}"))
+            .collect::<Vec<_>>()
+            .join("/");
+        for dir in [".git", "ok", deep.as_str()] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        for file in [
+            "ok/kept.txt",
+            "CON.txt",
+            "a:b",
+            ".git/config",
+            "bidi\u{202E}txt.py",
+            "zero\u{200B}.txt",
+            &format!("{deep}/too-deep.txt"),
+        ] {
+            std::fs::write(root.join(file), b"x").unwrap();
+        }
+        let collected = collect(&root, 100, 1 << 20, &paths()).unwrap();
+        let kept: Vec<&str> = collected.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(kept, ["ok/kept.txt"]);
+        let mut refused: Vec<&str> = collected
+            .skipped
+            .iter()
+            .filter(|s| s.reason == SkipReason::BadName)
+            .map(|s| s.path.as_str())
+            .collect();
+        refused.sort();
+        assert_eq!(refused.len(), 6, "{refused:?}");
+        assert!(refused.contains(&".git"));
+        assert!(refused.contains(&"CON.txt"));
+        assert!(refused.contains(&"a:b"));
+        assert!(refused.iter().any(|p| p.starts_with("d0/")), "{refused:?}");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -497,7 +497,9 @@ async fn outputs_never_follow_symlinks_or_hard_links() {
     std::fs::write(&foreign, "TOPSECRET-WORKER\n").unwrap();
     std::fs::hard_link(&foreign, output_of(&done.dir).join("planted")).unwrap();
 
-    let collected = sb.collect_outputs(&done.dir, 100, 1 << 20).unwrap();
+    let collected = sb
+        .collect_outputs(&done.dir, 100, 1 << 20, &task_paths())
+        .unwrap();
     let files: Vec<&str> = collected.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(files, ["real.txt", "sub/n.txt"]);
     let skipped: Vec<(&str, SkipReason)> = collected
@@ -532,10 +534,14 @@ async fn outputs_never_follow_symlinks_or_hard_links() {
     );
 
     // Caps: one file, or too few bytes.
-    let one = sb.collect_outputs(&done.dir, 1, 1 << 20).unwrap();
+    let one = sb
+        .collect_outputs(&done.dir, 1, 1 << 20, &task_paths())
+        .unwrap();
     assert_eq!(one.files.len(), 1);
     assert!(one.truncated);
-    let small = sb.collect_outputs(&done.dir, 100, 3).unwrap();
+    let small = sb
+        .collect_outputs(&done.dir, 100, 3, &task_paths())
+        .unwrap();
     assert_eq!(
         small
             .files
@@ -1067,7 +1073,9 @@ time.sleep(30)
     assert_eq!(done.lines[0], "depth True", "{:?}", done.lines);
     // Collecting the outputs copes with the tree: what is too deep is left out.
     let sb = sandbox().unwrap();
-    let collected = sb.collect_outputs(&done.dir, 100, 1 << 30).unwrap();
+    let collected = sb
+        .collect_outputs(&done.dir, 100, 1 << 30, &task_paths())
+        .unwrap();
     assert!(collected.files.is_empty(), "{collected:?}");
 }
 
@@ -1282,4 +1290,11 @@ async fn python_java_and_r_still_run_under_the_filter() {
         );
         assert_eq!(done.lines, expected, "{binary}");
     }
+}
+
+/// The path rules of task files, which outputs follow too.
+fn task_paths() -> coderun_shared::config::LimitSettings {
+    coderun_shared::config::Settings::with_overrides([("local_stack", "true".to_string())])
+        .unwrap()
+        .limits
 }
