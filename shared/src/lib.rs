@@ -15,4 +15,5 @@ pub mod semaphore;
 pub mod storage;
 pub mod tasks;
 pub mod telemetry;
+pub mod transient;
 pub mod users;

@@ -79,6 +79,7 @@ fn work_dir(files: &[(&str, &str)]) -> PathBuf {
 fn request(dir: &Path, command: &str, limits: Limits) -> SandboxRequest {
     SandboxRequest {
         run_id: Uuid::new_v4(),
+        attempt: 1,
         command: command.into(),
         work_dir: dir.to_path_buf(),
         datasets: Vec::new(),
