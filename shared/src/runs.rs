@@ -543,10 +543,11 @@ pub async fn reattempt(
             UPDATE runs SET status = 'queued', attempt = attempt + 1, worker = NULL,
                 executor = NULL, dispatched_at = NULL, started_at = NULL
             WHERE id = $1 AND status IN ('dispatched', 'pending', 'running') AND attempt < $2
-            RETURNING id, attempt)
-         INSERT INTO run_events (run_id, phase, source, detail)
-         SELECT id, 'queued', $3, 'attempt ' || attempt || ' of ' || $2 || ': ' || $4 FROM moved
-         RETURNING (SELECT attempt FROM moved)",
+            RETURNING id, attempt),
+         event AS (
+            INSERT INTO run_events (run_id, phase, source, detail)
+            SELECT id, 'queued', $3, format('attempt %s of %s: %s', attempt, $2, $4) FROM moved)
+         SELECT attempt FROM moved",
     )
     .bind(id)
     .bind(max_attempts.max(1) as i32)

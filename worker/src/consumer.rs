@@ -304,10 +304,11 @@ async fn hand_off(
     };
     // The execution exists now: from here on a transient failure is waited out, not undone
     // (the transition is idempotent, so a retry after a lost answer finds it done).
+    let change = &change;
     let dispatched = ctx
         .resilience
-        .retry("record dispatched", || async {
-            Ok(runs::transition(&ctx.db, run_id, RunStatus::Dispatched, &change).await?)
+        .retry("record dispatched", || async move {
+            Ok(runs::transition(&ctx.db, run_id, RunStatus::Dispatched, change).await?)
         })
         .await;
     let dispatched = match dispatched {
@@ -320,7 +321,7 @@ async fn hand_off(
     if !dispatched {
         let now = ctx
             .resilience
-            .retry("read the run", || async {
+            .retry("read the run", || async move {
                 Ok(runs::get(&ctx.db, run_id).await?.map(|r| r.status))
             })
             .await?;

@@ -44,10 +44,10 @@ pub struct Recorder {
 impl Recorder {
     /// Records a phase; a transition the run is already past is a no-op.
     pub async fn phase(&self, run: Uuid, status: RunStatus, detail: &str) -> anyhow::Result<bool> {
-        let change = Change::by(self.source.clone()).detail(detail);
+        let change = &Change::by(self.source.clone()).detail(detail);
         self.resilience
-            .retry("record a phase", || async {
-                Ok(runs::transition(&self.db, run, status, &change).await?)
+            .retry("record a phase", || async move {
+                Ok(runs::transition(&self.db, run, status, change).await?)
             })
             .await
     }
@@ -74,9 +74,9 @@ impl Recorder {
 
     /// Stores `log` as `runs/{run}/log.txt` (an executor that holds the log in memory).
     pub async fn store_log_bytes(&self, run: Uuid, log: Vec<u8>) -> anyhow::Result<()> {
-        let log = Bytes::from(log);
+        let log = &Bytes::from(log);
         self.resilience
-            .retry("store log.txt", || async {
+            .retry("store log.txt", || async move {
                 self.storage
                     .put(
                         &format!("runs/{run}/log.txt"),
@@ -97,9 +97,9 @@ impl Recorder {
     ) -> anyhow::Result<()> {
         let mut recorded = Vec::with_capacity(files.len());
         for (path, host_path, size) in files {
-            let bytes = Bytes::from(tokio::fs::read(host_path).await?);
+            let bytes = &Bytes::from(tokio::fs::read(host_path).await?);
             self.resilience
-                .retry("store an output file", || async {
+                .retry("store an output file", || async move {
                     self.storage
                         .put(
                             &format!("runs/{run}/output/{path}"),
@@ -115,9 +115,10 @@ impl Recorder {
                 size: *size as i64,
             });
         }
+        let recorded = &recorded;
         self.resilience
-            .retry("list the outputs", || async {
-                Ok(runs::record_outputs(&self.db, run, &recorded).await?)
+            .retry("list the outputs", || async move {
+                Ok(runs::record_outputs(&self.db, run, recorded).await?)
             })
             .await
     }
@@ -134,17 +135,18 @@ impl Recorder {
             log_truncated: ending.log_truncated,
             ..Change::default()
         };
+        let (status, change) = (ending.status, &change);
         let ended = self
             .resilience
-            .retry("record the end", || async {
-                Ok(runs::finish(&self.db, run, ending.status, &change).await?)
+            .retry("record the end", || async move {
+                Ok(runs::finish(&self.db, run, status, change).await?)
             })
             .await?;
         if let Err(e) = self.live_log.expire(run, self.live_log_ttl_seconds).await {
             tracing::warn!(%run, error = %e, "cannot set the live log's expiry");
         }
         self.resilience
-            .retry("give the permit back", || async {
+            .retry("give the permit back", || async move {
                 Ok(self.semaphore.release(&run.to_string()).await?)
             })
             .await?;

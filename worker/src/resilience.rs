@@ -266,7 +266,6 @@ impl Resilience {
         let failed: Mutex<Option<Dependency>> = Mutex::new(None);
         let result = step
             .retry(self.backoff())
-            .sleep(tokio::time::sleep)
             .when(|e: &anyhow::Error| classify(e).is_some())
             .notify(|e: &anyhow::Error, wait: Duration| {
                 if let Some(dep) = classify(e) {
@@ -349,9 +348,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn transient_failures_are_retried_until_the_step_succeeds() {
         let r = Resilience::new(settings());
-        let tries = Mutex::new(0);
+        let tries = &Mutex::new(0);
         let value = r
-            .retry("flaky", || async {
+            .retry("flaky", || async move {
                 let mut n = tries.lock().unwrap();
                 *n += 1;
                 if *n < 5 { Err(refused()) } else { Ok(*n) }
@@ -366,9 +365,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn permanent_failures_are_not_retried() {
         let r = Resilience::new(settings());
-        let tries = Mutex::new(0);
+        let tries = &Mutex::new(0);
         let result: anyhow::Result<()> = r
-            .retry("broken", || async {
+            .retry("broken", || async move {
                 *tries.lock().unwrap() += 1;
                 Err(anyhow::anyhow!("the bundle's checksum does not match"))
             })

@@ -241,7 +241,7 @@ impl Inner {
         // An outage of object storage is waited out here, the run pending; only a bundle that
         // is missing or does not match its checksum fails the run.
         let bytes = resilience
-            .retry("fetch the code", || async {
+            .retry("fetch the code", || async move {
                 let url = self.recorder.storage.presigned_get(&run.code_key()).await?;
                 let response = self.http.get(url).send().await?.error_for_status()?;
                 Ok(response.bytes().await?)
