@@ -355,8 +355,11 @@ fn start_all() -> Result<TestServers, String> {
                     "listen_addresses=127.0.0.1",
                     "-c",
                     "fsync=off",
+                    // Commits reach the OS before they are acknowledged, so a test that
+                    // kills the server with -9 loses no acknowledged write (fsync is off:
+                    // the OS itself never crashes in a test).
                     "-c",
-                    "synchronous_commit=off",
+                    "synchronous_commit=on",
                     "-c",
                     "full_page_writes=off",
                     "-c",
@@ -379,13 +382,19 @@ fn start_all() -> Result<TestServers, String> {
             redis_start,
             redis_ping as fn(u16) -> bool,
         ),
-        (Server::S3, s3_pending, &s3_dir, s3_start, http_answers),
+        (
+            Server::S3,
+            s3_pending,
+            &s3_dir,
+            s3_start,
+            http_answers as fn(u16) -> bool,
+        ),
         (
             Server::Postgres,
             pg_pending,
             &pg_dir,
             pg_start,
-            postgres_accepts,
+            postgres_accepts as fn(u16) -> bool,
         ),
     ] {
         let port = until_ready(pending, dir, &*start, ready)?;

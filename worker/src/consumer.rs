@@ -84,7 +84,12 @@ pub async fn paused(ctx: &Context) -> Option<Vec<Dependency>> {
 /// has renewed — re-created, if Redis lost them — the permits of the runs really executing, so
 /// capacity is never exceeded by seats that only looked free.
 pub fn settle_permits(ctx: &Context) {
-    let wait = std::time::Duration::from_secs(2 * ctx.settings.worker.heartbeat_seconds.max(1) + 1);
+    // A live worker beats at least once per heartbeat TTL; one period more covers a beat that
+    // was waiting for the reconnection.
+    let worker = &ctx.settings.worker;
+    let wait = std::time::Duration::from_secs(
+        worker.heartbeat_ttl_seconds.max(1) + worker.heartbeat_seconds.max(1),
+    );
     tracing::info!(
         ?wait,
         "Redis is back: waiting for the fleet to renew its permits before taking work"

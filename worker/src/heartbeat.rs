@@ -60,6 +60,9 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
     let period = Duration::from_secs(ctx.settings.worker.heartbeat_seconds.max(1));
     loop {
         if let Err(e) = beat(&ctx).await {
+            if let Some(dep) = crate::resilience::classify(&e) {
+                ctx.resilience.failure(dep, &e);
+            }
             tracing::warn!(error = %e, "heartbeat failed");
         }
         tokio::select! {

@@ -34,6 +34,12 @@ const HANDOFF_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
 pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
     let mut report = Report::default();
+    // Liveness is read from heartbeats in Redis: right after Redis was unreachable (or lost
+    // writes) a live worker's heartbeat may have lapsed, and judging now would end — or start
+    // again — runs that are still executing. Wait until every worker has beaten again.
+    if ctx.resilience.settling() || !ctx.resilience.open().is_empty() {
+        return Ok(report);
+    }
     let active = runs::active(&ctx.db).await?;
     let requeue_after = chrono::TimeDelta::seconds(ctx.settings.runs.requeue_after_seconds as i64);
     let now = Utc::now();

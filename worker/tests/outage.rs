@@ -265,6 +265,14 @@ async fn an_outage_of(server: Server, dep: Dependency, down: Duration) {
 
     let (opened, _) = breaker(&[&a, &b], dep);
     assert!(opened >= 1, "the {dep} breaker never opened");
+    // The workers' metrics share this process's recorder with the API's `/metrics`.
+    let metrics = p
+        .app
+        .send(Method::GET, "/metrics", None, Payload::Empty)
+        .await
+        .text();
+    let opened_metric = format!("worker_breaker_opened_total{{dependency=\"{dep}\"}}");
+    assert!(metrics.contains(&opened_metric), "{opened_metric} not in /metrics");
     let deadline = Instant::now() + T;
     while !breaker(&[&a, &b], dep).1 {
         assert!(Instant::now() < deadline, "the {dep} breaker stays open");
