@@ -156,6 +156,8 @@ pub struct WorkerSettings {
     pub shutdown_grace_seconds: u64,
     /// Fault injection for tests (`after_permit`, `after_launch`); empty otherwise.
     pub crash_at: String,
+    /// Where the worker serves `/metrics` and `/readyz`; empty: nowhere.
+    pub http_bind: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -18,6 +18,7 @@ pub mod consumer;
 pub mod context;
 pub mod executor;
 pub mod heartbeat;
+pub mod http;
 pub mod janitor;
 pub mod reconciler;
 pub mod recorder;
@@ -48,6 +49,7 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) -> anyhow::Re
         tokio::spawn(janitor::run(ctx.clone(), stop_background.clone())),
         tokio::spawn(reconciler::run(ctx.clone(), stop_background.clone())),
         tokio::spawn(stops::run(ctx.clone(), stop_background.clone())),
+        tokio::spawn(http::serve(ctx.clone(), stop_background.clone())),
         tokio::spawn({
             let (executor, stop) = (ctx.executor.clone(), stop_background.clone());
             async move { executor.run(stop).await }

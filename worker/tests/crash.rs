@@ -157,9 +157,11 @@ fn processes_with(marker: &str) -> String {
 async fn a_run_killed_with_its_worker_runs_again_only_after_the_first_program_died() {
     let p = platform(vec![]).await;
     let mut victim = p.worker_process("victim-exec", &[]);
-    let marker = format!("marker-{}", uuid::Uuid::new_v4().simple());
+    // Only the first attempt's `sleep` has this in its command line (the shell's holds `$S`).
+    let fraction = uuid::Uuid::new_v4().as_u128() % 1_000_000_000;
+    let marker = format!("sleep 60.{fraction}");
     let command = format!(
-        "if [ \"$RUN_ATTEMPT\" = 1 ]; then echo started; sleep 60; echo {marker}; fi; \
+        "if [ \"$RUN_ATTEMPT\" = 1 ]; then echo started; S=60; sleep $S.{fraction}; fi; \
          echo attempt $RUN_ATTEMPT"
     );
     let id = p

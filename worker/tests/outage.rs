@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::http::Method;
 use coderun_shared::transient::Dependency;
 use coderun_tests::app::{Payload, TestResponse};
 use coderun_tests::kube::{Fault, NAMESPACE as NS, StandIn};
 use coderun_tests::servers::{Server, TestServers};
-use http::Method;
 use support::{InProcessWorker, Platform, kubernetes_settings, platform, run_permits};
 
 /// One outage at a time: they share the servers.
@@ -38,7 +38,7 @@ fn outage_settings() -> Vec<(&'static str, String)> {
         ("resilience.breaker_failures", "2".into()),
         ("resilience.breaker_open_ms", "300".into()),
         ("resilience.breaker_max_open_ms", "2000".into()),
-        ("redis.command_timeout_ms", "2000".into()),
+        ("redis.command_timeout_ms", "1000".into()),
         ("database.acquire_timeout_seconds", "2".into()),
     ]
 }
@@ -103,34 +103,79 @@ fn accepted_or_unavailable(response: &TestResponse) -> Option<String> {
 struct Sampler {
     max: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
+    /// Dependencies some worker's `/readyz` named as open at some point.
+    seen_open: Arc<std::sync::Mutex<BTreeSet<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Sampler {
     fn start(workers: &[&InProcessWorker]) -> Sampler {
         let executors: Vec<_> = workers.iter().map(|w| w.ctx.executor.clone()).collect();
+        let routers: Vec<_> = workers
+            .iter()
+            .map(|w| coderun_worker::http::router(w.ctx.clone()))
+            .collect();
         let (max, stop) = (
             Arc::new(AtomicUsize::new(0)),
             Arc::new(AtomicBool::new(false)),
         );
+        let seen_open = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
         let task = tokio::spawn({
-            let (max, stop) = (max.clone(), stop.clone());
+            let (max, stop, seen_open) = (max.clone(), stop.clone(), seen_open.clone());
             async move {
+                let mut tick = 0u64;
                 while !stop.load(Ordering::SeqCst) {
                     let live: usize = executors.iter().map(|e| e.live().len()).sum();
                     max.fetch_max(live, Ordering::SeqCst);
+                    if tick % 5 == 0 {
+                        for http in &routers {
+                            for dep in readyz_open(http).await {
+                                seen_open.lock().unwrap().insert(dep);
+                            }
+                        }
+                    }
+                    tick += 1;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
         });
-        Sampler { max, stop, task }
+        Sampler {
+            max,
+            stop,
+            seen_open,
+            task,
+        }
     }
 
-    async fn finish(self) -> usize {
+    /// The most executions seen at once, and the dependencies `/readyz` named open.
+    async fn finish(self) -> (usize, BTreeSet<String>) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.task.await;
-        self.max.load(Ordering::SeqCst)
+        let seen = self.seen_open.lock().unwrap().clone();
+        (self.max.load(Ordering::SeqCst), seen)
     }
+}
+
+/// The dependencies the worker's `/readyz` names open (none when it answers 200).
+async fn readyz_open(http: &axum::Router) -> Vec<String> {
+    use tower::ServiceExt;
+    let request = axum::http::Request::get("/readyz")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = http.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let open: Vec<String> = body["open"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(status == 200, open.is_empty(), "{status}: {body}");
+    open
 }
 
 async fn blocking(f: impl FnOnce() + Send + 'static) {
@@ -257,7 +302,16 @@ async fn an_outage_of(server: Server, dep: Dependency, down: Duration) {
         .unwrap();
     assert_eq!(total as usize, tasks.len(), "no run was created twice");
     wait_no_run_permits(&a.ctx).await;
-    let max = sampler.finish().await;
+    let (max, seen_open) = sampler.finish().await;
+    assert!(
+        seen_open.contains(dep.as_str()),
+        "the worker's /readyz never named {dep}: {seen_open:?}"
+    );
+    assert!(
+        readyz_open(&coderun_worker::http::router(a.ctx.clone()))
+            .await
+            .is_empty()
+    );
     assert!(
         max <= CAPACITY,
         "{max} executions at once, capacity {CAPACITY}"
@@ -272,7 +326,10 @@ async fn an_outage_of(server: Server, dep: Dependency, down: Duration) {
         .await
         .text();
     let opened_metric = format!("worker_breaker_opened_total{{dependency=\"{dep}\"}}");
-    assert!(metrics.contains(&opened_metric), "{opened_metric} not in /metrics");
+    assert!(
+        metrics.contains(&opened_metric),
+        "{opened_metric} not in /metrics"
+    );
     let deadline = Instant::now() + T;
     while !breaker(&[&a, &b], dep).1 {
         assert!(Instant::now() < deadline, "the {dep} breaker stays open");
@@ -289,7 +346,7 @@ async fn an_outage_of(server: Server, dep: Dependency, down: Duration) {
 
 #[tokio::test]
 async fn a_redis_restart_while_runs_drain_loses_no_run_and_runs_none_twice() {
-    an_outage_of(Server::Redis, Dependency::Redis, Duration::from_secs(3)).await;
+    an_outage_of(Server::Redis, Dependency::Redis, Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
