@@ -209,6 +209,7 @@ async fn the_run_environment_is_exactly_the_documented_one() {
         "OUTPUT_DIR=/output".into(),
         "PATH=/usr/local/bin:/usr/bin:/bin".into(),
         "PWD=/code".into(),
+        "RUN_ATTEMPT=1".into(),
         format!("RUN_ID={run_id}"),
     ];
     assert_eq!(env, expected);
