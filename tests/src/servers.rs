@@ -187,15 +187,20 @@ struct Watchdog {
 
 /// Runs the server given as arguments with output to the log file, prints its pid, and stops it
 /// with the given signal once stdin reaches end-of-file (this process has gone), then removes
-/// the server's data folder and, when it is the last one, the (then empty) top folder.
+/// the server's data folder and, when it is the last one, the (then empty) top folder. A server
+/// that dies before (a test killed it) is reaped at once — a zombie would still count as a
+/// running postmaster to a restarted Postgres — and its data stays until this process ends.
 const WATCHDOG_SCRIPT: &str = r#"
 log=$1; sig=$2; data=$3; top=$4; keep=$5; shift 5
+exec 3<&0
 "$@" </dev/null >"$log" 2>&1 &
 pid=$!
 echo "$pid"
-read _ignored
-kill -s "$sig" "$pid" 2>/dev/null
+( read _ignored <&3; kill -s "$sig" "$pid" 2>/dev/null ) &
+stopper=$!
 wait "$pid"
+kill "$stopper" 2>/dev/null
+read _ignored <&3
 if [ "$keep" != 1 ]; then
     rm -rf "$data"
     rmdir "$top" 2>/dev/null
