@@ -235,6 +235,12 @@ impl Inner {
         self.recorder
             .phase(run.id, RunStatus::Pending, "fetching the code")
             .await?;
+        // An earlier attempt of this run, lost with its worker, may have left its folder.
+        match tokio::fs::remove_dir_all(work_dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
         let code_dir = work_dir.join("code");
         tokio::fs::create_dir_all(&code_dir).await?;
         let resilience = &self.recorder.resilience;
