@@ -127,7 +127,7 @@ impl Sampler {
                 while !stop.load(Ordering::SeqCst) {
                     let live: usize = executors.iter().map(|e| e.live().len()).sum();
                     max.fetch_max(live, Ordering::SeqCst);
-                    if tick % 5 == 0 {
+                    if tick.is_multiple_of(5) {
                         for http in &routers {
                             for dep in readyz_open(http).await {
                                 seen_open.lock().unwrap().insert(dep);
