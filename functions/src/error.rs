@@ -1,11 +1,14 @@
 //! `ApiError`: every way a request can fail, each with its status, answered as an RFC 9457
 //! problem (`application/problem+json`). Internal causes are logged in full and answered with
-//! an opaque 500 that leaks nothing.
+//! an opaque 500 that leaks nothing — except a dependency that is down or restarting (Postgres,
+//! Redis, S3: see `coderun_shared::transient`), which is answered `503` with `Retry-After`, since
+//! the same request will work once it is back.
 
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use coderun_shared::domain::Invalid;
+use coderun_shared::transient::{self, Dependency};
 use coderun_shared::{auth, bundle, files, runs, storage, tasks, users};
 use serde::Serialize;
 
@@ -37,6 +40,7 @@ pub enum ApiError {
     TooManyRequests { detail: String, retry_after: u64 },
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// A dependency is down or restarting; `Retry-After` says when to try again.
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -94,6 +98,30 @@ impl ApiError {
         ApiError::NotFound(format!("{what} not found"))
     }
 
+    /// A dependency that is down: 503 with `Retry-After`, whatever layer noticed it.
+    pub fn unavailable(dependency: Dependency) -> Self {
+        let what = match dependency {
+            Dependency::Postgres => "the database",
+            Dependency::Redis => "the queue (Redis)",
+            Dependency::S3 => "object storage",
+            Dependency::Kubernetes => "the cluster",
+        };
+        ApiError::Unavailable(format!(
+            "{what} is briefly unavailable; nothing was changed, try again in a few seconds"
+        ))
+    }
+
+    /// An internal failure, or 503 when its cause is a dependency that is down.
+    pub fn internal(cause: anyhow::Error) -> Self {
+        match transient::classify(&cause) {
+            Some(dependency) => {
+                tracing::warn!(error = ?cause, %dependency, "a dependency is unavailable");
+                ApiError::unavailable(dependency)
+            }
+            None => ApiError::Internal(cause),
+        }
+    }
+
     fn problem(&self) -> Problem {
         let status = self.status_code();
         Problem {
@@ -107,9 +135,32 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(cause) = &self {
+        // An internal error built without `ApiError::internal` gets the same classification.
+        let this = match self {
+            ApiError::Internal(cause) => ApiError::internal(cause),
+            other => other,
+        };
+        if let ApiError::Internal(cause) = &this {
             tracing::error!(error = ?cause, "request failed");
         }
+        let this_status = this.status_code();
+        let mut response = this.respond();
+        if this_status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECONDS),
+            );
+        }
+        response
+    }
+}
+
+/// How long a caller told "unavailable" waits: a restarting server is usually back within
+/// seconds.
+pub const UNAVAILABLE_RETRY_AFTER_SECONDS: u64 = 5;
+
+impl ApiError {
+    fn respond(self) -> Response {
         let status = self.status_code();
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut response = (status, body).into_response();
@@ -136,19 +187,19 @@ impl From<Invalid> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        ApiError::Internal(e.into())
+        ApiError::internal(e.into())
     }
 }
 
 impl From<storage::Error> for ApiError {
     fn from(e: storage::Error) -> Self {
-        ApiError::Internal(e.into())
+        ApiError::internal(e.into())
     }
 }
 
 impl From<fred::error::Error> for ApiError {
     fn from(e: fred::error::Error) -> Self {
-        ApiError::Internal(anyhow::Error::new(e).context("redis"))
+        ApiError::internal(anyhow::Error::new(e).context("redis"))
     }
 }
 
@@ -183,6 +234,13 @@ impl From<runs::Error> for ApiError {
         match e {
             runs::Error::NotFound => ApiError::not_found("run"),
             runs::Error::TaskBusy | runs::Error::NotFinished => ApiError::Conflict(e.to_string()),
+            // Two requests with one key at once: the other one created the run; repeating
+            // this request answers it.
+            runs::Error::IdempotencyKeyUsed => ApiError::Conflict(
+                "a request with this Idempotency-Key was being handled at the same time; \
+                 repeat the request to get its run"
+                    .into(),
+            ),
             runs::Error::TooManyActive { .. } => ApiError::TooManyRequests {
                 detail: e.to_string(),
                 retry_after: ACTIVE_RUNS_RETRY_AFTER_SECONDS,

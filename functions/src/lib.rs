@@ -7,6 +7,7 @@ pub mod cli;
 pub mod client_address;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;

@@ -167,7 +167,7 @@ start_redis() {
     mkdir -p "$local_dir/redis" "$run" "$logs"
     log "starting redis on 127.0.0.1:$REDIS_PORT"
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly yes \
-        --dir "$local_dir/redis" --daemonize yes --pidfile "$run/redis.pid" \
+        --appendfsync everysec --dir "$local_dir/redis" --daemonize yes --pidfile "$run/redis.pid" \
         --logfile "$logs/redis.log" </dev/null
     wait_for "redis" redis_ready
 }

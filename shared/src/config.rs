@@ -48,6 +48,7 @@ pub struct Settings {
     pub specs: BTreeMap<String, Spec>,
     pub languages: BTreeMap<String, LanguageSettings>,
     pub kubernetes: KubernetesSettings,
+    pub resilience: ResilienceSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -95,6 +96,9 @@ pub struct RedisSettings {
     pub url: SecretString,
     /// Prefix of every key coderun uses.
     pub prefix: String,
+    /// A command Redis has not answered by then fails (and is retried by its caller), instead
+    /// of waiting out a whole outage; must exceed `queue.block_ms`.
+    pub command_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,6 +108,23 @@ pub struct QueueSettings {
     pub claim_idle_ms: u64,
     pub block_ms: u64,
     pub trim_after_hours: u64,
+}
+
+/// How the worker waits out an outage of a dependency: retries with capped exponential backoff
+/// and jitter, and one circuit breaker per dependency.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResilienceSettings {
+    pub retry_initial_ms: u64,
+    pub retry_max_delay_ms: u64,
+    /// How long one step (a fetch, an upload, a phase record) keeps retrying a transient
+    /// failure before giving up.
+    pub retry_max_seconds: u64,
+    /// Consecutive transient failures of a dependency that open its breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before its first half-open probe; doubles per failed
+    /// probe up to `breaker_max_open_ms`.
+    pub breaker_open_ms: u64,
+    pub breaker_max_open_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,6 +142,9 @@ pub struct RunLimits {
     pub output_max_bytes: u64,
     pub requeue_after_seconds: u64,
     pub live_log_ttl_seconds: u64,
+    /// Attempts of a run whose execution was lost with its worker; the last one lost fails
+    /// `executor_lost`.
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -137,6 +161,8 @@ pub struct WorkerSettings {
     pub shutdown_grace_seconds: u64,
     /// Fault injection for tests (`after_permit`, `after_launch`); empty otherwise.
     pub crash_at: String,
+    /// Where the worker serves `/metrics` and `/readyz`; empty: nowhere.
+    pub http_bind: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

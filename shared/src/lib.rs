@@ -16,4 +16,5 @@ pub mod storage;
 pub mod tasks;
 pub mod telemetry;
 pub mod throttle;
+pub mod transient;
 pub mod users;

@@ -13,6 +13,12 @@ pub async fn connect(settings: &RedisSettings) -> anyhow::Result<Client> {
         .with_connection_config(|c| {
             c.connection_timeout = std::time::Duration::from_secs(5);
         })
+        // While Redis is down commands would otherwise wait for the reconnection however long
+        // it takes; with a timeout they fail, and callers retry or answer 503.
+        .with_performance_config(|c| {
+            c.default_command_timeout =
+                std::time::Duration::from_millis(settings.command_timeout_ms.max(1));
+        })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
         .build()
         .map_err(|e| anyhow::anyhow!("cannot build the Redis client: {e}"))?;

@@ -25,6 +25,9 @@ pub enum Error {
     TooManyActive { max: u32 },
     #[error("only a finished run can be retried")]
     NotFinished,
+    /// The owner already has a run created with this `Idempotency-Key`.
+    #[error("this Idempotency-Key was used before")]
+    IdempotencyKeyUsed,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -158,6 +161,8 @@ pub struct Run {
     pub executor: Option<String>,
     pub log_bytes: Option<i64>,
     pub log_truncated: bool,
+    /// 1, or more when an execution was lost with its worker and the run was queued again.
+    pub attempt: i32,
     pub created_at: DateTime<Utc>,
     pub queued_at: DateTime<Utc>,
     pub dispatched_at: Option<DateTime<Utc>>,
@@ -175,7 +180,7 @@ macro_rules! run_columns {
     () => {
         "id, task_id, owner_id, status, reason, exit_code, command, language, image, spec, \
          datasets, remarks, snapshot_of, code_sha256, retry_of, worker, executor, log_bytes, \
-         log_truncated, created_at, queued_at, dispatched_at, started_at, finished_at"
+         log_truncated, attempt, created_at, queued_at, dispatched_at, started_at, finished_at"
     };
 }
 
@@ -202,6 +207,36 @@ pub struct NewRun {
     pub snapshot_of: Uuid,
     pub code_sha256: String,
     pub retry_of: Option<Uuid>,
+    /// The caller's `Idempotency-Key` and the fingerprint of its request, stored with the run.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// An `Idempotency-Key` with the fingerprint of the request that first used it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+/// The run the owner created with `key`, and the fingerprint of the request that created it.
+pub async fn find_by_idempotency_key(
+    pool: &PgPool,
+    owner_id: Uuid,
+    key: &str,
+) -> Result<Option<(Run, String)>, sqlx::Error> {
+    let found: Option<(Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT id, request_fingerprint FROM runs WHERE owner_id = $1 AND idempotency_key = $2",
+    )
+    .bind(owner_id)
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
+    let Some((id, fingerprint)) = found else {
+        return Ok(None);
+    };
+    Ok(get(pool, id)
+        .await?
+        .map(|run| (run, fingerprint.unwrap_or_default())))
 }
 
 /// Commits the run as `queued` with its first event. The owner's row is locked so the cap on
@@ -225,8 +260,9 @@ pub async fn create(pool: &PgPool, new: NewRun, max_active: u32) -> Result<Run, 
     }
     let inserted = sqlx::query_as::<_, Run>(concat!(
         "INSERT INTO runs (id, task_id, owner_id, status, command, language, image, spec_name,
-            spec, datasets, remarks, snapshot_of, code_sha256, retry_of)
-         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            spec, datasets, remarks, snapshot_of, code_sha256, retry_of, idempotency_key,
+            request_fingerprint)
+         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          RETURNING ",
         run_columns!()
     ))
@@ -243,12 +279,17 @@ pub async fn create(pool: &PgPool, new: NewRun, max_active: u32) -> Result<Run, 
     .bind(new.snapshot_of)
     .bind(&new.code_sha256)
     .bind(new.retry_of)
+    .bind(new.idempotency.as_ref().map(|i| i.key.as_str()))
+    .bind(new.idempotency.as_ref().map(|i| i.fingerprint.as_str()))
     .fetch_one(&mut *tx)
     .await;
     let run = match inserted {
         Ok(run) => run,
         Err(sqlx::Error::Database(e)) if e.constraint() == Some("runs_one_active_per_task") => {
             return Err(Error::TaskBusy);
+        }
+        Err(sqlx::Error::Database(e)) if e.constraint() == Some("runs_owner_idempotency_key") => {
+            return Err(Error::IdempotencyKeyUsed);
         }
         Err(e) => return Err(e.into()),
     };
@@ -480,6 +521,40 @@ pub async fn request_stop(pool: &PgPool, id: Uuid, source: &str) -> Result<Run, 
         // The run moved under us (a worker dispatched it); look again.
     }
     get(pool, id).await?.ok_or(Error::NotFound)
+}
+
+/// Queues a run whose execution was lost (its worker died) for its next attempt, if it has
+/// attempts left: one statement moves it from a launched phase back to `queued` with
+/// `attempt + 1`, clears who launched it, and writes the `queued` event saying which attempt
+/// this is and why. Returns the new attempt, or `None` when the run was not in a launched
+/// phase or had no attempt left (then the caller ends it).
+///
+/// This is the one way back to `queued`: phases move forward within an attempt, and a new
+/// attempt starts over from the same snapshot.
+pub async fn reattempt(
+    pool: &PgPool,
+    id: Uuid,
+    max_attempts: u32,
+    source: &str,
+    why: &str,
+) -> Result<Option<i32>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH moved AS (
+            UPDATE runs SET status = 'queued', attempt = attempt + 1, worker = NULL,
+                executor = NULL, dispatched_at = NULL, started_at = NULL
+            WHERE id = $1 AND status IN ('dispatched', 'pending', 'running') AND attempt < $2
+            RETURNING id, attempt),
+         event AS (
+            INSERT INTO run_events (run_id, phase, source, detail)
+            SELECT id, 'queued', $3, format('attempt %s of %s: %s', attempt, $2, $4) FROM moved)
+         SELECT attempt FROM moved",
+    )
+    .bind(id)
+    .bind(max_attempts.max(1) as i32)
+    .bind(source)
+    .bind(why)
+    .fetch_optional(pool)
+    .await
 }
 
 /// A file the program left in `$OUTPUT_DIR`.

@@ -19,11 +19,26 @@ use crate::config::StorageSettings;
 pub enum Error {
     #[error("object storage request failed: {0}")]
     S3(String),
+    /// Object storage did not answer, or answered "later" (5xx, 429): worth another try.
+    #[error("object storage is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Error {
+    /// Whether the failure goes away by itself (see [`crate::transient`]).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
 }
 
 fn s3_error(e: impl std::error::Error) -> Error {
     // The SDK's Display is terse ("service error"); the Debug chain names the cause.
-    Error::S3(format!("{e:?}"))
+    let debug = format!("{e:?}");
+    if crate::transient::s3_debug_is_transient(&debug) {
+        Error::Unavailable(debug)
+    } else {
+        Error::S3(debug)
+    }
 }
 
 /// A dataset found under `datasets/{name}/`.

@@ -403,6 +403,7 @@ impl Scenario {
                             snapshot_of: snapshot,
                             code_sha256: String::new(),
                             retry_of: None,
+                            idempotency: None,
                         },
                         u32::MAX,
                     )

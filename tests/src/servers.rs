@@ -18,6 +18,12 @@
 //! - S3: `$CODERUN_S3S_FS`, `$CODERUN_TOOLS_DIR/bin/s3s-fs`, `<workspace>/.tools/bin/s3s-fs`,
 //!   then `PATH`.
 //!
+//! A test may also take a server down and bring it back on the same port with the same data
+//! ([`TestServers::kill9`], [`TestServers::restart`]) to play an outage: the servers are shared
+//! by the whole test process, so such tests live in a test binary of their own. Redis keeps an
+//! append-only file flushed every second, as production must (see `docs/decisions.md`), so a
+//! restart loses at most the last second.
+//!
 //! Everything here is blocking and std-only, so it may be called from inside a tokio test.
 
 use std::collections::hash_map::RandomState;
@@ -29,7 +35,7 @@ use std::os::unix::fs::{PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The S3 access key of the test server.
@@ -62,6 +68,28 @@ static SERVERS: OnceLock<Result<TestServers, String>> = OnceLock::new();
 static WATCHDOGS: Mutex<Vec<Watchdog>> = Mutex::new(Vec::new());
 /// The temporary folder holding the servers' data.
 static DATA_DIR: OnceLock<PathBuf> = OnceLock::new();
+/// How to start each server again on its port: see [`TestServers::restart`].
+static RESTARTS: Mutex<Vec<Restart>> = Mutex::new(Vec::new());
+
+/// One of the test servers, to take down and bring back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    Postgres,
+    Redis,
+    S3,
+}
+
+type StartFn = Arc<dyn Fn(u16, &Path) -> Result<u32, String> + Send + Sync>;
+
+struct Restart {
+    server: Server,
+    port: u16,
+    pid: u32,
+    dir: PathBuf,
+    start: StartFn,
+    ready: fn(u16) -> bool,
+    starts: u32,
+}
 
 impl TestServers {
     /// The servers of this process, started on the first call (blocking, a few seconds).
@@ -71,6 +99,68 @@ impl TestServers {
         match SERVERS.get_or_init(start_all) {
             Ok(servers) => servers,
             Err(message) => panic!("test servers unavailable: {message}"),
+        }
+    }
+
+    /// Kills `server` with SIGKILL, as a crash would, and waits until it is gone. Its port
+    /// refuses connections until [`restart`](Self::restart).
+    pub fn kill9(&self, server: Server) {
+        let restarts = RESTARTS.lock().unwrap_or_else(|e| e.into_inner());
+        let r = restarts
+            .iter()
+            .find(|r| r.server == server)
+            .expect("the servers were started");
+        let _ = Command::new("kill")
+            .args(["-9", &r.pid.to_string()])
+            .status();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while process_alive(r.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts `server` again on the same port with the same data (killing it first if it
+    /// still runs), and waits until it answers. Postgres recovers from its crash first.
+    pub fn restart(&self, server: Server) -> Result<(), String> {
+        self.kill9(server);
+        let mut restarts = RESTARTS.lock().unwrap_or_else(|e| e.into_inner());
+        let r = restarts
+            .iter_mut()
+            .find(|r| r.server == server)
+            .expect("the servers were started");
+        let deadline = Instant::now() + 2 * READY_TIMEOUT;
+        loop {
+            r.starts += 1;
+            let log = r
+                .dir
+                .join(format!("{server:?}-restart-{}.log", r.starts).to_lowercase());
+            let pid = (r.start)(r.port, &log)?;
+            r.pid = pid;
+            loop {
+                if (r.ready)(r.port) {
+                    return Ok(());
+                }
+                if !process_alive(pid) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{server:?} did not come back on port {}:\n{}",
+                        r.port,
+                        log_tail(&log)
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // It exited: Postgres refuses to start while the killed postmaster's backends
+            // still hold its shared memory; they notice their parent died within moments.
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{server:?} keeps exiting on restart:\n{}",
+                    log_tail(&log)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -97,15 +187,20 @@ struct Watchdog {
 
 /// Runs the server given as arguments with output to the log file, prints its pid, and stops it
 /// with the given signal once stdin reaches end-of-file (this process has gone), then removes
-/// the server's data folder and, when it is the last one, the (then empty) top folder.
+/// the server's data folder and, when it is the last one, the (then empty) top folder. A server
+/// that dies before (a test killed it) is reaped at once — a zombie would still count as a
+/// running postmaster to a restarted Postgres — and its data stays until this process ends.
 const WATCHDOG_SCRIPT: &str = r#"
 log=$1; sig=$2; data=$3; top=$4; keep=$5; shift 5
+exec 3<&0
 "$@" </dev/null >"$log" 2>&1 &
 pid=$!
 echo "$pid"
-read _ignored
-kill -s "$sig" "$pid" 2>/dev/null
+( read _ignored <&3; kill -s "$sig" "$pid" 2>/dev/null ) &
+stopper=$!
 wait "$pid"
+kill "$stopper" 2>/dev/null
+read _ignored <&3
 if [ "$keep" != 1 ]; then
     rm -rf "$data"
     rmdir "$top" 2>/dev/null
@@ -125,49 +220,58 @@ fn start_all() -> Result<TestServers, String> {
     // Redis and S3 start in the background while initdb runs.
     let redis_dir = top.join("redis");
     fs::create_dir(&redis_dir).map_err(|e| format!("create {}: {e}", redis_dir.display()))?;
-    let redis_start = |port: u16, log: &Path| {
-        let mut cmd = vec![redis.display().to_string()];
-        cmd.extend(
-            [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                &redis_dir.display().to_string(),
-            ]
-            .map(str::to_owned),
-        );
-        spawn_watchdog("redis", cmd, "TERM", log, &redis_dir, &top)
-    };
-    let redis_pending = first_attempt("redis", &redis_dir, redis_start)?;
+    let redis_start: StartFn = Arc::new({
+        let (redis_dir, top) = (redis_dir.clone(), top.clone());
+        move |port: u16, log: &Path| {
+            let mut cmd = vec![redis.display().to_string()];
+            cmd.extend(
+                [
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    // As production: an append-only file flushed every second.
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                    "--dir",
+                    &redis_dir.display().to_string(),
+                ]
+                .map(str::to_owned),
+            );
+            spawn_watchdog("redis", cmd, "TERM", log, &redis_dir, &top)
+        }
+    });
+    let redis_pending = first_attempt("redis", &redis_dir, &*redis_start)?;
 
     let s3_dir = top.join("s3");
     let s3_data = s3_dir.join("data");
     fs::create_dir_all(&s3_data).map_err(|e| format!("create {}: {e}", s3_data.display()))?;
-    let s3_start = |port: u16, log: &Path| {
-        let mut cmd = vec![s3s.display().to_string()];
-        cmd.extend(
-            [
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--access-key",
-                S3_ACCESS_KEY,
-                "--secret-key",
-                S3_SECRET_KEY,
-                &s3_data.display().to_string(),
-            ]
-            .map(str::to_owned),
-        );
-        spawn_watchdog("s3s-fs", cmd, "TERM", log, &s3_dir, &top)
-    };
-    let s3_pending = first_attempt("s3s-fs", &s3_dir, s3_start)?;
+    let s3_start: StartFn = Arc::new({
+        let (s3_dir, s3_data, top) = (s3_dir.clone(), s3_data.clone(), top.clone());
+        move |port: u16, log: &Path| {
+            let mut cmd = vec![s3s.display().to_string()];
+            cmd.extend(
+                [
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--access-key",
+                    S3_ACCESS_KEY,
+                    "--secret-key",
+                    S3_SECRET_KEY,
+                    &s3_data.display().to_string(),
+                ]
+                .map(str::to_owned),
+            );
+            spawn_watchdog("s3s-fs", cmd, "TERM", log, &s3_dir, &top)
+        }
+    });
+    let s3_pending = first_attempt("s3s-fs", &s3_dir, &*s3_start)?;
 
     // Postgres: initdb (as the unprivileged user when root), then the server.
     let pg_dir = top.join("postgres");
@@ -238,38 +342,102 @@ fn start_all() -> Result<TestServers, String> {
     } else {
         String::new()
     };
-    let pg_start = |port: u16, log: &Path| {
-        let mut cmd = as_user(&run_as);
-        cmd.push(pg.join("postgres").display().to_string());
-        cmd.extend(
-            [
-                "-D",
-                &pg_data.display().to_string(),
-                "-p",
-                &port.to_string(),
-                "-k",
-                &sock_dir,
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=300",
-            ]
-            .map(str::to_owned),
-        );
-        // SIGINT: Postgres's fast shutdown.
-        spawn_watchdog("postgres", cmd, "INT", log, &pg_dir, &top)
-    };
-    let pg_pending = first_attempt("postgres", &pg_dir, pg_start)?;
+    let pg_start: StartFn = Arc::new({
+        let (pg_dir, pg_data, top, run_as) =
+            (pg_dir.clone(), pg_data.clone(), top.clone(), run_as.clone());
+        move |port: u16, log: &Path| {
+            let mut cmd = as_user(&run_as);
+            cmd.push(pg.join("postgres").display().to_string());
+            cmd.extend(
+                [
+                    "-D",
+                    &pg_data.display().to_string(),
+                    "-p",
+                    &port.to_string(),
+                    "-k",
+                    &sock_dir,
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    // Commits reach the OS before they are acknowledged, so a test that
+                    // kills the server with -9 loses no acknowledged write (fsync is off:
+                    // the OS itself never crashes in a test).
+                    "-c",
+                    "synchronous_commit=on",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=300",
+                ]
+                .map(str::to_owned),
+            );
+            // SIGINT: Postgres's fast shutdown.
+            spawn_watchdog("postgres", cmd, "INT", log, &pg_dir, &top)
+        }
+    });
+    let pg_pending = first_attempt("postgres", &pg_dir, &*pg_start)?;
 
-    let redis_port = until_ready(redis_pending, &redis_dir, redis_start, redis_ping)?;
-    let s3_port = until_ready(s3_pending, &s3_dir, s3_start, http_answers)?;
-    let pg_port = until_ready(pg_pending, &pg_dir, pg_start, postgres_accepts)?;
+    let mut restarts = Vec::new();
+    for (server, pending, dir, start, ready) in [
+        (
+            Server::Redis,
+            redis_pending,
+            &redis_dir,
+            redis_start,
+            redis_ping as fn(u16) -> bool,
+        ),
+        (
+            Server::S3,
+            s3_pending,
+            &s3_dir,
+            s3_start,
+            http_answers as fn(u16) -> bool,
+        ),
+        (
+            Server::Postgres,
+            pg_pending,
+            &pg_dir,
+            pg_start,
+            postgres_accepts as fn(u16) -> bool,
+        ),
+    ] {
+        let port = until_ready(pending, dir, &*start, ready)?;
+        let name = match server {
+            Server::Redis => "redis",
+            Server::S3 => "s3s-fs",
+            Server::Postgres => "postgres",
+        };
+        let pid = WATCHDOGS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .rev()
+            .find(|w| w.name == name)
+            .map_or(0, |w| w.server_pid);
+        restarts.push(Restart {
+            server,
+            port,
+            pid,
+            dir: dir.clone(),
+            start,
+            ready,
+            starts: 0,
+        });
+    }
+    let port_of = |server| {
+        restarts
+            .iter()
+            .find(|r: &&Restart| r.server == server)
+            .map(|r| r.port)
+            .unwrap_or(0)
+    };
+    let (redis_port, s3_port, pg_port) = (
+        port_of(Server::Redis),
+        port_of(Server::S3),
+        port_of(Server::Postgres),
+    );
+    *RESTARTS.lock().unwrap_or_else(|e| e.into_inner()) = restarts;
 
     Ok(TestServers {
         postgres_url: format!("postgres://coderun@127.0.0.1:{pg_port}/postgres"),
@@ -531,6 +699,7 @@ fn log_tail(log: &Path) -> String {
     }
 }
 
+#[derive(Clone)]
 struct User {
     name: String,
     uid: u32,

@@ -4,14 +4,23 @@
 //! stream), binds the permit to the run, launches, records `dispatched`, and only then
 //! acknowledges: an entry is acked once its hand-off is durable, so a worker dying anywhere in
 //! between leaves the entry pending for another worker to claim.
+//!
+//! Outages are waited out, never charged to a run: while a dependency's circuit breaker is open
+//! a step reserves nothing and reads nothing (it probes the dependency when due); a hand-off
+//! that fails for a transient reason before its launch gives the permit back and re-adds the
+//! entry (so an outage does not count towards dead-lettering), and the steps after a launch
+//! are retried until they go through.
 
 use coderun_shared::queue::Entry;
 use coderun_shared::runs::{self, Change, Reason, RunStatus};
 use coderun_shared::semaphore::{Grant, LeaseSemaphore};
+use coderun_shared::transient::Dependency;
+use fred::interfaces::ClientLike;
 use uuid::Uuid;
 
 use crate::context::Context;
 use crate::executor::LaunchError;
+use crate::resilience::classify;
 
 /// What one step did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +39,8 @@ pub enum Outcome {
     Deferred(String),
     /// The run failed to launch for good and is marked `launch_failed`.
     Failed(Uuid),
+    /// A dependency's breaker is open: nothing was reserved or read.
+    Paused(Vec<Dependency>),
 }
 
 /// Crash points for the fault-injection tests: `worker.crash_at` names one and the worker
@@ -41,14 +52,79 @@ fn crash_point(ctx: &Context, point: &str) {
     }
 }
 
-/// Reserve, read one new entry, handle it.
+/// Counts a transient failure against its dependency's breaker, and passes the error on.
+fn noted(ctx: &Context, e: anyhow::Error) -> anyhow::Error {
+    if let Some(dep) = classify(&e) {
+        ctx.resilience.failure(dep, &e);
+    }
+    e
+}
+
+/// Probes the dependencies whose breaker is due for it; returns those still open, if any.
+pub async fn paused(ctx: &Context) -> Option<Vec<Dependency>> {
+    for dep in ctx.resilience.due_probes() {
+        match probe(ctx, dep).await {
+            Ok(()) => {
+                ctx.resilience.success(dep);
+                if dep == Dependency::Redis {
+                    settle_permits(ctx);
+                }
+            }
+            Err(e) => ctx.resilience.failure(dep, &e),
+        }
+    }
+    let open = ctx.resilience.open();
+    if !open.is_empty() {
+        return Some(open);
+    }
+    ctx.resilience.settling().then(|| vec![Dependency::Redis])
+}
+
+/// After Redis was unreachable (or restarted), new work waits until every worker's heartbeat
+/// has renewed — re-created, if Redis lost them — the permits of the runs really executing, so
+/// capacity is never exceeded by seats that only looked free.
+pub fn settle_permits(ctx: &Context) {
+    // A live worker beats at least once per heartbeat TTL; one period more covers a beat that
+    // was waiting for the reconnection.
+    let worker = &ctx.settings.worker;
+    let wait = std::time::Duration::from_secs(
+        worker.heartbeat_ttl_seconds.max(1) + worker.heartbeat_seconds.max(1),
+    );
+    tracing::info!(
+        ?wait,
+        "Redis is back: waiting for the fleet to renew its permits before taking work"
+    );
+    ctx.resilience.settle(wait);
+}
+
+/// One cheap request that only a working dependency answers.
+async fn probe(ctx: &Context, dep: Dependency) -> anyhow::Result<()> {
+    match dep {
+        Dependency::Postgres => {
+            sqlx::query("SELECT 1").execute(&ctx.db).await?;
+        }
+        Dependency::Redis => {
+            let _: String = ctx.redis.ping(None).await?;
+        }
+        Dependency::S3 => ctx.storage.check().await?,
+        Dependency::Kubernetes => ctx.executor.probe().await?,
+    }
+    Ok(())
+}
+
+/// Reserve, read one new entry, handle it — unless a breaker is open.
 pub async fn process_next(ctx: &Context) -> anyhow::Result<Outcome> {
+    if let Some(open) = paused(ctx).await {
+        return Ok(Outcome::Paused(open));
+    }
     let reservation = LeaseSemaphore::reservation(&ctx.name);
-    match ctx
+    let acquired = ctx
         .semaphore
         .acquire(&reservation, &ctx.name, ctx.reservation_ttl_ms())
-        .await?
-    {
+        .await
+        .map_err(|e| noted(ctx, e.into()))?;
+    ctx.resilience.success(Dependency::Redis);
+    match acquired {
         Grant::Granted => {}
         Grant::Full | Grant::HeldBy(_) => return Ok(Outcome::NoCapacity),
     }
@@ -56,10 +132,21 @@ pub async fn process_next(ctx: &Context) -> anyhow::Result<Outcome> {
     let outcome = match read {
         Ok(Some(entry)) => handle_entry(ctx, &entry, Some(&reservation)).await,
         Ok(None) => Ok(Outcome::Idle),
-        Err(e) => Err(e.into()),
+        Err(e) => {
+            if e.details().starts_with("NOGROUP") {
+                // Redis restarted without its last writes, the consumer group among them.
+                if let Err(e) = ctx.queue.ensure_group().await {
+                    tracing::warn!(error = %e, "cannot create the consumer group again");
+                }
+            }
+            Err(noted(ctx, e.into()))
+        }
     };
-    // A no-op once the reservation became the run's permit.
-    ctx.semaphore.release(&reservation).await?;
+    // A no-op once the reservation became the run's permit. If Redis is down the reservation
+    // simply expires (its TTL covers one read).
+    if let Err(e) = ctx.semaphore.release(&reservation).await {
+        tracing::debug!(error = %e, "cannot release the reservation; it expires by itself");
+    }
     outcome
 }
 
@@ -76,6 +163,50 @@ pub async fn handle_entry(
             .await?;
         return Ok(Outcome::DeadLettered(entry.id.clone()));
     };
+    let mut holds_permit = false;
+    match hand_off(ctx, entry, run_id, reservation, &mut holds_permit).await {
+        Ok(outcome) => Ok(outcome),
+        Err(e) => {
+            let Some(dep) = classify(&e) else {
+                return Err(e);
+            };
+            // The run stays queued: its permit goes back, and its entry is re-added (unless
+            // Redis itself failed: then it stays pending and is claimed again later).
+            ctx.resilience.failure(dep, &e);
+            if holds_permit && let Err(e) = ctx.semaphore.release(&run_id.to_string()).await {
+                tracing::debug!(%run_id, error = %e, "cannot give the permit back; it expires");
+            }
+            if dep != Dependency::Redis {
+                requeue(ctx, entry, run_id).await;
+            }
+            Ok(Outcome::Deferred(format!(
+                "{dep} is unavailable ({e:#}); the run stays queued"
+            )))
+        }
+    }
+}
+
+/// Re-adds the run's entry and acknowledges this one: the run is tried again with a fresh
+/// delivery count. A crash in between leaves two entries, and the second is skipped.
+async fn requeue(ctx: &Context, entry: &Entry, run_id: Uuid) {
+    match ctx.queue.enqueue(run_id).await {
+        Ok(_) => {
+            if let Err(e) = ctx.queue.ack(&entry.id).await {
+                tracing::debug!(%run_id, error = %e, "cannot ack a re-added entry");
+            }
+        }
+        Err(e) => tracing::debug!(%run_id, error = %e, "cannot re-add the entry; it stays pending"),
+    }
+}
+
+/// The hand-off proper: errors before the launch leave the run queued (see [`handle_entry`]).
+async fn hand_off(
+    ctx: &Context,
+    entry: &Entry,
+    run_id: Uuid,
+    reservation: Option<&str>,
+    holds_permit: &mut bool,
+) -> anyhow::Result<Outcome> {
     let run = match runs::get(&ctx.db, run_id).await? {
         Some(run) if run.status == RunStatus::Queued => run,
         other => {
@@ -121,7 +252,7 @@ pub async fn handle_entry(
         }
     };
     match grant {
-        Grant::Granted => {}
+        Grant::Granted => *holds_permit = true,
         Grant::Full => return Ok(Outcome::Deferred("no capacity for a claimed entry".into())),
         Grant::HeldBy(holder) => {
             if crate::heartbeat::is_alive(ctx, &holder).await? {
@@ -137,6 +268,7 @@ pub async fn handle_entry(
                 .await?
             {
                 Grant::Granted => {
+                    *holds_permit = true;
                     tracing::info!(%run_id, dead = %holder, "took over the permit of a dead worker")
                 }
                 _ => {
@@ -153,7 +285,10 @@ pub async fn handle_entry(
     match ctx.executor.launch(&run).await {
         Ok(()) => {}
         Err(LaunchError::Retryable(why)) => {
+            // Not launched: the permit goes back and the entry is re-added, so a busy or
+            // briefly unreachable executor never counts towards dead-lettering.
             ctx.semaphore.release(&run_id.to_string()).await?;
+            requeue(ctx, entry, run_id).await;
             return Ok(Outcome::Deferred(why));
         }
         Err(LaunchError::Permanent(why)) => {
@@ -172,9 +307,29 @@ pub async fn handle_entry(
         executor: Some(ctx.executor.kind().to_owned()),
         ..Change::by(format!("worker:{}", ctx.name)).detail(format!("launched by {}", ctx.name))
     };
-    let dispatched = runs::transition(&ctx.db, run_id, RunStatus::Dispatched, &change).await?;
+    // The execution exists now: from here on a transient failure is waited out, not undone
+    // (the transition is idempotent, so a retry after a lost answer finds it done).
+    let change = &change;
+    let dispatched = ctx
+        .resilience
+        .retry("record dispatched", || async move {
+            Ok(runs::transition(&ctx.db, run_id, RunStatus::Dispatched, change).await?)
+        })
+        .await;
+    let dispatched = match dispatched {
+        Ok(dispatched) => dispatched,
+        Err(e) => {
+            ctx.executor.start(run_id, false).await;
+            return Err(e);
+        }
+    };
     if !dispatched {
-        let now = runs::get(&ctx.db, run_id).await?.map(|r| r.status);
+        let now = ctx
+            .resilience
+            .retry("read the run", || async move {
+                Ok(runs::get(&ctx.db, run_id).await?.map(|r| r.status))
+            })
+            .await?;
         if matches!(now, Some(RunStatus::Canceled) | None) {
             // Stopped while queued: it must never run (invariant 6).
             ctx.executor.start(run_id, false).await;
@@ -187,6 +342,9 @@ pub async fn handle_entry(
     }
     crash_point(ctx, "after_launch");
     ctx.executor.start(run_id, true).await;
-    ctx.queue.ack(&entry.id).await?;
+    // Unacknowledged, the entry would be claimed later and skipped (the run is dispatched).
+    if let Err(e) = ctx.queue.ack(&entry.id).await {
+        tracing::warn!(%run_id, error = %e, "cannot ack a launched run's entry; it will be skipped");
+    }
     Ok(Outcome::Launched(run_id))
 }

@@ -16,6 +16,7 @@ use crate::executor::Executor;
 use crate::executor::kubernetes::{self, KubernetesExecutor};
 use crate::executor::local::LocalExecutor;
 use crate::recorder::Recorder;
+use crate::resilience::Resilience;
 use crate::sandbox::{Sandbox, SandboxConfig};
 
 #[derive(Clone)]
@@ -33,6 +34,8 @@ pub struct Context {
     pub semaphore: LeaseSemaphore,
     pub recorder: Recorder,
     pub executor: Arc<dyn Executor>,
+    /// Retries and circuit breakers of the dependencies (Postgres, Redis, S3, Kubernetes).
+    pub resilience: Arc<Resilience>,
 }
 
 /// The worker's name: configured, else the host name.
@@ -60,7 +63,9 @@ impl Context {
         let queue = RunQueue::new(redis.clone(), keys.clone(), settings.queue.clone());
         let semaphore = LeaseSemaphore::new(redis.clone(), keys.clone(), settings.capacity.default);
         let live_log = LiveLog::new(redis.clone(), keys.clone());
+        let resilience = Arc::new(Resilience::new(settings.resilience.clone()));
         let recorder = Recorder {
+            resilience: resilience.clone(),
             db: db.clone(),
             storage: storage.clone(),
             live_log,
@@ -131,6 +136,7 @@ impl Context {
             semaphore,
             recorder,
             executor,
+            resilience,
         })
     }
 

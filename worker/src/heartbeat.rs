@@ -1,5 +1,6 @@
 //! Liveness: each worker keeps a heartbeat key with a short TTL and renews the permits of the
-//! executions it runs. A worker whose key expired is dead; its runs are reconciled and its
+//! executions it runs — re-creating any a restarted Redis lost, so the permits are rebuilt from
+//! the runs really executing. A worker whose key expired is dead; its runs are reconciled and its
 //! permits may be taken over.
 
 use std::time::Duration;
@@ -17,6 +18,15 @@ pub async fn is_alive(ctx: &Context, worker: &str) -> anyhow::Result<bool> {
 
 /// One beat: refresh the heartbeat and renew the permit of every live execution.
 pub async fn beat(ctx: &Context) -> anyhow::Result<()> {
+    // A Redis that restarted may have lost the last second of writes, permits among them:
+    // this beat re-creates ours, and no worker takes new work until all have beaten.
+    let info: String = ctx.redis.info(Some(fred::types::InfoKind::Server)).await?;
+    if let Some(run_id) = info.lines().find_map(|l| l.trim().strip_prefix("run_id:"))
+        && ctx.resilience.redis_restarted(run_id)
+    {
+        tracing::warn!("Redis restarted: renewing permits before taking new work");
+        crate::consumer::settle_permits(ctx);
+    }
     let ttl = ctx.settings.worker.heartbeat_ttl_seconds as i64;
     let _: () = ctx
         .redis
@@ -50,6 +60,9 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
     let period = Duration::from_secs(ctx.settings.worker.heartbeat_seconds.max(1));
     loop {
         if let Err(e) = beat(&ctx).await {
+            if let Some(dep) = crate::resilience::classify(&e) {
+                ctx.resilience.failure(dep, &e);
+            }
             tracing::warn!(error = %e, "heartbeat failed");
         }
         tokio::select! {

@@ -13,6 +13,10 @@ use crate::context::Context;
 /// Claims and handles idle entries while capacity allows; returns what it did.
 pub async fn claim_idle(ctx: &Context) -> anyhow::Result<Vec<Outcome>> {
     let mut outcomes = Vec::new();
+    // While a dependency is down, claiming would only add deliveries to entries.
+    if !ctx.resilience.open().is_empty() {
+        return Ok(outcomes);
+    }
     for _ in 0..64 {
         let reservation = LeaseSemaphore::reservation(&ctx.name);
         if ctx

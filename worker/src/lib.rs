@@ -5,7 +5,8 @@
 //! The flow: [`consumer`] (reserve a permit → read → launch → `dispatched` → ack) hands runs to an
 //! [`executor`]; the executor reports through the [`recorder`]; [`heartbeat`] keeps this worker
 //! and its permits alive; [`janitor`] claims entries idle on dead consumers; [`reconciler`]
-//! repairs lost entries and lost executions; [`stops`] carries stop requests to executions.
+//! repairs lost entries and lost executions; [`stops`] carries stop requests to executions;
+//! [`resilience`] waits out outages of the dependencies (retries and circuit breakers).
 
 use std::future::Future;
 use std::time::Duration;
@@ -17,10 +18,12 @@ pub mod consumer;
 pub mod context;
 pub mod executor;
 pub mod heartbeat;
+pub mod http;
 pub mod janitor;
 mod lines;
 pub mod reconciler;
 pub mod recorder;
+pub mod resilience;
 pub mod sandbox;
 pub mod stops;
 
@@ -47,6 +50,7 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) -> anyhow::Re
         tokio::spawn(janitor::run(ctx.clone(), stop_background.clone())),
         tokio::spawn(reconciler::run(ctx.clone(), stop_background.clone())),
         tokio::spawn(stops::run(ctx.clone(), stop_background.clone())),
+        tokio::spawn(http::serve(ctx.clone(), stop_background.clone())),
         tokio::spawn({
             let (executor, stop) = (ctx.executor.clone(), stop_background.clone());
             async move { executor.run(stop).await }
@@ -58,7 +62,7 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) -> anyhow::Re
         tokio::select! {
             _ = &mut shutdown => break,
             outcome = consumer::process_next(&ctx) => match outcome {
-                Ok(consumer::Outcome::NoCapacity) => {
+                Ok(consumer::Outcome::NoCapacity | consumer::Outcome::Paused(_)) => {
                     tokio::select! {
                         _ = &mut shutdown => break,
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}

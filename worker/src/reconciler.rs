@@ -1,8 +1,9 @@
 //! The reconciler repairs what crashes and lost messages leave behind, from Postgres (the
 //! truth): a queued run whose stream entry is gone is enqueued again; a launched run whose
-//! worker died (or lost its execution) ends `executor_lost` — or `stopped` if it was being
-//! stopped — unless its executor adopts executions (Kubernetes Jobs outlive their worker),
-//! in which case it is lost only when its execution no longer exists; permits of finished runs
+//! worker died (or lost its execution) is attempted again from the same snapshot while it has
+//! attempts left (`runs.max_attempts`), and then ends `executor_lost` — or `stopped` if it was
+//! being stopped — unless its executor adopts executions (Kubernetes Jobs outlive their worker),
+//! in which case it is lost only when its execution no longer exists (and ends at once); permits of finished runs
 //! and of dead workers' reservations are released. Every action is idempotent, so all workers
 //! may reconcile at once.
 
@@ -21,6 +22,8 @@ use crate::heartbeat;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
     pub requeued: Vec<Uuid>,
+    /// Runs lost with their worker and queued for another attempt.
+    pub reattempted: Vec<Uuid>,
     pub lost: Vec<Uuid>,
     pub released: Vec<String>,
 }
@@ -31,6 +34,12 @@ const HANDOFF_GRACE: chrono::TimeDelta = chrono::TimeDelta::seconds(5);
 
 pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
     let mut report = Report::default();
+    // Liveness is read from heartbeats in Redis: right after Redis was unreachable (or lost
+    // writes) a live worker's heartbeat may have lapsed, and judging now would end — or start
+    // again — runs that are still executing. Wait until every worker has beaten again.
+    if ctx.resilience.settling() || !ctx.resilience.open().is_empty() {
+        return Ok(report);
+    }
     let active = runs::active(&ctx.db).await?;
     let requeue_after = chrono::TimeDelta::seconds(ctx.settings.runs.requeue_after_seconds as i64);
     let now = Utc::now();
@@ -78,12 +87,41 @@ pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
         } else {
             format!("its worker {worker} is gone or lost the execution")
         };
+        if run.status != RunStatus::Stopping && !adopted {
+            // Whatever the dead worker left on this host dies before the next attempt may
+            // start, so two executions of the run never overlap.
+            ctx.executor.reap(run.id).await;
+            let max = ctx.settings.runs.max_attempts;
+            if let Some(attempt) = runs::reattempt(&ctx.db, run.id, max, &source, &detail).await? {
+                ctx.semaphore.release(&run.id.to_string()).await?;
+                // The next attempt's log starts over at line 1.
+                let cleared: Result<(), _> = ctx.redis.del(ctx.keys.live_log(run.id)).await;
+                if let Err(e) = cleared {
+                    tracing::warn!(run = %run.id, error = %e, "cannot clear the lost attempt's live log");
+                }
+                if let Err(e) = ctx.queue.enqueue(run.id).await {
+                    // The row says queued: the requeue pass above repairs a lost entry.
+                    tracing::warn!(run = %run.id, error = %e, "cannot enqueue the next attempt");
+                }
+                tracing::warn!(run = %run.id, %worker, attempt, "attempting a run lost with its worker again");
+                report.reattempted.push(run.id);
+                continue;
+            }
+        }
         let ended = if run.status == RunStatus::Stopping {
             let change = Change::by(source)
                 .detail(detail)
                 .reason(Reason::StoppedByUser);
             runs::transition(&ctx.db, run.id, RunStatus::Stopped, &change).await?
         } else {
+            let detail = if adopted {
+                detail
+            } else {
+                format!(
+                    "{detail} (attempt {} of {})",
+                    run.attempt, ctx.settings.runs.max_attempts
+                )
+            };
             let change = Change::by(source)
                 .detail(detail)
                 .reason(Reason::ExecutorLost);

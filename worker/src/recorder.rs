@@ -1,9 +1,11 @@
 //! The recorder: where executors report what their executions do — phases into Postgres, log
 //! lines into the live log, the final log and outputs into S3 — and where the run's capacity
 //! permit is given back. Every write is idempotent, so several observers may report the same
-//! execution.
+//! execution — and so each is retried through an outage of Postgres, Redis or S3 (the run
+//! waits in its phase) instead of being charged to the run.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use coderun_shared::livelog::LiveLog;
@@ -12,6 +14,8 @@ use coderun_shared::semaphore::LeaseSemaphore;
 use coderun_shared::storage::Storage;
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::resilience::Resilience;
 
 /// How an execution ended, as the executor saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,13 +37,19 @@ pub struct Recorder {
     /// `worker:<name>`: the source written on every event.
     pub source: String,
     pub live_log_ttl_seconds: i64,
+    /// Retries and breakers shared with the rest of the worker.
+    pub resilience: Arc<Resilience>,
 }
 
 impl Recorder {
     /// Records a phase; a transition the run is already past is a no-op.
     pub async fn phase(&self, run: Uuid, status: RunStatus, detail: &str) -> anyhow::Result<bool> {
-        let change = Change::by(self.source.clone()).detail(detail);
-        Ok(runs::transition(&self.db, run, status, &change).await?)
+        let change = &Change::by(self.source.clone()).detail(detail);
+        self.resilience
+            .retry("record a phase", || async move {
+                Ok(runs::transition(&self.db, run, status, change).await?)
+            })
+            .await
     }
 
     /// Appends log lines to the live log, numbered from `first_line`.
@@ -59,26 +69,24 @@ impl Recorder {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        self.storage
-            .put(
-                &format!("runs/{run}/log.txt"),
-                Bytes::from(bytes),
-                "text/plain; charset=utf-8",
-            )
-            .await?;
-        Ok(())
+        self.store_log_bytes(run, bytes).await
     }
 
     /// Stores `log` as `runs/{run}/log.txt` (an executor that holds the log in memory).
     pub async fn store_log_bytes(&self, run: Uuid, log: Vec<u8>) -> anyhow::Result<()> {
-        self.storage
-            .put(
-                &format!("runs/{run}/log.txt"),
-                Bytes::from(log),
-                "text/plain; charset=utf-8",
-            )
-            .await?;
-        Ok(())
+        let log = &Bytes::from(log);
+        self.resilience
+            .retry("store log.txt", || async move {
+                self.storage
+                    .put(
+                        &format!("runs/{run}/log.txt"),
+                        log.clone(),
+                        "text/plain; charset=utf-8",
+                    )
+                    .await?;
+                Ok(())
+            })
+            .await
     }
 
     /// Stores each output file as `runs/{run}/output/{path}` and lists them on the run.
@@ -89,21 +97,30 @@ impl Recorder {
     ) -> anyhow::Result<()> {
         let mut recorded = Vec::with_capacity(files.len());
         for (path, host_path, size) in files {
-            let bytes = tokio::fs::read(host_path).await?;
-            self.storage
-                .put(
-                    &format!("runs/{run}/output/{path}"),
-                    Bytes::from(bytes),
-                    "application/octet-stream",
-                )
+            let bytes = &Bytes::from(tokio::fs::read(host_path).await?);
+            self.resilience
+                .retry("store an output file", || async move {
+                    self.storage
+                        .put(
+                            &format!("runs/{run}/output/{path}"),
+                            bytes.clone(),
+                            "application/octet-stream",
+                        )
+                        .await?;
+                    Ok(())
+                })
                 .await?;
             recorded.push(OutputFile {
                 path: path.clone(),
                 size: *size as i64,
             });
         }
-        runs::record_outputs(&self.db, run, &recorded).await?;
-        Ok(())
+        let recorded = &recorded;
+        self.resilience
+            .retry("list the outputs", || async move {
+                Ok(runs::record_outputs(&self.db, run, recorded).await?)
+            })
+            .await
     }
 
     /// Records the end (stop wins over a natural end), lets the live log expire and gives the
@@ -118,11 +135,21 @@ impl Recorder {
             log_truncated: ending.log_truncated,
             ..Change::default()
         };
-        let ended = runs::finish(&self.db, run, ending.status, &change).await?;
+        let (status, change) = (ending.status, &change);
+        let ended = self
+            .resilience
+            .retry("record the end", || async move {
+                Ok(runs::finish(&self.db, run, status, change).await?)
+            })
+            .await?;
         if let Err(e) = self.live_log.expire(run, self.live_log_ttl_seconds).await {
             tracing::warn!(%run, error = %e, "cannot set the live log's expiry");
         }
-        self.semaphore.release(&run.to_string()).await?;
+        self.resilience
+            .retry("give the permit back", || async move {
+                Ok(self.semaphore.release(&run.to_string()).await?)
+            })
+            .await?;
         Ok(ended)
     }
 }

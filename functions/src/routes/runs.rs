@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Caller, Json, Path, Query};
+use crate::idempotency;
 use crate::routes::tasks::{Access, authorize};
 use crate::state::AppState;
 
@@ -173,6 +174,21 @@ struct Submission {
     remarks: String,
     spec: RunSpec,
     datasets: Vec<String>,
+}
+
+impl Submission {
+    /// What makes two submissions the same request (for `Idempotency-Key`).
+    fn fingerprint_parts<'a>(&'a self, task_id: &'a str) -> Vec<&'a str> {
+        let mut parts = vec![
+            "submit",
+            task_id,
+            self.command.as_ref().map_or("\0default", |c| c.as_str()),
+            &self.remarks,
+            &self.spec.name,
+        ];
+        parts.extend(self.datasets.iter().map(String::as_str));
+        parts
+    }
 }
 
 /// Checks everything that needs neither the task nor the bucket.
@@ -334,9 +350,19 @@ pub async fn submit_run(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    let idempotency_key = idempotency::key_from(&headers)?;
     let body: SubmitRun = optional_json(&headers, body)?;
     let submission = check_submission(&state, body)?;
     let task = authorize(&state, &caller, task_id, Access::Write).await?;
+    let idempotency = idempotency::with_fingerprint(
+        idempotency_key,
+        &submission.fingerprint_parts(&task_id.to_string()),
+    );
+    if let Some(run) = idempotency::earlier_run(&state, task.owner_id, idempotency.as_ref()).await?
+    {
+        let id = run.id;
+        return idempotency::replayed(detail(&state, run).await?, id);
+    }
     if let Some((missing, known)) = missing_dataset(&state, &submission.datasets).await? {
         return Err(ApiError::BadRequest(if known.is_empty() {
             format!("unknown dataset `{missing}`; there are no datasets")
@@ -388,6 +414,7 @@ pub async fn submit_run(
         snapshot_of: run_id,
         code_sha256,
         retry_of: None,
+        idempotency,
     };
     let run = create_run(&state, new, true).await?;
     enqueue(&state, run.id).await;
@@ -492,8 +519,18 @@ pub async fn retry_run(
     State(state): State<AppState>,
     caller: Caller,
     Path(run_id): Path<Uuid>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
+    let idempotency_key = idempotency::key_from(&headers)?;
     let original = authorize_run(&state, &caller, run_id, Access::Write).await?;
+    let idempotency =
+        idempotency::with_fingerprint(idempotency_key, &["retry", &original.id.to_string()]);
+    if let Some(run) =
+        idempotency::earlier_run(&state, original.owner_id, idempotency.as_ref()).await?
+    {
+        let id = run.id;
+        return idempotency::replayed(detail(&state, run).await?, id);
+    }
     if !original.status.is_terminal() {
         return Err(runs::Error::NotFinished.into());
     }
@@ -516,6 +553,7 @@ pub async fn retry_run(
         snapshot_of: original.snapshot_of,
         code_sha256: original.code_sha256.clone(),
         retry_of: Some(original.id),
+        idempotency,
     };
     let run = create_run(&state, new, false).await?;
     enqueue(&state, run.id).await;

@@ -3,6 +3,7 @@
 mod auth;
 mod catalogue;
 mod files;
+mod idempotency;
 mod ops;
 mod runs;
 mod tasks;

@@ -71,7 +71,12 @@ impl LocalExecutor {
                 sandbox,
                 slots,
                 recorder,
-                http: reqwest::Client::new(),
+                // A stalled transfer fails (and is retried) rather than hanging the run.
+                http: reqwest::Client::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .read_timeout(Duration::from_secs(30))
+                    .build()
+                    .expect("an HTTP client with timeouts"),
                 work_root,
                 runs,
                 paths,
@@ -260,21 +265,30 @@ impl Inner {
         self.recorder
             .phase(run.id, RunStatus::Pending, "fetching the code")
             .await?;
+        // An earlier attempt of this run, lost with its worker, may have left its folder.
+        match tokio::fs::remove_dir_all(work_dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
         let code_dir = work_dir.join("code");
         tokio::fs::create_dir_all(&code_dir).await?;
-        let url = self.recorder.storage.presigned_get(&run.code_key()).await?;
-        let bytes = self
-            .http
-            .get(url)
-            .send()
-            .await?
-            .error_for_status()?
-            .bytes()
+        let resilience = &self.recorder.resilience;
+        // An outage of object storage is waited out here, the run pending; only a bundle that
+        // is missing or does not match its checksum fails the run.
+        let bytes = resilience
+            .retry("fetch the code", || async move {
+                let url = self.recorder.storage.presigned_get(&run.code_key()).await?;
+                let response = self.http.get(url).send().await?.error_for_status()?;
+                Ok(response.bytes().await?)
+            })
             .await?;
         let (sha, max) = (run.code_sha256.clone(), self.paths.max_task_bytes);
         let into = code_dir.clone();
         tokio::task::spawn_blocking(move || bundle::extract(&bytes, &sha, &into, max)).await??;
-        let datasets = self.fetch_datasets(run, work_dir).await?;
+        let datasets = resilience
+            .retry("fetch the datasets", || self.fetch_datasets(run, work_dir))
+            .await?;
         if stop.is_cancelled() {
             return Ok(stopped_before_start());
         }
@@ -286,6 +300,7 @@ impl Inner {
         let pump = tokio::spawn(pump_log(self.recorder.clone(), run.id, receiver));
         let request = SandboxRequest {
             run_id: run.id,
+            attempt: u32::try_from(run.attempt).unwrap_or(1),
             command: run.command.clone(),
             work_dir: work_dir.to_owned(),
             datasets,

@@ -17,11 +17,12 @@ pub mod local;
 /// Why a launch failed, which decides what happens to the stream entry.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    /// Worth another try later (no free sandbox slot, storage briefly down): the entry stays
-    /// pending and is delivered again; after too many deliveries it is dead-lettered.
+    /// Worth another try later (no free sandbox slot, storage or the API server briefly down):
+    /// the permit goes back and the entry is re-added, so the run stays queued.
     #[error("launch failed, will retry: {0}")]
     Retryable(String),
-    /// Will never work (the run's spec cannot be met here): the run fails `launch_failed`.
+    /// Will never work (the API server refuses the Job as invalid, the run's spec cannot be
+    /// met here): the run fails `launch_failed` with this as its detail.
     #[error("launch failed: {0}")]
     Permanent(String),
 }
@@ -68,6 +69,12 @@ pub trait Executor: Send + Sync + 'static {
     /// cannot tell (now).
     async fn exists(&self, _run: &Run) -> Option<bool> {
         None
+    }
+
+    /// One cheap call that only a working backend answers (the half-open probe of its circuit
+    /// breaker); executors without a remote backend have nothing to probe.
+    async fn probe(&self) -> anyhow::Result<()> {
+        Ok(())
     }
 
     /// The executor's own background work (the Kubernetes watchers) until `shutdown`; the

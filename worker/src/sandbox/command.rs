@@ -146,6 +146,7 @@ pub(super) struct Launch<'a> {
     pub cgroup_procs: Vec<PathBuf>,
     pub limits: Limits,
     pub run_id: Uuid,
+    pub attempt: u32,
     pub code_dir: PathBuf,
     pub output_dir: PathBuf,
     /// The host folders of `/tmp` and `/dev/shm` on the run's tmpfs; `None`: each is a tmpfs
@@ -236,11 +237,13 @@ impl Launch<'_> {
             ],
         );
         let run_id = self.run_id.to_string();
+        let attempt = self.attempt.to_string();
         for (k, v) in [
             ("CODE_PATH", CODE_PATH),
             ("OUTPUT_DIR", OUTPUT_DIR),
             ("DATA_DIR", DATA_DIR),
             ("RUN_ID", run_id.as_str()),
+            ("RUN_ATTEMPT", attempt.as_str()),
             ("HOME", "/tmp"),
             ("PATH", self.config.path_env.as_str()),
             ("LANG", "C.UTF-8"),

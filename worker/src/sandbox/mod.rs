@@ -91,6 +91,8 @@ impl From<&coderun_shared::config::Spec> for Limits {
 #[derive(Debug, Clone)]
 pub struct SandboxRequest {
     pub run_id: Uuid,
+    /// Which attempt of the run this is (1 unless its worker was lost): `$RUN_ATTEMPT`.
+    pub attempt: u32,
     /// Run as `sh -c <command>` in `$CODE_PATH`.
     pub command: String,
     /// The run's host folder, the worker's own (see [`create_run_dir`]). The caller has put
@@ -405,6 +407,7 @@ impl Sandbox {
             cgroup_procs,
             limits,
             run_id: request.run_id,
+            attempt: request.attempt,
             code_dir: layout.code(),
             output_dir: layout.output(),
             scratch: self.mounts.then(|| (layout.tmp(), layout.shm())),

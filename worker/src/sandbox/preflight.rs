@@ -316,6 +316,7 @@ fn trial_run(sandbox: &Sandbox) -> Result<(), PreflightError> {
             cgroup_procs: cgroup.procs_files(),
             limits,
             run_id,
+            attempt: 1,
             code_dir: layout.code(),
             output_dir: layout.output(),
             scratch: sandbox.mounts.then(|| (layout.tmp(), layout.shm())),

@@ -79,6 +79,7 @@ fn work_dir(files: &[(&str, &str)]) -> PathBuf {
 fn request(dir: &Path, command: &str, limits: Limits) -> SandboxRequest {
     SandboxRequest {
         run_id: Uuid::new_v4(),
+        attempt: 1,
         command: command.into(),
         work_dir: dir.to_path_buf(),
         datasets: Vec::new(),
@@ -213,6 +214,7 @@ async fn the_run_environment_is_exactly_the_documented_one() {
         "OUTPUT_DIR=/output".into(),
         "PATH=/usr/local/bin:/usr/bin:/bin".into(),
         "PWD=/code".into(),
+        "RUN_ATTEMPT=1".into(),
         format!("RUN_ID={run_id}"),
     ];
     assert_eq!(env, expected);

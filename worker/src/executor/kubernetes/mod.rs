@@ -22,6 +22,7 @@ use coderun_shared::domain::FilePath;
 use coderun_shared::redis::Keys;
 use coderun_shared::runs::Run;
 use coderun_shared::storage::Storage;
+use coderun_shared::transient::Dependency;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -259,7 +260,12 @@ impl Executor for KubernetesExecutor {
             run,
         )
         .await
-        .map_err(|e| LaunchError::Retryable(format!("cannot presign the run's URLs: {e:#}")))?;
+        .map_err(|e| {
+            if let Some(dep) = crate::resilience::classify(&e) {
+                inner.recorder.resilience.failure(dep, &e);
+            }
+            LaunchError::Retryable(format!("cannot presign the run's URLs: {e:#}"))
+        })?;
         let job = job::build(run, &inner.settings, &urls);
         inner.limiter.until_ready().await;
         let created = tokio::time::timeout(
@@ -267,6 +273,15 @@ impl Executor for KubernetesExecutor {
             inner.jobs.create(&PostParams::default(), &job),
         )
         .await;
+        let resilience = &inner.recorder.resilience;
+        match &created {
+            Ok(Ok(_)) => resilience.success(Dependency::Kubernetes),
+            Ok(Err(e)) if crate::resilience::kube_is_transient(e) => {
+                resilience.failure(Dependency::Kubernetes, e)
+            }
+            Err(_) => resilience.failure(Dependency::Kubernetes, &"the create timed out"),
+            Ok(Err(_)) => {}
+        }
         match created {
             Ok(Ok(_)) => {
                 tracing::info!(run = %run.id, job = %job::job_name(run.id), "created the Job");
@@ -326,6 +341,14 @@ impl Executor for KubernetesExecutor {
 
     fn adopts(&self) -> bool {
         true
+    }
+
+    async fn probe(&self) -> anyhow::Result<()> {
+        self.inner
+            .jobs
+            .list(&ListParams::default().labels(job::SELECTOR).limit(1))
+            .await?;
+        Ok(())
     }
 
     async fn exists(&self, run: &Run) -> Option<bool> {
