@@ -6,7 +6,7 @@ use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, Que
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use coderun_shared::domain::Invalid;
-use coderun_shared::{bundle, files, runs, storage, tasks, users};
+use coderun_shared::{bundle, files, runs, snapshots, storage, tasks, users};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +152,12 @@ impl From<fred::error::Error> for ApiError {
     }
 }
 
+impl From<snapshots::Error> for ApiError {
+    fn from(e: snapshots::Error) -> Self {
+        ApiError::Internal(anyhow::Error::new(e).context("code snapshot"))
+    }
+}
+
 impl From<bundle::Error> for ApiError {
     fn from(e: bundle::Error) -> Self {
         ApiError::Internal(anyhow::Error::new(e).context("code bundle"))
@@ -166,7 +172,9 @@ impl From<runs::Error> for ApiError {
     fn from(e: runs::Error) -> Self {
         match e {
             runs::Error::NotFound => ApiError::not_found("run"),
-            runs::Error::TaskBusy | runs::Error::NotFinished => ApiError::Conflict(e.to_string()),
+            runs::Error::TaskBusy | runs::Error::NotFinished | runs::Error::SnapshotGone => {
+                ApiError::Conflict(e.to_string())
+            }
             runs::Error::TooManyActive { .. } => ApiError::TooManyRequests {
                 detail: e.to_string(),
                 retry_after: ACTIVE_RUNS_RETRY_AFTER_SECONDS,

@@ -22,7 +22,7 @@ pub struct Options {
     /// The admin's password (the local stack's is `admin`).
     #[arg(long, default_value = "admin")]
     pub admin_password: String,
-    /// Which benchmarks: `files`, `runs`, `kubernetes` or `all`.
+    /// Which benchmarks: `files`, `runs`, `kubernetes`, `memory` or `all`.
     #[arg(long, default_value = "all")]
     pub suite: String,
     /// The local stack's Redis (the runs suite pauses the fleet through the capacity key).
@@ -55,6 +55,15 @@ pub struct Options {
     /// Running Jobs one worker watches in the kubernetes memory benchmark.
     #[arg(long, default_value_t = 1_000)]
     pub kube_watched: usize,
+    /// The API's pid file (for its resident memory in the memory suite).
+    #[arg(long, default_value = ".local/run/functions.pid")]
+    pub functions_pid_file: String,
+    /// Size of the task the memory suite archives and submits (the default task limit).
+    #[arg(long, default_value_t = 1024)]
+    pub memory_task_mib: usize,
+    /// Size of each of its files (the default file limit).
+    #[arg(long, default_value_t = 10)]
+    pub memory_file_mib: usize,
 }
 
 /// What one scenario measured.
@@ -169,6 +178,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     if options.suite == "kubernetes" || options.suite == "all" {
         crate::bench_kube::run(&options).await?;
+    }
+    if options.suite == "memory" || options.suite == "all" {
+        crate::bench_memory::run(&options).await?;
     }
     Ok(())
 }

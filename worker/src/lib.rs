@@ -5,7 +5,8 @@
 //! The flow: [`consumer`] (reserve a permit → read → launch → `dispatched` → ack) hands runs to an
 //! [`executor`]; the executor reports through the [`recorder`]; [`heartbeat`] keeps this worker
 //! and its permits alive; [`janitor`] claims entries idle on dead consumers; [`reconciler`]
-//! repairs lost entries and lost executions; [`stops`] carries stop requests to executions.
+//! repairs lost entries and lost executions; [`stops`] carries stop requests to executions;
+//! [`sweeper`] removes deleted and expired runs' objects from the bucket.
 
 use std::future::Future;
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub mod reconciler;
 pub mod recorder;
 pub mod sandbox;
 pub mod stops;
+pub mod sweeper;
 
 pub use context::Context;
 
@@ -46,6 +48,7 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) -> anyhow::Re
         tokio::spawn(janitor::run(ctx.clone(), stop_background.clone())),
         tokio::spawn(reconciler::run(ctx.clone(), stop_background.clone())),
         tokio::spawn(stops::run(ctx.clone(), stop_background.clone())),
+        tokio::spawn(sweeper::run(ctx.clone(), stop_background.clone())),
         tokio::spawn({
             let (executor, stop) = (ctx.executor.clone(), stop_background.clone());
             async move { executor.run(stop).await }

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 use coderun_shared::livelog::LiveLog;
+use coderun_shared::logfile;
+use coderun_shared::objects::RunObjects;
 use coderun_shared::runs::{self, Change, OutputFile, Reason, RunStatus};
 use coderun_shared::semaphore::LeaseSemaphore;
 use coderun_shared::storage::Storage;
@@ -52,36 +54,25 @@ impl Recorder {
         Ok(self.live_log.append(run, first_line, lines).await?)
     }
 
-    /// Stores the full log as `runs/{run}/log.txt`.
+    /// Stores the full log as the run's `log.txt`, with its line index.
     pub async fn store_log(&self, run: Uuid, file: &Path) -> anyhow::Result<()> {
         let bytes = match tokio::fs::read(file).await {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        self.storage
-            .put(
-                &format!("runs/{run}/log.txt"),
-                Bytes::from(bytes),
-                "text/plain; charset=utf-8",
-            )
-            .await?;
+        logfile::store(&self.storage, run, Bytes::from(bytes)).await?;
         Ok(())
     }
 
-    /// Stores `log` as `runs/{run}/log.txt` (an executor that holds the log in memory).
+    /// Stores `log` as the run's `log.txt` with its line index (an executor that holds the log
+    /// in memory).
     pub async fn store_log_bytes(&self, run: Uuid, log: Vec<u8>) -> anyhow::Result<()> {
-        self.storage
-            .put(
-                &format!("runs/{run}/log.txt"),
-                Bytes::from(log),
-                "text/plain; charset=utf-8",
-            )
-            .await?;
+        logfile::store(&self.storage, run, Bytes::from(log)).await?;
         Ok(())
     }
 
-    /// Stores each output file as `runs/{run}/output/{path}` and lists them on the run.
+    /// Stores each output file under the run's `output/` and lists them on the run.
     pub async fn store_outputs(
         &self,
         run: Uuid,
@@ -92,7 +83,7 @@ impl Recorder {
             let bytes = tokio::fs::read(host_path).await?;
             self.storage
                 .put(
-                    &format!("runs/{run}/output/{path}"),
+                    &RunObjects::new(run).output(path),
                     Bytes::from(bytes),
                     "application/octet-stream",
                 )

@@ -5,4 +5,5 @@ mod catalogue;
 mod files;
 mod ops;
 mod runs;
+mod storage;
 mod tasks;
