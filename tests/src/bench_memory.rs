@@ -124,13 +124,15 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
     let file_size = (options.memory_file_mib * 1024 * 1024).min(total);
     let started = Instant::now();
     let (mut stored, mut n) = (task["total_size"].as_u64().unwrap_or(0), 0u64);
-    while stored + file_size as u64 <= total as u64 {
+    while stored < total as u64 {
+        // The last file takes what is left, so the task ends exactly at the limit.
+        let size = file_size.min(total - stored as usize);
         let response = client
             .put(format!(
                 "{base}/api/v1/tasks/{task_id}/files/data/part{n:04}.txt"
             ))
             .bearer_auth(&admin)
-            .body(text(file_size, n))
+            .body(text(size, n))
             .send()
             .await?;
         anyhow::ensure!(
@@ -138,7 +140,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
             "saving file {n}: {}",
             response.status()
         );
-        stored += file_size as u64;
+        stored += size as u64;
         n += 1;
     }
     println!(

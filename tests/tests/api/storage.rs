@@ -395,7 +395,10 @@ async fn live_log_streams_are_capped_per_user_and_per_process_with_a_429() {
 
     let first = open_stream(&app, &token, run_id).await;
     let second = open_stream(&app, &token, run_id).await;
-    assert_eq!((first.status(), second.status()), (200, 200));
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
     let third = open_stream(&app, &token, run_id).await;
     assert_eq!(third.status(), 429);
     assert!(third.headers().contains_key(header::RETRY_AFTER));
@@ -619,8 +622,11 @@ async fn the_archive_streams_a_zip_and_redirects_when_asked_to() {
     let small = app.get(&archive, &token).await;
     assert_eq!(small.status, 200);
     assert_eq!(small.header("content-type"), Some("application/zip"));
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(small.body.to_vec())).unwrap();
-    let mut names: Vec<String> = zip.file_names().map(str::to_owned).collect();
+    let zip = zip::ZipArchive::new(std::io::Cursor::new(small.body.to_vec())).unwrap();
+    let mut names: Vec<String> = zip
+        .file_names()
+        .map(|name| name.unwrap().into_owned())
+        .collect();
     names.sort();
     assert_eq!(names, ["README.md", "main.py"]);
 
