@@ -304,9 +304,16 @@ mod tests {
     fn a_streamed_bundle_has_the_bytes_and_hash_of_one_built_in_memory() {
         let files: Vec<(String, String)> = (0..40)
             .map(|i| {
-                // Content that barely compresses, so the bundle spans several parts.
-                let content: String = (0..400_000u32)
-                    .map(|j| char::from(b'a' + ((j * 7919 + i * 31) % 26) as u8))
+                // Content that barely compresses (xorshift letters), so the bundle spans
+                // several parts.
+                let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (i + 1);
+                let content: String = (0..400_000)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        char::from(b'a' + (state % 26) as u8)
+                    })
                     .collect();
                 (format!("f{i:02}.txt"), content)
             })
