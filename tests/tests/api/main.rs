@@ -3,6 +3,7 @@
 mod auth;
 mod catalogue;
 mod files;
+mod memory;
 mod ops;
 mod runs;
 mod storage;
