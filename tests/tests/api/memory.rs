@@ -73,3 +73,88 @@ async fn the_api_process_stays_small_while_it_archives_and_submits_a_large_task(
     let _ = std::fs::remove_file(&pid_file);
     result.unwrap();
 }
+
+/// This process's resident memory field `field` (`VmRSS:`, `VmHWM:`), in MiB.
+fn own_mib(field: &str) -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// The same measure in process (the router called directly, the archive read chunk by chunk
+/// and dropped): the growth of this test process's peak over its idle size. Quicker to build
+/// than the binary; `CODERUN_MEMORY_TASK_MIB` sets the task's size (128 MiB by default).
+#[tokio::test]
+#[ignore = "a minute or more: a large task; run it with --ignored --nocapture"]
+async fn archiving_and_submitting_a_large_task_grows_the_process_by_a_bounded_amount() {
+    use axum::body::Body;
+    use futures::StreamExt;
+    use serde_json::json;
+    use tower::ServiceExt;
+
+    let mib: usize = std::env::var("CODERUN_MEMORY_TASK_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128);
+    let app = coderun_tests::app::spawn_app().await;
+    let token = app.admin().await;
+    let task = app.task(&token, "large", "python").await;
+    let task_id = task["id"].as_str().unwrap().to_owned();
+    let file = 10 * 1024 * 1024;
+    for n in 0..(mib * 1024 * 1024).div_ceil(file) {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ (n as u64 + 1);
+        let text: String = (0..file)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b"abcdefghijklmnopqrstuvwxyz0123456789 \n"[(state % 38) as usize])
+            })
+            .collect();
+        app.put_text(
+            &format!("/api/v1/tasks/{task_id}/files/data/part{n:04}.txt"),
+            &token,
+            &text,
+        )
+        .await
+        .expect(201);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let reset = || std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    assert!(reset(), "cannot reset this process's peak");
+    let idle = own_mib("VmRSS:");
+
+    let request = http::Request::get(format!("/api/v1/tasks/{task_id}/archive"))
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body().into_data_stream();
+    let mut zip_bytes = 0usize;
+    while let Some(chunk) = body.next().await {
+        zip_bytes += chunk.unwrap().len();
+    }
+    let archive_peak = own_mib("VmHWM:");
+    println!(
+        "memory (in process): a {mib} MiB task: idle {idle:.1} MiB; archive of {:.0} MiB: peak {archive_peak:.1} MiB ({:+.1})",
+        zip_bytes as f64 / 1048576.0,
+        archive_peak - idle
+    );
+    reset();
+    let idle = own_mib("VmRSS:");
+    app.post(&format!("/api/v1/tasks/{task_id}/runs"), &token, json!({}))
+        .await
+        .expect(202);
+    let submit_peak = own_mib("VmHWM:");
+    println!(
+        "memory (in process): submit: idle {idle:.1} MiB; peak {submit_peak:.1} MiB ({:+.1})",
+        submit_peak - idle
+    );
+    assert!(archive_peak - idle < 128.0 && submit_peak - idle < 128.0);
+}
