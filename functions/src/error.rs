@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use coderun_shared::domain::Invalid;
 use coderun_shared::transient::{self, Dependency};
-use coderun_shared::{auth, bundle, files, runs, storage, tasks, users};
+use coderun_shared::{auth, bundle, files, runs, snapshots, storage, tasks, users};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +203,12 @@ impl From<fred::error::Error> for ApiError {
     }
 }
 
+impl From<snapshots::Error> for ApiError {
+    fn from(e: snapshots::Error) -> Self {
+        ApiError::Internal(anyhow::Error::new(e).context("code snapshot"))
+    }
+}
+
 impl From<bundle::Error> for ApiError {
     fn from(e: bundle::Error) -> Self {
         ApiError::Internal(anyhow::Error::new(e).context("code bundle"))
@@ -233,7 +239,9 @@ impl From<runs::Error> for ApiError {
     fn from(e: runs::Error) -> Self {
         match e {
             runs::Error::NotFound => ApiError::not_found("run"),
-            runs::Error::TaskBusy | runs::Error::NotFinished => ApiError::Conflict(e.to_string()),
+            runs::Error::TaskBusy | runs::Error::NotFinished | runs::Error::SnapshotGone => {
+                ApiError::Conflict(e.to_string())
+            }
             // Two requests with one key at once: the other one created the run; repeating
             // this request answers it.
             runs::Error::IdempotencyKeyUsed => ApiError::Conflict(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use coderun_shared::auth::{self, Authenticator, HashGate};
 use coderun_shared::config::Settings;
 use coderun_shared::domain::{Role, Username};
-use coderun_shared::livelog::LiveLog;
+use coderun_shared::livelog::{LiveLog, StreamSlots};
 use coderun_shared::queue::RunQueue;
 use coderun_shared::redis::Keys;
 use coderun_shared::storage::Storage;
@@ -33,6 +33,10 @@ pub struct AppState {
     pub keys: Keys,
     pub queue: RunQueue,
     pub live_log: LiveLog,
+    /// Live log streams this process may serve at once (`runs.log_streams_per_process`).
+    pub log_streams: Arc<tokio::sync::Semaphore>,
+    /// Each user's live log streams across the fleet (`runs.log_streams_per_user`).
+    pub stream_slots: StreamSlots,
 }
 
 impl AppState {
@@ -63,6 +67,14 @@ impl AppState {
         let live_log = LiveLog::new(redis.clone(), keys.clone());
         let login_throttle =
             LoginThrottle::new(redis.clone(), keys.clone(), settings.login.clone());
+        let log_streams = Arc::new(tokio::sync::Semaphore::new(
+            settings.runs.log_streams_per_process as usize,
+        ));
+        let stream_slots = StreamSlots::new(
+            redis.clone(),
+            keys.clone(),
+            settings.runs.log_streams_per_user,
+        );
         let state = Self {
             settings: Arc::new(settings),
             db,
@@ -76,6 +88,8 @@ impl AppState {
             keys,
             queue,
             live_log,
+            log_streams,
+            stream_slots,
         };
         if state.settings.local_stack {
             state.seed_local_users().await?;

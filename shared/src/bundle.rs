@@ -55,11 +55,35 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// Packs `files` (path, content), in the order given, into a deterministic `code.tar.gz`.
 /// The paths are validated task paths; one that is not safe to unpack is refused anyway.
 pub fn create(files: &[(String, String)]) -> io::Result<Bundle> {
-    let gzip = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(Vec::new(), Compression::default());
-    let mut builder = tar::Builder::new(gzip);
+    let mut writer = BundleWriter::new(Vec::new());
     for (path, content) in files {
+        writer.add(path, content.as_bytes())?;
+    }
+    let bytes = writer.finish()?;
+    Ok(Bundle {
+        sha256: sha256_hex(&bytes),
+        bytes,
+    })
+}
+
+/// Writes a bundle file by file into any writer, so a large one can be hashed or uploaded as it
+/// is made: the same files in the same order give the same bytes as [`create`].
+pub struct BundleWriter<W: Write> {
+    builder: tar::Builder<flate2::write::GzEncoder<W>>,
+}
+
+impl<W: Write> BundleWriter<W> {
+    pub fn new(out: W) -> Self {
+        let gzip = flate2::GzBuilder::new()
+            .mtime(0)
+            .write(out, Compression::default());
+        Self {
+            builder: tar::Builder::new(gzip),
+        }
+    }
+
+    /// Appends one regular file; an unsafe path is refused.
+    pub fn add(&mut self, path: &str, content: &[u8]) -> io::Result<()> {
         if !is_safe(path) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -74,13 +98,13 @@ pub fn create(files: &[(String, String)]) -> io::Result<Bundle> {
         header.set_uid(0);
         header.set_gid(0);
         // Sets the path (a GNU long-name entry when it exceeds 100 bytes) and the checksum.
-        builder.append_data(&mut header, path, content.as_bytes())?;
+        self.builder.append_data(&mut header, path, content)
     }
-    let bytes = builder.into_inner()?.finish()?;
-    Ok(Bundle {
-        sha256: sha256_hex(&bytes),
-        bytes,
-    })
+
+    /// Ends the archive and the gzip stream; returns the writer.
+    pub fn finish(self) -> io::Result<W> {
+        self.builder.into_inner()?.finish()
+    }
 }
 
 /// A relative path of plain segments: no leading `/`, no empty, `.` or `..` segment, no

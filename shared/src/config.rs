@@ -43,6 +43,7 @@ pub struct Settings {
     pub queue: QueueSettings,
     pub capacity: CapacitySettings,
     pub runs: RunLimits,
+    pub retention: RetentionSettings,
     pub worker: WorkerSettings,
     pub run: RunSettings,
     pub specs: BTreeMap<String, Spec>,
@@ -89,6 +90,10 @@ pub struct StorageSettings {
     /// Create the bucket at start-up when it is missing (local stack, tests).
     pub create_bucket: bool,
     pub presign_seconds: u64,
+    /// A task archive larger than this (bytes of files) is built into the bucket and answered
+    /// with a redirect instead of streamed; 0: always streamed. Lambda needs it (its responses
+    /// are buffered and at most 6 MB).
+    pub archive_redirect_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -145,6 +150,29 @@ pub struct RunLimits {
     /// Attempts of a run whose execution was lost with its worker; the last one lost fails
     /// `executor_lost`.
     pub max_attempts: u32,
+    /// Bytes a user's kept runs may hold in the bucket (logs, outputs, snapshots); a submit
+    /// beyond it is refused. 0: no quota.
+    pub storage_quota_bytes: u64,
+    /// Live log streams (server-sent events) one user may hold open across the fleet.
+    pub log_streams_per_user: u32,
+    /// Live log streams one API process serves at once.
+    pub log_streams_per_process: u32,
+}
+
+/// How long runs keep their stored objects, and the sweeps that remove what is no longer kept.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetentionSettings {
+    /// Terminal runs finished more than this many days ago lose their log, outputs and
+    /// snapshot (the row stays, marked purged). 0: kept forever.
+    pub max_age_days: u32,
+    /// Beyond the newest this-many runs of a task, older terminal runs are purged too. 0: no
+    /// limit.
+    pub keep_per_task: u32,
+    /// How often each worker sweeps (deleted runs' objects, the retention, unused snapshots).
+    pub sweep_seconds: u64,
+    /// A snapshot no kept run uses is deleted once nobody has used it for this long (longer
+    /// than any submit takes).
+    pub snapshot_grace_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -67,7 +67,12 @@ impl Keys {
         format!("{}:capacity", self.prefix)
     }
 
-    /// A run's live log: a stream of lines with ids `{line}-1`.
+    /// The live log streams a user holds open: a sorted set of stream → expiry (ms).
+    pub fn log_streams(&self, user_id: uuid::Uuid) -> String {
+        format!("{}:log-streams:{user_id}", self.prefix)
+    }
+
+    /// A run's live log: a stream of chunks of lines, each with id `{first line}-1`.
     pub fn live_log(&self, run_id: uuid::Uuid) -> String {
         format!("{}:log:{run_id}", self.prefix)
     }

@@ -14,6 +14,8 @@ use uuid::Uuid;
 
 use crate::config::Spec;
 use crate::domain::PageRequest;
+use crate::objects::RunObjects;
+use crate::snapshots;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -28,6 +30,9 @@ pub enum Error {
     /// The owner already has a run created with this `Idempotency-Key`.
     #[error("this Idempotency-Key was used before")]
     IdempotencyKeyUsed,
+    /// The run's code snapshot is not stored (any more): purged, or swept meanwhile.
+    #[error("the code snapshot of this run is no longer stored")]
+    SnapshotGone,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -153,7 +158,8 @@ pub struct Run {
     pub spec: Json<RunSpec>,
     pub datasets: Vec<String>,
     pub remarks: String,
-    /// The run whose code snapshot this run executes (itself unless it is a retry).
+    /// The run whose code snapshot this run executes (itself unless it is a retry); the
+    /// snapshot itself is named by `code_sha256`.
     pub snapshot_of: Uuid,
     pub code_sha256: String,
     pub retry_of: Option<Uuid>,
@@ -168,11 +174,20 @@ pub struct Run {
     pub dispatched_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Set when the retention removed the run's log, outputs and its hold on the snapshot; the
+    /// row stays as the record.
+    pub purged_at: Option<DateTime<Utc>>,
 }
 
 impl Run {
+    /// The key of the code snapshot this run executes.
     pub fn code_key(&self) -> String {
-        format!("runs/{}/code.tar.gz", self.snapshot_of)
+        RunObjects::snapshot(&self.code_sha256)
+    }
+
+    /// The keys of this run's own objects.
+    pub fn objects(&self) -> RunObjects {
+        RunObjects::new(self.id)
     }
 }
 
@@ -180,7 +195,7 @@ macro_rules! run_columns {
     () => {
         "id, task_id, owner_id, status, reason, exit_code, command, language, image, spec, \
          datasets, remarks, snapshot_of, code_sha256, retry_of, worker, executor, log_bytes, \
-         log_truncated, attempt, created_at, queued_at, dispatched_at, started_at, finished_at"
+         log_truncated, attempt, created_at, queued_at, dispatched_at, started_at, finished_at, purged_at"
     };
 }
 
@@ -194,6 +209,7 @@ pub struct RunEvent {
 }
 
 /// A run about to be queued.
+#[derive(Debug, Clone)]
 pub struct NewRun {
     pub id: Uuid,
     pub task_id: Uuid,
@@ -257,6 +273,9 @@ pub async fn create(pool: &PgPool, new: NewRun, max_active: u32) -> Result<Run, 
     .await?;
     if active >= i64::from(max_active) {
         return Err(Error::TooManyActive { max: max_active });
+    }
+    if !snapshots::hold(&mut tx, &new.code_sha256).await? {
+        return Err(Error::SnapshotGone);
     }
     let inserted = sqlx::query_as::<_, Run>(concat!(
         "INSERT INTO runs (id, task_id, owner_id, status, command, language, image, spec_name,

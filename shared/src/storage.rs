@@ -1,5 +1,7 @@
 //! S3-compatible object storage (MinIO in a cluster, s3s-fs locally): one bucket laid out as
-//! `runs/{run_id}/…` and `datasets/{name}/…` (see the design's storage layout).
+//! `snapshots/{sha256}.tar.gz`, `runs/{run_id}/…` and `datasets/{name}/…` (the keys are named
+//! in [`crate::objects`]). Large objects go up in parts as they are made ([`Upload`]), so no
+//! caller holds a whole snapshot or archive in memory.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::Bytes;
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -186,6 +188,72 @@ impl Storage {
         }
     }
 
+    /// Bytes `start..end` (end exclusive, within the object) of the object at `key`.
+    pub async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Bytes, Error> {
+        if end <= start {
+            return Ok(Bytes::new());
+        }
+        let object = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={start}-{}", end - 1))
+            .send()
+            .await
+            .map_err(s3_error)?;
+        let data = object.body.collect().await.map_err(s3_error)?;
+        Ok(data.into_bytes())
+    }
+
+    /// [`get_range`](Self::get_range), or `None` when there is no object at `key`.
+    pub async fn get_range_optional(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Bytes>, Error> {
+        let object = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .range(format!("bytes={start}-{}", end.max(start + 1) - 1))
+            .send()
+            .await
+        {
+            Ok(object) => object,
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(s3_error(e)),
+        };
+        let data = object.body.collect().await.map_err(s3_error)?;
+        Ok(Some(data.into_bytes()))
+    }
+
+    /// Starts a multipart upload to `key`: the object appears only when it is
+    /// [completed](Upload::complete), so a reader never sees half of it.
+    pub async fn upload(&self, key: &str, content_type: &str) -> Result<Upload, Error> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(s3_error)?;
+        let id = created
+            .upload_id()
+            .ok_or_else(|| Error::S3("the multipart upload has no id".into()))?
+            .to_owned();
+        Ok(Upload {
+            storage: self.clone(),
+            key: key.to_owned(),
+            id,
+            parts: Vec::new(),
+        })
+    }
+
     /// Deletes every object below `prefix` (up to 1000 per request); returns how many.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<usize, Error> {
         let keys: Vec<String> = self
@@ -194,6 +262,12 @@ impl Storage {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
+        self.delete_keys(&keys).await?;
+        Ok(keys.len())
+    }
+
+    /// Deletes the objects at `keys` (missing ones are no error).
+    pub async fn delete_keys(&self, keys: &[String]) -> Result<(), Error> {
         for chunk in keys.chunks(1000) {
             let objects = chunk
                 .iter()
@@ -217,7 +291,7 @@ impl Storage {
                 .await
                 .map_err(s3_error)?;
         }
-        Ok(keys.len())
+        Ok(())
     }
 
     /// A time-limited GET URL for `key`, valid for `storage.presign_seconds`.
@@ -293,5 +367,83 @@ impl Storage {
             entry.size += size;
         }
         Ok(datasets.into_values().collect())
+    }
+}
+
+/// S3 refuses parts below 5 MiB except the last; parts of this size keep a streaming writer's
+/// memory at a few of them.
+pub const PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// A multipart upload under way. Dropping it without [`complete`](Self::complete) leaves the
+/// parts to [`abort`](Self::abort) or to the bucket's lifecycle rule for abandoned uploads.
+pub struct Upload {
+    storage: Storage,
+    key: String,
+    id: String,
+    parts: Vec<CompletedPart>,
+}
+
+impl Upload {
+    /// Uploads the next part (every part but the last at least 5 MiB).
+    pub async fn part(&mut self, body: Bytes) -> Result<(), Error> {
+        let number = self.parts.len() as i32 + 1;
+        let sent = self
+            .storage
+            .client
+            .upload_part()
+            .bucket(&self.storage.bucket)
+            .key(&self.key)
+            .upload_id(&self.id)
+            .part_number(number)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(s3_error)?;
+        self.parts.push(
+            CompletedPart::builder()
+                .set_e_tag(sent.e_tag().map(str::to_owned))
+                .part_number(number)
+                .build(),
+        );
+        Ok(())
+    }
+
+    /// Makes the object appear at its key. An upload with no part gets one empty part.
+    pub async fn complete(mut self) -> Result<(), Error> {
+        if self.parts.is_empty() {
+            self.part(Bytes::new()).await?;
+        }
+        let parts = std::mem::take(&mut self.parts);
+        self.storage
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.storage.bucket)
+            .key(&self.key)
+            .upload_id(&self.id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(s3_error)
+    }
+
+    /// Discards the parts; the key is left as it was.
+    pub async fn abort(self) {
+        if let Err(e) = self
+            .storage
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.storage.bucket)
+            .key(&self.key)
+            .upload_id(&self.id)
+            .send()
+            .await
+        {
+            tracing::warn!(key = %self.key, error = ?e, "cannot abort a multipart upload; the lifecycle rule will");
+        }
     }
 }

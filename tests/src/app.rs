@@ -336,7 +336,9 @@ impl TestApp {
             'files', (SELECT coalesce(json_agg(f ORDER BY f.task_id, f.path), '[]') FROM task_files f),
             'runs', (SELECT coalesce(json_agg(r ORDER BY r.id), '[]') FROM runs r),
             'run_events', (SELECT coalesce(json_agg(e ORDER BY e.id), '[]') FROM run_events e),
-            'run_outputs', (SELECT coalesce(json_agg(o ORDER BY o.run_id, o.path), '[]') FROM run_outputs o)
+            'run_outputs', (SELECT coalesce(json_agg(o ORDER BY o.run_id, o.path), '[]') FROM run_outputs o),
+            'snapshots', (SELECT coalesce(json_agg(s ORDER BY s.sha256), '[]') FROM snapshots s),
+            'object_sweeps', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM object_sweeps w)
         )::text";
         let text: String = sqlx::query_scalar(query).fetch_one(&self.db).await.unwrap();
         serde_json::from_str(&text).unwrap()

@@ -22,7 +22,7 @@ pub struct Options {
     /// The admin's password (the local stack's is `admin`).
     #[arg(long, default_value = "admin")]
     pub admin_password: String,
-    /// Which benchmarks: `files`, `runs`, `kubernetes`, `login` or `all`.
+    /// Which benchmarks: `files`, `runs`, `kubernetes`, `memory`, `login` or `all`.
     #[arg(long, default_value = "all")]
     pub suite: String,
     /// The local stack's Redis (the runs suite pauses the fleet through the capacity key).
@@ -64,6 +64,12 @@ pub struct Options {
     /// Seconds each login flood lasts.
     #[arg(long, default_value_t = 10)]
     pub login_seconds: u64,
+    /// Size of the task the memory suite archives and submits (the default task limit).
+    #[arg(long, default_value_t = 1024)]
+    pub memory_task_mib: usize,
+    /// Size of each of its files (the default file limit).
+    #[arg(long, default_value_t = 10)]
+    pub memory_file_mib: usize,
 }
 
 /// What one scenario measured.
@@ -178,6 +184,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
     if options.suite == "kubernetes" || options.suite == "all" {
         crate::bench_kube::run(&options).await?;
+    }
+    if options.suite == "memory" || options.suite == "all" {
+        crate::bench_memory::run(&options).await?;
     }
     // Last: its floods leave the API's hash buffers allocated and would distort the others.
     if options.suite == "login" || options.suite == "all" {

@@ -23,6 +23,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use coderun_shared::config::Settings;
 use coderun_shared::domain::{Description, FilePath, Language, Role, TaskName, Username};
+use coderun_shared::objects::RunObjects;
 use coderun_shared::queue::RunQueue;
 use coderun_shared::redis::Keys;
 use coderun_shared::runs::{self, NewRun, RunSpec};
@@ -186,6 +187,7 @@ struct Scenario {
     storage: Storage,
     prefix: String,
     snapshot: Uuid,
+    code_sha256: String,
     kube: StandIn,
     workers: Vec<Child>,
     dir: PathBuf,
@@ -230,10 +232,14 @@ impl Scenario {
         let code = bundle::create(&[("main.py".to_owned(), "print('hello')\n".to_owned())])?;
         storage
             .put(
-                &format!("runs/{snapshot}/code.tar.gz"),
+                &RunObjects::snapshot(&code.sha256),
                 Bytes::from(code.bytes),
                 "application/gzip",
             )
+            .await?;
+        sqlx::query("INSERT INTO snapshots (sha256, size, stored) VALUES ($1, 0, true)")
+            .bind(&code.sha256)
+            .execute(&pool)
             .await?;
 
         let kube = StandIn::start().await;
@@ -251,6 +257,7 @@ impl Scenario {
             storage,
             prefix,
             snapshot,
+            code_sha256: code.sha256,
             kube,
             workers: Vec::new(),
             dir,
@@ -369,6 +376,7 @@ impl Scenario {
                     limits: small.clone(),
                 };
                 let snapshot = self.snapshot;
+                let code_sha256 = self.code_sha256.clone();
                 let languages = &s.languages;
                 async move {
                     let task = tasks::create(
@@ -401,7 +409,7 @@ impl Scenario {
                             datasets: Vec::new(),
                             remarks: String::new(),
                             snapshot_of: snapshot,
-                            code_sha256: String::new(),
+                            code_sha256,
                             retry_of: None,
                             idempotency: None,
                         },
@@ -513,7 +521,7 @@ impl Scenario {
         }
         let _ = self
             .storage
-            .delete_prefix(&format!("runs/{}/", self.snapshot))
+            .delete_keys(&[RunObjects::snapshot(&self.code_sha256)])
             .await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -5,6 +5,7 @@ pub mod app;
 pub mod bench;
 pub mod bench_kube;
 pub mod bench_login;
+pub mod bench_memory;
 pub mod bench_runs;
 pub mod demo;
 pub mod kube;

@@ -7,6 +7,7 @@
 //! and its permits alive; [`janitor`] claims entries idle on dead consumers; [`reconciler`]
 //! repairs lost entries and lost executions; [`stops`] carries stop requests to executions;
 //! [`resilience`] waits out outages of the dependencies (retries and circuit breakers).
+//! [`sweeper`] removes deleted and expired runs' objects from the bucket.
 
 use std::future::Future;
 use std::time::Duration;
@@ -26,6 +27,7 @@ pub mod recorder;
 pub mod resilience;
 pub mod sandbox;
 pub mod stops;
+pub mod sweeper;
 
 pub use context::Context;
 
@@ -51,6 +53,7 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) -> anyhow::Re
         tokio::spawn(reconciler::run(ctx.clone(), stop_background.clone())),
         tokio::spawn(stops::run(ctx.clone(), stop_background.clone())),
         tokio::spawn(http::serve(ctx.clone(), stop_background.clone())),
+        tokio::spawn(sweeper::run(ctx.clone(), stop_background.clone())),
         tokio::spawn({
             let (executor, stop) = (ctx.executor.clone(), stop_background.clone());
             async move { executor.run(stop).await }

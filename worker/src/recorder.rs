@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use coderun_shared::livelog::LiveLog;
+use coderun_shared::logfile;
+use coderun_shared::objects::RunObjects;
 use coderun_shared::runs::{self, Change, OutputFile, Reason, RunStatus};
 use coderun_shared::semaphore::LeaseSemaphore;
 use coderun_shared::storage::Storage;
@@ -62,7 +64,7 @@ impl Recorder {
         Ok(self.live_log.append(run, first_line, lines).await?)
     }
 
-    /// Stores the full log as `runs/{run}/log.txt`.
+    /// Stores the full log as the run's `log.txt`, with its line index.
     pub async fn store_log(&self, run: Uuid, file: &Path) -> anyhow::Result<()> {
         let bytes = match tokio::fs::read(file).await {
             Ok(bytes) => bytes,
@@ -72,24 +74,19 @@ impl Recorder {
         self.store_log_bytes(run, bytes).await
     }
 
-    /// Stores `log` as `runs/{run}/log.txt` (an executor that holds the log in memory).
+    /// Stores `log` as the run's `log.txt` with its line index (an executor that holds the log
+    /// in memory).
     pub async fn store_log_bytes(&self, run: Uuid, log: Vec<u8>) -> anyhow::Result<()> {
         let log = &Bytes::from(log);
         self.resilience
             .retry("store log.txt", || async move {
-                self.storage
-                    .put(
-                        &format!("runs/{run}/log.txt"),
-                        log.clone(),
-                        "text/plain; charset=utf-8",
-                    )
-                    .await?;
+                logfile::store(&self.storage, run, log.clone()).await?;
                 Ok(())
             })
             .await
     }
 
-    /// Stores each output file as `runs/{run}/output/{path}` and lists them on the run.
+    /// Stores each output file under the run's `output/` and lists them on the run.
     pub async fn store_outputs(
         &self,
         run: Uuid,
@@ -102,7 +99,7 @@ impl Recorder {
                 .retry("store an output file", || async move {
                     self.storage
                         .put(
-                            &format!("runs/{run}/output/{path}"),
+                            &RunObjects::new(run).output(path),
                             bytes.clone(),
                             "application/octet-stream",
                         )

@@ -528,3 +528,45 @@ async fn a_worker_whose_work_dir_others_may_write_refuses_to_start() {
     );
     std::fs::remove_dir_all(open).unwrap();
 }
+
+#[tokio::test]
+async fn a_run_printing_a_million_empty_lines_costs_bounded_redis_memory() {
+    let p = platform(vec![]).await;
+    let worker = p.worker("w").await;
+    let id = p
+        .submit_python("import sys\nsys.stdout.write('\\n' * 1000000)\n", json!({}))
+        .await;
+    let run = p.wait_terminal(&id, T).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+
+    // The live log (kept for a while after the end) holds every line in few, small entries.
+    let key = p.app.state.keys.live_log(id.parse().unwrap());
+    let bytes: i64 = p
+        .app
+        .state
+        .redis
+        .custom(
+            fred::cmd!("MEMORY"),
+            vec!["USAGE", key.as_str(), "SAMPLES", "0"],
+        )
+        .await
+        .unwrap();
+    assert!(
+        bytes < 2 * 1024 * 1024,
+        "{bytes} bytes of Redis for the live log"
+    );
+    assert_eq!(
+        p.app.state.live_log.len(id.parse().unwrap()).await.unwrap(),
+        1_000_000
+    );
+    // The stored log pages through them exactly.
+    let last = p
+        .app
+        .get(&format!("/api/v1/runs/{id}/log?page=10000"), &p.token)
+        .await
+        .expect(200);
+    assert_eq!(last["total_lines"], 1_000_000);
+    assert_eq!(last["lines"].as_array().unwrap().len(), 100);
+    assert!(last["lines"].as_array().unwrap().iter().all(|l| l == ""));
+    worker.stop().await;
+}

@@ -194,7 +194,9 @@ async fn a_run_goes_from_submit_through_its_job_to_succeeded_with_its_log_and_ou
         .unwrap()
         .unwrap();
     let fetch = &containers(&job)[0];
-    assert!(env_of(fetch, "CODE_URL").contains(&format!("runs/{id}/code.tar.gz")));
+    assert!(
+        env_of(fetch, "CODE_URL").contains(&format!("snapshots/{}.tar.gz", stored.code_sha256))
+    );
     assert!(env_of(fetch, "CODE_URL").contains("X-Amz-Signature"));
     assert_eq!(env_of(fetch, "CODE_SHA256"), stored.code_sha256);
     let args = fetch.command.clone().unwrap();
@@ -271,7 +273,9 @@ async fn a_run_goes_from_submit_through_its_job_to_succeeded_with_its_log_and_ou
     assert_eq!(reqwest::get(url).await.unwrap().text().await.unwrap(), "42");
     assert!(
         p.app
-            .objects(&format!("runs/{id}/outputs.tar.gz"))
+            .objects(
+                &coderun_shared::objects::RunObjects::new(id.parse().unwrap()).outputs_archive()
+            )
             .await
             .is_empty()
     );

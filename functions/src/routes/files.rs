@@ -2,9 +2,8 @@
 //! Paths arrive in the URL (`{*path}`, percent-decoded) or in JSON and are parsed into
 //! [`FilePath`] before anything else happens.
 
-use std::io::Write;
-
 use axum::Router;
+use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -14,6 +13,7 @@ use bytes::Bytes;
 use coderun_shared::config::LimitSettings;
 use coderun_shared::domain::FilePath;
 use coderun_shared::files::{self, FileInfo};
+use coderun_shared::{archive, objects};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -245,32 +245,29 @@ fn archive_name(task_name: &str) -> String {
     }
 }
 
-/// All files of the task as a zip archive.
+/// All files of the task as a zip archive, streamed as the files are read (memory stays
+/// bounded whatever the task's size). A task larger than `storage.archive_redirect_bytes`
+/// (when set, as on Lambda, whose responses are buffered and capped) is built into the bucket
+/// instead and answered with a 302 to a time-limited URL.
 #[utoipa::path(get, path = "/api/v1/tasks/{task_id}/archive", tag = "files", security(("bearer" = [])),
     params(("task_id" = Uuid, Path)),
-    responses((status = 200, content_type = "application/zip", body = Vec<u8>), (status = 401, body = Problem),
-        (status = 404, body = Problem)))]
+    responses((status = 200, content_type = "application/zip", body = Vec<u8>),
+        (status = 302, headers(("Location" = String, description = "a presigned URL of the archive"))),
+        (status = 401, body = Problem), (status = 404, body = Problem)))]
 pub async fn download_archive(
     State(state): State<AppState>,
     caller: Caller,
     Path(task_id): Path<Uuid>,
 ) -> ApiResult<Response> {
     let task = authorize(&state, &caller, task_id, Access::Read).await?;
-    let contents = files::read_all(&state.db, task_id).await?;
-    let zip = tokio::task::spawn_blocking(move || -> zip::result::ZipResult<Vec<u8>> {
-        let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated)
-            .unix_permissions(0o644);
-        for (path, content) in contents {
-            writer.start_file(path, options)?;
-            writer.write_all(content.as_bytes())?;
-        }
-        Ok(writer.finish()?.into_inner())
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?
-    .map_err(|e| ApiError::Internal(e.into()))?;
+    let redirect_over = state.settings.storage.archive_redirect_bytes;
+    if redirect_over > 0 && task.total_size.max(0) as u64 > redirect_over {
+        let key = objects::archive_key(task.id, Uuid::new_v4());
+        archive::upload(state.db.clone(), &state.storage, task.id, &key).await?;
+        let url = state.storage.presigned_get(&key).await?;
+        let location = HeaderValue::from_str(&url).map_err(|e| ApiError::Internal(e.into()))?;
+        return Ok((StatusCode::FOUND, [(header::LOCATION, location)]).into_response());
+    }
     let disposition = format!("attachment; filename=\"{}.zip\"", archive_name(&task.name));
     let disposition =
         HeaderValue::from_str(&disposition).map_err(|e| ApiError::Internal(e.into()))?;
@@ -282,7 +279,7 @@ pub async fn download_archive(
             ),
             (header::CONTENT_DISPOSITION, disposition),
         ],
-        zip,
+        Body::from_stream(archive::stream(state.db.clone(), task.id)),
     )
         .into_response())
 }

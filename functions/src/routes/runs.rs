@@ -1,14 +1,15 @@
 //! Runs: submit a task as a run, list and read runs, stop and retry them, read their log (by
 //! page, as a stream of server-sent events, or as a download) and their output files.
 //!
-//! Submitting keeps the design's order (invariant 1): every check first, then the code snapshot
-//! to S3, then the run row in Postgres, then the stream entry in Redis. A refused submission
-//! stores nothing; a lost stream entry is repaired by the worker's reconciler, which re-enqueues
-//! queued runs. A run is visible to its owner and readable by teachers and admins.
+//! Submitting keeps the design's order (invariant 1): every check first (the storage quota
+//! among them), then the code snapshot to S3 (stored once per content, see
+//! [`coderun_shared::snapshots`]), then the run row in Postgres, then the stream entry in Redis.
+//! A refused submission stores nothing; a lost stream entry is repaired by the worker's
+//! reconciler, which re-enqueues queued runs. A run is visible to its owner and readable by
+//! teachers and admins. Log streams are capped per user (fleet-wide) and per process.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -21,10 +22,12 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use coderun_shared::config::Spec;
 use coderun_shared::domain::{Command, Page, PageRequest};
+use coderun_shared::livelog::StreamSlots;
+use coderun_shared::logfile;
 use coderun_shared::runs::{self, NewRun, OutputFile, Run, RunEvent, RunSpec, RunStatus};
-use coderun_shared::{bundle, files};
+use coderun_shared::snapshots;
 use fred::interfaces::PubsubInterface;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
@@ -38,8 +41,12 @@ use crate::state::AppState;
 pub const MAX_DATASETS: usize = 8;
 /// Remarks are at most this many characters.
 pub const MAX_REMARKS_CHARS: usize = 2000;
-/// S3 uploads of one snapshot run this many at a time.
-const UPLOAD_CONCURRENCY: usize = 16;
+/// How long a caller refused a log stream (too many open) is told to wait.
+const STREAMS_RETRY_AFTER_SECONDS: u64 = 5;
+/// How often an open log stream renews its slot (well within [`StreamSlots::TTL_MS`]).
+const STREAM_SLOT_RENEW: Duration = Duration::from_secs(20);
+/// How often a snapshot swept between its upload and the run's insert is stored again.
+const SNAPSHOT_ATTEMPTS: usize = 3;
 /// How often a log stream looks for new lines while the run is active.
 const STREAM_POLL: Duration = Duration::from_millis(200);
 /// How often a log stream looks at the run's status (a Postgres read).
@@ -62,15 +69,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/runs/{run_id}/log/stream", get(stream_log))
         .route("/api/v1/runs/{run_id}/log/download", get(download_log))
         .route("/api/v1/runs/{run_id}/outputs", get(list_outputs))
-}
-
-/// The S3 prefix of everything a run stores.
-fn run_prefix(run_id: Uuid) -> String {
-    format!("runs/{run_id}/")
-}
-
-fn log_key(run_id: Uuid) -> String {
-    format!("runs/{run_id}/log.txt")
 }
 
 /// Loads a run the caller may use, by the same rule as tasks: someone else's run is a 404,
@@ -272,28 +270,59 @@ async fn check_room(state: &AppState, task_id: Uuid, owner_id: Uuid) -> ApiResul
     Ok(())
 }
 
-/// Commits the run row; on a refusal, deletes the snapshot uploaded for it (when `uploaded`).
-async fn create_run(state: &AppState, new: NewRun, uploaded: bool) -> ApiResult<Run> {
-    let run_id = new.id;
-    let created = runs::create(&state.db, new, state.settings.runs.max_active_per_user).await;
-    let error = match created {
-        Ok(run) => return Ok(run),
-        Err(runs::Error::Db(sqlx::Error::Database(e))) if e.is_foreign_key_violation() => {
-            // The task (or its owner) was deleted while we were snapshotting.
-            ApiError::not_found("task")
-        }
-        Err(e) => ApiError::from(e),
-    };
-    if uploaded {
-        discard_snapshot(state, run_id).await;
+/// The storage quota: the bytes the owner's kept runs hold, plus what this task may add, must
+/// stay within `runs.storage_quota_bytes`. Checked before anything is stored.
+async fn check_quota(state: &AppState, owner_id: Uuid, adding: u64) -> ApiResult<()> {
+    let quota = state.settings.runs.storage_quota_bytes;
+    if quota == 0 {
+        return Ok(());
     }
-    Err(error)
+    let used = snapshots::usage_of(&state.db, owner_id).await?;
+    if used.saturating_add(adding) > quota {
+        return Err(ApiError::TooManyRequests {
+            detail: format!(
+                "storage quota exceeded: your runs keep {used} bytes (logs, outputs and code \
+                 snapshots) of the {quota} you may store, and this task holds {adding} bytes; \
+                 delete old tasks, or wait until old runs are purged"
+            ),
+            retry_after: state.settings.retention.sweep_seconds.max(1),
+        });
+    }
+    Ok(())
 }
 
-async fn discard_snapshot(state: &AppState, run_id: Uuid) {
-    if let Err(e) = state.storage.delete_prefix(&run_prefix(run_id)).await {
-        tracing::warn!(run_id = %run_id, error = %e, "could not delete the snapshot of a refused run");
+/// Commits the run row.
+async fn create_run(state: &AppState, new: NewRun) -> ApiResult<Run> {
+    created(runs::create(&state.db, new, state.settings.runs.max_active_per_user).await)
+}
+
+fn created(result: Result<Run, runs::Error>) -> ApiResult<Run> {
+    match result {
+        Ok(run) => Ok(run),
+        Err(runs::Error::Db(sqlx::Error::Database(e))) if e.is_foreign_key_violation() => {
+            // The task (or its owner) was deleted while we were snapshotting.
+            Err(ApiError::not_found("task"))
+        }
+        Err(e) => Err(e.into()),
     }
+}
+
+/// Snapshots the task's files (uploading only content the bucket does not hold) and commits
+/// the run. A snapshot no run referenced yet may be swept between the two; then it is stored
+/// again. A refused run leaves at most an unreferenced snapshot, which the sweep removes.
+async fn snapshot_and_create(state: &AppState, task_id: Uuid, mut new: NewRun) -> ApiResult<Run> {
+    for _ in 0..SNAPSHOT_ATTEMPTS {
+        let snapshot = snapshots::store(&state.db, &state.storage, task_id).await?;
+        new.code_sha256 = snapshot.sha256;
+        let max = state.settings.runs.max_active_per_user;
+        match runs::create(&state.db, new.clone(), max).await {
+            Err(runs::Error::SnapshotGone) => continue,
+            result => return created(result),
+        }
+    }
+    Err(ApiError::Internal(anyhow::anyhow!(
+        "the snapshot was swept {SNAPSHOT_ATTEMPTS} times between its upload and the run"
+    )))
 }
 
 /// Adds the run's stream entry. The row is committed already, so a failure here loses nothing:
@@ -303,35 +332,6 @@ async fn enqueue(state: &AppState, run_id: Uuid) {
         tracing::warn!(run_id = %run_id, error = %e,
             "could not add the run to the stream; the reconciler will enqueue it");
     }
-}
-
-/// Uploads every file to `runs/{id}/code/{path}` and the bundle to `runs/{id}/code.tar.gz`.
-async fn upload_snapshot(
-    state: &AppState,
-    run_id: Uuid,
-    files: Arc<Vec<(String, String)>>,
-) -> ApiResult<String> {
-    let for_bundle = files.clone();
-    let bundle = tokio::task::spawn_blocking(move || bundle::create(&for_bundle))
-        .await
-        .map_err(|e| ApiError::Internal(e.into()))?
-        .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("bundle the code")))?;
-    let storage = &state.storage;
-    futures::stream::iter(files.iter().map(Ok))
-        .try_for_each_concurrent(UPLOAD_CONCURRENCY, |(path, content)| async move {
-            let key = format!("runs/{run_id}/code/{path}");
-            let body = Bytes::copy_from_slice(content.as_bytes());
-            storage.put(&key, body, "text/plain; charset=utf-8").await
-        })
-        .await?;
-    storage
-        .put(
-            &format!("runs/{run_id}/code.tar.gz"),
-            Bytes::from(bundle.bytes),
-            "application/gzip",
-        )
-        .await?;
-    Ok(bundle.sha256)
 }
 
 /// Submit the task's files as a run: snapshot, commit, queue.
@@ -391,16 +391,9 @@ pub async fn submit_run(
         }
     };
     check_room(&state, task.id, task.owner_id).await?;
+    check_quota(&state, task.owner_id, task.total_size.max(0) as u64).await?;
 
     let run_id = Uuid::new_v4();
-    let files = Arc::new(files::read_all(&state.db, task.id).await?);
-    let code_sha256 = match upload_snapshot(&state, run_id, files).await {
-        Ok(sha) => sha,
-        Err(e) => {
-            discard_snapshot(&state, run_id).await;
-            return Err(e);
-        }
-    };
     let new = NewRun {
         id: run_id,
         task_id: task.id,
@@ -412,11 +405,11 @@ pub async fn submit_run(
         datasets: submission.datasets,
         remarks: submission.remarks,
         snapshot_of: run_id,
-        code_sha256,
+        code_sha256: String::new(),
         retry_of: None,
         idempotency,
     };
-    let run = create_run(&state, new, true).await?;
+    let run = snapshot_and_create(&state, task.id, new).await?;
     enqueue(&state, run.id).await;
     metrics::counter!("runs_submitted_total").increment(1);
     tracing::info!(run_id = %run.id, task_id = %task.id, spec = %run.spec.name, "run submitted");
@@ -555,7 +548,7 @@ pub async fn retry_run(
         retry_of: Some(original.id),
         idempotency,
     };
-    let run = create_run(&state, new, false).await?;
+    let run = create_run(&state, new).await?;
     enqueue(&state, run.id).await;
     metrics::counter!("runs_submitted_total").increment(1);
     tracing::info!(run_id = %run.id, retry_of = %original.id, "run retried");
@@ -579,25 +572,6 @@ pub struct LogPage {
     pub lines: Vec<String>,
     /// The run has ended and this is its whole log: it will not change any more.
     pub complete: bool,
-}
-
-/// `log.txt` split into lines on `\n`; the empty piece after a final newline is no line.
-fn split_lines(bytes: &[u8]) -> Vec<String> {
-    let text = String::from_utf8_lossy(bytes);
-    let mut lines: Vec<String> = text.split('\n').map(str::to_owned).collect();
-    if lines.last().is_some_and(String::is_empty) {
-        lines.pop();
-    }
-    lines
-}
-
-/// The stored log of a finished run, when the worker has written it.
-async fn stored_lines(state: &AppState, run_id: Uuid) -> ApiResult<Option<Vec<String>>> {
-    Ok(state
-        .storage
-        .get_optional(&log_key(run_id))
-        .await?
-        .map(|bytes| split_lines(&bytes)))
 }
 
 /// A finished run that never reached an executor (canceled while queued, dead-lettered) has no
@@ -635,19 +609,23 @@ pub async fn get_log(
     let total_pages = |total: u64| total.div_ceil(per_page).max(1);
 
     if run.status.is_terminal()
-        && let Some(all) = stored_lines(&state, run.id).await?
+        && let Some(stored) = logfile::read(&state.storage, run.id, first, per_page).await?
     {
-        let total = all.len() as u64;
-        let lines = all
-            .into_iter()
-            .skip(usize::try_from(first - 1).unwrap_or(usize::MAX))
-            .take(per_page as usize)
-            .collect();
         return Ok(Json(LogPage {
             page,
-            total_pages: total_pages(total),
-            total_lines: total,
-            lines,
+            total_pages: total_pages(stored.total),
+            total_lines: stored.total,
+            lines: stored.lines,
+            complete: true,
+        }));
+    }
+    if run.purged_at.is_some() {
+        // The retention removed it: nothing more will ever be shown.
+        return Ok(Json(LogPage {
+            page,
+            total_pages: 1,
+            total_lines: 0,
+            lines: Vec::new(),
             complete: true,
         }));
     }
@@ -680,6 +658,9 @@ struct EndOfLog<'a> {
 struct Tail {
     state: AppState,
     run_id: Uuid,
+    /// The stream's places in the per-process and per-user caps, given back on drop.
+    slot: StreamSlot,
+    slot_renewed: Instant,
     /// The next line to send, from 1.
     next: u64,
     status_checked: Option<Instant>,
@@ -693,6 +674,10 @@ impl Tail {
         loop {
             if self.done {
                 return None;
+            }
+            if self.slot_renewed.elapsed() >= STREAM_SLOT_RENEW {
+                self.slot_renewed = Instant::now();
+                self.slot.renew().await;
             }
             if self
                 .status_checked
@@ -745,13 +730,9 @@ impl Tail {
     /// holds), then the `end` event.
     async fn finish(&mut self, run: &Run) -> Bytes {
         let mut out = Vec::new();
-        match stored_lines(&self.state, self.run_id).await {
-            Ok(Some(all)) => {
-                let rest: Vec<String> = all
-                    .into_iter()
-                    .skip(usize::try_from(self.next - 1).unwrap_or(usize::MAX))
-                    .collect();
-                out.extend_from_slice(&self.frame(rest));
+        match logfile::read(&self.state.storage, self.run_id, self.next, u64::MAX).await {
+            Ok(Some(rest)) => {
+                out.extend_from_slice(&self.frame(rest.lines));
             }
             stored => {
                 if let Err(e) = stored {
@@ -808,7 +789,8 @@ impl Tail {
     params(("run_id" = Uuid, Path),
         ("Last-Event-ID" = Option<u64>, Header, description = "resume after this line")),
     responses((status = 200, content_type = "text/event-stream", body = String),
-        (status = 401, body = Problem), (status = 404, body = Problem)))]
+        (status = 401, body = Problem), (status = 404, body = Problem),
+        (status = 429, body = Problem, headers(("Retry-After" = u64, description = "seconds")))))]
 pub async fn stream_log(
     State(state): State<AppState>,
     caller: Caller,
@@ -816,6 +798,7 @@ pub async fn stream_log(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     authorize_run(&state, &caller, run_id, Access::Read).await?;
+    let slot = StreamSlot::take(&state, caller.id).await?;
     let after: u64 = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -824,6 +807,8 @@ pub async fn stream_log(
     let tail = Tail {
         state,
         run_id,
+        slot,
+        slot_renewed: Instant::now(),
         next: after.saturating_add(1),
         status_checked: None,
         last_sent: Instant::now(),
@@ -861,9 +846,11 @@ pub async fn download_log(
     Path(run_id): Path<Uuid>,
 ) -> ApiResult<Response> {
     let run = authorize_run(&state, &caller, run_id, Access::Read).await?;
-    let key = log_key(run.id);
+    let key = run.objects().log();
     if !state.storage.exists(&key).await? {
-        return Err(ApiError::NotFound(if run.status.is_terminal() {
+        return Err(ApiError::NotFound(if run.purged_at.is_some() {
+            "this run's log was removed by the retention".into()
+        } else if run.status.is_terminal() {
             "this run has no stored log".into()
         } else {
             "the log is stored when the run ends; read it live with /log or /log/stream".into()
@@ -914,7 +901,7 @@ pub async fn list_outputs(
     {
         let url = state
             .storage
-            .presigned_get(&format!("runs/{}/output/{}", run.id, file.path))
+            .presigned_get(&run.objects().output(&file.path))
             .await?;
         items.push(OutputLink {
             path: file.path,
@@ -925,16 +912,60 @@ pub async fn list_outputs(
     Ok(Json(Page::new(items, page, total)))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A log stream's place in the caps: one of the process's `log_streams_per_process` permits
+/// and one of the user's `log_streams_per_user` slots in Redis. Dropping it gives both back
+/// (the Redis slot also expires by itself if this process dies).
+struct StreamSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    slots: StreamSlots,
+    user: Uuid,
+    id: String,
+}
 
-    #[test]
-    fn log_text_splits_on_newlines_without_a_phantom_last_line() {
-        assert_eq!(split_lines(b"a\nb\n"), ["a", "b"]);
-        assert_eq!(split_lines(b"a\nb"), ["a", "b"]);
-        assert_eq!(split_lines(b"a\n\n"), ["a", ""]);
-        assert!(split_lines(b"").is_empty());
-        assert_eq!(split_lines(b"\n"), [""]);
+impl StreamSlot {
+    async fn take(state: &AppState, user: Uuid) -> ApiResult<Self> {
+        let full = |detail: String| ApiError::TooManyRequests {
+            detail,
+            retry_after: STREAMS_RETRY_AFTER_SECONDS,
+        };
+        let permit = state.log_streams.clone().try_acquire_owned().map_err(|_| {
+            full(
+                "this server follows as many live logs as it can; try again shortly, or read \
+                  the log by pages"
+                    .into(),
+            )
+        })?;
+        let id = Uuid::new_v4().simple().to_string();
+        if !state.stream_slots.acquire(user, &id).await? {
+            return Err(full(format!(
+                "you already follow {} live logs; close one (another tab?) and try again",
+                state.settings.runs.log_streams_per_user
+            )));
+        }
+        Ok(Self {
+            _permit: permit,
+            slots: state.stream_slots.clone(),
+            user,
+            id,
+        })
+    }
+
+    async fn renew(&self) {
+        if let Err(e) = self.slots.acquire(self.user, &self.id).await {
+            tracing::warn!(error = %e, "cannot renew a log stream's slot");
+        }
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let (slots, user, id) = (self.slots.clone(), self.user, std::mem::take(&mut self.id));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = slots.release(user, &id).await {
+                    tracing::warn!(error = %e, "cannot release a log stream's slot; it expires");
+                }
+            });
+        }
     }
 }

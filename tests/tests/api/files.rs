@@ -475,7 +475,10 @@ async fn the_archive_is_a_zip_of_every_file() {
         Some("attachment; filename=\"Lab-1-sorting.zip\"")
     );
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(response.body.to_vec())).unwrap();
-    let mut names: Vec<String> = zip.file_names().map(str::to_owned).collect();
+    let mut names: Vec<String> = zip
+        .file_names()
+        .map(|name| name.unwrap().into_owned())
+        .collect();
     names.sort();
     assert_eq!(names, ["README.md", "data/in.txt", "main.py"]);
     let mut content = String::new();

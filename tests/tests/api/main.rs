@@ -4,6 +4,8 @@ mod auth;
 mod catalogue;
 mod files;
 mod idempotency;
+mod memory;
 mod ops;
 mod runs;
+mod storage;
 mod tasks;

@@ -5,15 +5,16 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use coderun_shared::bundle;
+use coderun_shared::objects::RunObjects;
 use coderun_shared::runs::{self, Change, OutputFile, Reason, RunStatus};
+use coderun_shared::{bundle, logfile};
 use coderun_tests::app::{Payload, TestApp, spawn_app, spawn_app_with};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
 use http::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-fn id_of(value: &Value) -> Uuid {
+pub(crate) fn id_of(value: &Value) -> Uuid {
     value["id"].as_str().unwrap().parse().unwrap()
 }
 
@@ -27,7 +28,7 @@ fn phases(run: &Value) -> Vec<String> {
 }
 
 /// Moves the run through `to`, as a worker observing it would.
-async fn advance(app: &TestApp, run_id: Uuid, to: &[RunStatus]) {
+pub(crate) async fn advance(app: &TestApp, run_id: Uuid, to: &[RunStatus]) {
     for phase in to {
         let moved = runs::transition(&app.db, run_id, *phase, &Change::by("worker:test"))
             .await
@@ -37,7 +38,7 @@ async fn advance(app: &TestApp, run_id: Uuid, to: &[RunStatus]) {
 }
 
 /// Runs a queued run to its end with `exit_code`, as a worker would.
-async fn complete(app: &TestApp, run_id: Uuid, exit_code: i32) -> RunStatus {
+pub(crate) async fn complete(app: &TestApp, run_id: Uuid, exit_code: i32) -> RunStatus {
     advance(
         app,
         run_id,
@@ -52,7 +53,7 @@ async fn complete(app: &TestApp, run_id: Uuid, exit_code: i32) -> RunStatus {
 }
 
 /// Records the end of a launched run's program with `exit_code`.
-async fn end(app: &TestApp, run_id: Uuid, exit_code: i32) -> RunStatus {
+pub(crate) async fn end(app: &TestApp, run_id: Uuid, exit_code: i32) -> RunStatus {
     let to = if exit_code == 0 {
         RunStatus::Succeeded
     } else {
@@ -68,14 +69,9 @@ async fn end(app: &TestApp, run_id: Uuid, exit_code: i32) -> RunStatus {
         .unwrap()
 }
 
-async fn store_log(app: &TestApp, run_id: Uuid, text: &str) {
-    app.state
-        .storage
-        .put(
-            &format!("runs/{run_id}/log.txt"),
-            Bytes::from(text.to_owned()),
-            "text/plain; charset=utf-8",
-        )
+/// Stores `text` as the run's `log.txt` with its line index, as the worker does.
+pub(crate) async fn store_log(app: &TestApp, run_id: Uuid, text: &str) {
+    logfile::store(&app.state.storage, run_id, Bytes::from(text.to_owned()))
         .await
         .unwrap();
 }
@@ -93,7 +89,7 @@ async fn put_dataset(app: &TestApp, name: &str) {
 }
 
 /// A student with a python task; returns (token, task id).
-async fn student_with_task(app: &TestApp) -> (String, String) {
+pub(crate) async fn student_with_task(app: &TestApp) -> (String, String) {
     let (_, token) = app.user("student").await;
     let task = app.task(&token, "Lab", "python").await;
     (token, task["id"].as_str().unwrap().to_owned())
@@ -104,13 +100,13 @@ fn default_command(app: &TestApp) -> String {
     app.state.settings.languages["python"].command_for("main.py")
 }
 
-fn runs_uri(task_id: &str) -> String {
+pub(crate) fn runs_uri(task_id: &str) -> String {
     format!("/api/v1/tasks/{task_id}/runs")
 }
 
 /// Parses a `text/event-stream` body into (event, id, data) triples; data fields are joined
 /// with `\n` as EventSource does.
-fn parse_sse(body: &str) -> Vec<(String, Option<String>, String)> {
+pub(crate) fn parse_sse(body: &str) -> Vec<(String, Option<String>, String)> {
     let mut events = Vec::new();
     for block in body.split("\n\n") {
         let mut event = String::from("message");
@@ -182,31 +178,12 @@ async fn submitting_snapshots_the_files_commits_the_run_and_queues_it_once() {
     assert_eq!(phases(&run), ["queued"]);
     assert_eq!(run["events"][0]["source"], "api");
 
-    // The snapshot: every file, and the bundle whose hash the row records.
-    let prefix = format!("runs/{run_id}/");
-    assert_eq!(
-        app.objects(&prefix).await,
-        [
-            format!("{prefix}code.tar.gz"),
-            format!("{prefix}code/README.md"),
-            format!("{prefix}code/lib/util.py"),
-            format!("{prefix}code/main.py"),
-        ]
-    );
-    let code = app
-        .state
-        .storage
-        .get(&format!("{prefix}code/lib/util.py"))
-        .await
-        .unwrap();
-    assert_eq!(&code[..], b"X = 1\n");
-    let tarball = app
-        .state
-        .storage
-        .get(&format!("{prefix}code.tar.gz"))
-        .await
-        .unwrap();
+    // The snapshot: one object named by the bundle's hash, which the row records; nothing is
+    // stored file by file.
     let sha = run["code_sha256"].as_str().unwrap();
+    let snapshot_key = format!("snapshots/{sha}.tar.gz");
+    assert_eq!(app.objects("").await, [snapshot_key.clone()]);
+    let tarball = app.state.storage.get(&snapshot_key).await.unwrap();
     assert_eq!(bundle::sha256_hex(&tarball), sha);
     let dir = std::env::temp_dir().join(format!("coderun-test-{run_id}"));
     let written = bundle::extract(&tarball, sha, &dir, 1 << 20).unwrap();
@@ -234,19 +211,7 @@ async fn submitting_snapshots_the_files_commits_the_run_and_queues_it_once() {
     )
     .await
     .expect(200);
-    let stored_main = app
-        .state
-        .storage
-        .get(&format!("{prefix}code/main.py"))
-        .await
-        .unwrap();
-    assert!(String::from_utf8_lossy(&stored_main).contains("Hello from coderun!"));
-    let again = app
-        .state
-        .storage
-        .get(&format!("{prefix}code.tar.gz"))
-        .await
-        .unwrap();
+    let again = app.state.storage.get(&snapshot_key).await.unwrap();
     assert_eq!(again, tarball);
     let fetched = app
         .get(&format!("/api/v1/runs/{run_id}"), &token)
@@ -578,7 +543,7 @@ async fn only_finished_runs_can_be_retried_and_a_retry_reuses_the_snapshot() {
     )
     .await
     .expect(200);
-    let objects_before = app.objects("runs/").await;
+    let objects_before = app.objects("").await;
     let response = app.post(&retry, &token, json!({})).await;
     let retried = response.expect(202);
     let retried_id = id_of(&retried);
@@ -609,7 +574,7 @@ async fn only_finished_runs_can_be_retried_and_a_retry_reuses_the_snapshot() {
             .contains(&original_id.to_string())
     );
     assert_eq!(
-        app.objects("runs/").await,
+        app.objects("").await,
         objects_before,
         "a retry uploads nothing"
     );
@@ -1030,7 +995,7 @@ async fn outputs_are_listed_by_path_with_urls_that_download_them() {
         app.state
             .storage
             .put(
-                &format!("runs/{run_id}/output/{path}"),
+                &RunObjects::new(run_id).output(path),
                 Bytes::from(content.to_owned()),
                 "application/octet-stream",
             )

@@ -47,7 +47,7 @@ const NOBODY: i64 = 65534;
 /// The presigned URLs a Job carries: no credential, each good for one object only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobUrls {
-    /// GET of `runs/{snapshot}/code.tar.gz`.
+    /// GET of the run's code snapshot, `snapshots/{sha256}.tar.gz`.
     pub code: String,
     /// PUT of `runs/{id}/outputs.tar.gz`.
     pub outputs: String,
@@ -388,6 +388,7 @@ pub fn sample_run() -> Run {
         dispatched_at: None,
         started_at: None,
         finished_at: None,
+        purged_at: None,
     }
 }
 
@@ -395,11 +396,11 @@ pub fn sample_run() -> Run {
 pub fn sample_urls(run: &Run) -> JobUrls {
     let base = "https://storage.invalid/coderun";
     JobUrls {
-        code: format!(
-            "{base}/runs/{}/code.tar.gz?X-Amz-Signature=…",
-            run.snapshot_of
+        code: format!("{base}/{}?X-Amz-Signature=…", run.code_key()),
+        outputs: format!(
+            "{base}/{}?X-Amz-Signature=…",
+            run.objects().outputs_archive()
         ),
-        outputs: format!("{base}/runs/{}/outputs.tar.gz?X-Amz-Signature=…", run.id),
         datasets: run
             .datasets
             .iter()

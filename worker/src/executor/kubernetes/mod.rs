@@ -19,6 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use coderun_shared::config::{KubernetesSettings, LimitSettings, RunLimits, Settings};
 use coderun_shared::domain::FilePath;
+use coderun_shared::objects::RunObjects;
 use coderun_shared::redis::Keys;
 use coderun_shared::runs::Run;
 use coderun_shared::storage::Storage;
@@ -241,7 +242,7 @@ pub async fn job_urls(
 
 /// Where the pod uploads its outputs archive.
 pub fn outputs_key(run: Uuid) -> String {
-    format!("runs/{run}/outputs.tar.gz")
+    RunObjects::new(run).outputs_archive()
 }
 
 #[async_trait]

@@ -1,0 +1,32 @@
+//! The sweeper: every `retention.sweep_seconds`, removes the objects of deleted runs, applies
+//! the retention and deletes snapshots nothing uses (the work itself is in
+//! [`coderun_shared::sweep`]). Every worker sweeps; rows are claimed with `SKIP LOCKED`, so the
+//! fleet shares the work and a worker that dies mid-sweep leaves it to the next round.
+
+use std::time::Duration;
+
+use coderun_shared::sweep::{self, Swept};
+use tokio_util::sync::CancellationToken;
+
+use crate::context::Context;
+
+/// One round of every sweep.
+pub async fn sweep_once(ctx: &Context) -> anyhow::Result<Swept> {
+    Ok(sweep::sweep_all(&ctx.db, &ctx.storage, &ctx.settings.retention).await?)
+}
+
+/// Sweeps every `retention.sweep_seconds` until `shutdown`.
+pub async fn run(ctx: Context, shutdown: CancellationToken) {
+    let period = Duration::from_secs(ctx.settings.retention.sweep_seconds.max(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(period) => {}
+        }
+        match sweep_once(&ctx).await {
+            Ok(swept) if swept != Swept::default() => tracing::info!(?swept, "swept storage"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweeping storage failed; retrying next round"),
+        }
+    }
+}
