@@ -9,15 +9,15 @@ test('an edit made while the API is down is saved once it is back', async ({ pag
   await apiControl('api-stop');
   try {
     await typeCode(page, 'print("written while the server was down")\n');
-    await expect(page.getByRole('status').filter({ hasText: 'cannot be reached' })).toBeVisible({ timeout: 20_000 });
-    await expect(page.getByRole('status').filter({ hasText: 'Not saved' })).toBeVisible({ timeout: 20_000 });
+    await expect(page.getByRole('status').filter({ hasText: 'Your edits are kept' })).toBeVisible({ timeout: 20_000 });
+    await expect(page.locator('[data-save-state]')).toHaveAttribute('data-save-state', 'error', { timeout: 20_000 });
     // The edit waits in the browser's storage.
     const draft = await page.evaluate((id) => localStorage.getItem(`coderun.draft.${id}.main.py`), task.id);
     expect(draft).toBe('print("written while the server was down")\n');
   } finally {
     await apiControl('api-start');
   }
-  await expect(page.getByRole('status').filter({ hasText: 'Saved' })).toBeVisible({ timeout: 30_000 });
-  await expect(page.getByRole('status').filter({ hasText: 'cannot be reached' })).toHaveCount(0);
+  await expect(page.locator('[data-save-state]')).toHaveAttribute('data-save-state', 'saved', { timeout: 30_000 });
+  await expect(page.getByRole('status').filter({ hasText: 'Your edits are kept' })).toHaveCount(0);
   expect((await alice.file(task.id, 'main.py')).text).toBe('print("written while the server was down")\n');
 });

@@ -51,11 +51,11 @@ test('an admin creates users from a CSV and sees which lines failed', async ({ p
   await page.getByLabel('CSV file').setInputFiles({
     name: 'users.csv',
     mimeType: 'text/csv',
-    buffer: Buffer.from(`${good},secret-password-1,student\nbad_${suffix},secret-password-2,wizard\n`),
+    buffer: Buffer.from(`username,password,role\n${good},secret-password-1,student\nbad_${suffix},secret-password-2,wizard\n`),
   });
   const report = page.getByRole('status').filter({ hasText: 'created' });
   await expect(report).toContainText('1 created, 1 failed');
-  await expect(page.getByRole('table', { name: 'Lines that failed' })).toContainText('wizard');
+  await expect(page.getByRole('table', { name: 'Lines that failed' })).toContainText(`bad_${suffix}`);
   await expect(page.getByRole('link', { name: good, exact: true })).toBeVisible();
   const r = await page.request.post('/api/v1/auth/login', { data: { username: good, password: 'secret-password-1' } });
   expect(r.status()).toBe(200);

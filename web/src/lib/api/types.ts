@@ -35,8 +35,9 @@ export interface UserSummary {
   run_count: number;
 }
 
-/** The answer to a CSV of users: who was created, which lines failed and why. */
+/** The answer to a batch of users: every line's outcome. */
 export interface BatchReport {
-  created: { line: number; username: string }[];
-  failed: { line: number; username?: string | null; error: string }[];
+  created: number;
+  failed: number;
+  lines: { line: number; username: string; status: 'created' | 'error'; detail?: string | null }[];
 }
