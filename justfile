@@ -51,6 +51,8 @@ bench *args:
         bash infra/local/dev.sh --detach
         trap 'bash infra/local/dev.sh --stop' EXIT
     fi
+    # The web suite measures the app in headless Chromium (web/bench/web.mjs) instead.
+    if [[ " {{args}} " == *" --suite web "* ]]; then node web/bench/web.mjs --base-url http://127.0.0.1:8080; exit; fi
     # The kubernetes suite starts worker processes: the release coderun-worker beside the bench.
     cargo build --release -p coderun-worker --bin coderun-worker
     cargo run --release -p coderun-tests --bin coderun-bench -- --base-url http://127.0.0.1:8080 {{args}}

@@ -22,7 +22,7 @@ describe('api client', () => {
         headers: { 'content-type': 'application/problem+json', 'retry-after': '10' },
       }),
     );
-    const e = await request('POST', '/tasks/x/runs').catch((e) => e);
+    const e = (await request('POST', '/tasks/x/runs').catch((e) => e)) as ApiError;
     expect(e).toBeInstanceOf(ApiError);
     expect(e.status).toBe(429);
     expect(e.problem.detail).toBe('five runs are active');
