@@ -110,3 +110,36 @@ test('the workspace is accessible in light and dark, and Escape then Tab leaves 
   await page.keyboard.press('Tab');
   await expect(page.locator('.cm-content')).not.toBeFocused();
 });
+
+test('files dropped from the computer onto a folder are uploaded into it', async ({ page }) => {
+  const alice = await Api.as('alice');
+  const task = await alice.createTask(unique('upload'), { 'data/keep.txt': 'keep\n' });
+  await login(page, 'alice');
+  await openTask(page, task.id);
+  const dropped = await page.evaluateHandle(() => {
+    const dt = new DataTransfer();
+    dt.items.add(new File(['print("uploaded")\n'], 'up.py', { type: 'text/x-python' }));
+    dt.items.add(new File(['1,2,3\n'], 'table.csv', { type: 'text/csv' }));
+    return dt;
+  });
+  await page.locator('[data-path="data"]').dispatchEvent('drop', { dataTransfer: dropped });
+  await expect(page.locator('[data-path="data/up.py"]')).toBeVisible();
+  expect(await alice.paths(task.id)).toEqual(['README.md', 'data/keep.txt', 'data/table.csv', 'data/up.py', 'main.py']);
+  expect((await alice.file(task.id, 'data/up.py')).text).toBe('print("uploaded")\n');
+});
+
+test('one file and the whole task download', async ({ page }) => {
+  const alice = await Api.as('alice');
+  const task = await alice.createTask(unique('download'), { 'main.py': 'print("download me")\n' });
+  await login(page, 'alice');
+  await openTask(page, task.id);
+  await page.locator('[data-path="main.py"]').click();
+  const [file] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download file' }).click()]);
+  expect(file.suggestedFilename()).toBe('main.py');
+  const [zip] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download zip' }).click()]);
+  expect(zip.suggestedFilename()).toMatch(/\.zip$/);
+  const chunks: Buffer[] = [];
+  for await (const c of (await zip.createReadStream())!) chunks.push(c as Buffer);
+  // A zip starts with a local file header.
+  expect(Buffer.concat(chunks).subarray(0, 4).toString('hex')).toBe('504b0304');
+});
