@@ -12,7 +12,8 @@ export default defineConfig({
   },
   server: {
     proxy: {
-      '/api': { target: process.env.CODERUN_API ?? 'http://127.0.0.1:8080', changeOrigin: false },
+      '/api': { target: process.env.CODERUN_API ?? 'http://127.0.0.1:8080' },
+      '/healthz': { target: process.env.CODERUN_API ?? 'http://127.0.0.1:8080' },
     },
   },
 });

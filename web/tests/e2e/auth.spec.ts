@@ -1,4 +1,4 @@
-import { test, expect, login, Api, checkA11y, unique } from './helpers';
+import { test, expect, login, Api, checkA11y, unique, users } from './helpers';
 
 test('a student logs in, stays logged in across a reload, and logs out', async ({ page }) => {
   await login(page, 'alice');
@@ -42,7 +42,7 @@ test('a refused token returns to the login page, which comes back to where it wa
   await expect(page.getByRole('heading', { name: 'Log in to coderun' })).toBeVisible();
   await expect(page).toHaveURL(/\/login\?next=/);
   await page.getByLabel('Username').fill('alice');
-  await page.getByLabel('Password').fill('alice');
+  await page.getByLabel('Password').fill(users().alice);
   await page.getByRole('button', { name: 'Log in' }).click();
   await expect(page).toHaveURL(new RegExp(`/tasks/${task.id}$`));
   await expect(page.locator('.cm-content')).toBeVisible();

@@ -18,7 +18,7 @@ test('create a folder and a file, type code, save, reload and find it', async ({
   await expect(dialog).toContainText('in src/');
   await dialog.getByLabel(/Name/).fill('util.py');
   await dialog.getByRole('button', { name: 'Create' }).click();
-  await expect(page.getByRole('button', { name: 'util.py', exact: true })).toHaveAttribute('aria-current', 'true');
+  await expect(page.getByRole('group', { name: 'Open files' }).getByRole('button', { name: 'util.py', exact: true })).toHaveAttribute('aria-current', 'true');
 
   await typeCode(page, 'def answer():\n    return 42\n');
   await page.keyboard.press('ControlOrMeta+s');
@@ -37,9 +37,9 @@ test('autosave saves after a pause, and the tab shows unsaved changes until then
   await login(page, 'alice');
   await openTask(page, task.id);
   await typeCode(page, 'print("autosaved")\n');
-  await expect(page.getByRole('button', { name: 'main.py (unsaved)' })).toBeVisible();
+  await expect(page.getByRole('group', { name: 'Open files' }).getByRole('button', { name: 'main.py (unsaved)' })).toBeVisible();
   await expect(page.locator('[data-save-state]')).toHaveAttribute('data-save-state', 'saved');
-  await expect(page.getByRole('button', { name: 'main.py', exact: true })).toBeVisible();
+  await expect(page.getByRole('group', { name: 'Open files' }).getByRole('button', { name: 'main.py', exact: true })).toBeVisible();
   expect((await alice.file(task.id, 'main.py')).text).toBe('print("autosaved")\n');
 });
 

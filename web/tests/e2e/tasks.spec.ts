@@ -10,7 +10,7 @@ test('a student creates a task from a language and lands in its workspace', asyn
   await dialog.getByRole('button', { name: 'Create' }).click();
   await expect(page.getByRole('heading', { name })).toBeVisible();
   await expect(page.locator('.cm-content')).toBeVisible();
-  await expect(page.getByRole('button', { name: 'main.py', exact: true })).toHaveAttribute('aria-current', 'true');
+  await expect(page.getByRole('group', { name: 'Open files' }).getByRole('button', { name: 'main.py', exact: true })).toHaveAttribute('aria-current', 'true');
   await page.getByRole('link', { name: 'Tasks' }).click();
   // Newest change first.
   await expect(page.getByRole('list', { name: 'Tasks' }).getByRole('link').first()).toHaveText(name);
