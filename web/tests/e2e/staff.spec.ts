@@ -48,7 +48,7 @@ test('an admin creates users from a CSV and sees which lines failed', async ({ p
   await login(page, 'admin');
   await page.getByRole('link', { name: 'Users' }).click();
   await expect(page.getByRole('heading', { name: 'Create users from a CSV file' })).toBeVisible();
-  await page.getByLabel('CSV file').setInputFiles({
+  await page.getByLabel('CSV file', { exact: true }).setInputFiles({
     name: 'users.csv',
     mimeType: 'text/csv',
     buffer: Buffer.from(`username,password,role\n${good},secret-password-1,student\nbad_${suffix},secret-password-2,wizard\n`),
