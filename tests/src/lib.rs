@@ -1,10 +1,12 @@
 //! Test harness for coderun: real servers for the tests that cross crates (`servers`), a
-//! coderun API per test on them (`app`), and the benchmarks (`bench`).
+//! coderun API per test on them (`app`), the benchmarks (`bench`), and the whole stack in one
+//! process for the web app's end-to-end tests (`e2e_stack`).
 
 pub mod app;
 pub mod bench;
 pub mod bench_kube;
 pub mod bench_runs;
 pub mod demo;
+pub mod e2e_stack;
 pub mod kube;
 pub mod servers;
