@@ -32,6 +32,11 @@ if [[ ! -f "$repo/tests/src/bin/coderun-e2e-stack.rs" ]]; then
     echo "web: SKIPPED the end-to-end tests: this tree has no coderun-e2e-stack (tests/src/bin/)" >&2
     exit 0
 fi
+if ! grep -q '^web_dir' "$repo/shared/src/defaults.toml"; then
+    # Without the http.web_dir setting coderun-functions does not serve the app yet.
+    echo "web: SKIPPED the end-to-end tests: coderun-functions has no http.web_dir setting in this tree" >&2
+    exit 0
+fi
 target="${CARGO_TARGET_DIR:-$repo/target}"
 (cd "$repo" && cargo build --quiet -p coderun-tests --bin coderun-e2e-stack)
 export CODERUN_E2E_STACK="$target/debug/coderun-e2e-stack"

