@@ -14,6 +14,8 @@ use coderun_shared::{db, redis, users};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
+use crate::web::WebApp;
+
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -27,12 +29,20 @@ pub struct AppState {
     pub keys: Keys,
     pub queue: RunQueue,
     pub live_log: LiveLog,
+    /// The web app served at `/` (`http.web_dir`), if any.
+    pub web: Option<WebApp>,
 }
 
 impl AppState {
     /// Connects to Postgres (applying migrations), S3 and Redis, and seeds the local stack's
     /// users.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let web_dir = &settings.http.web_dir;
+        let web = if web_dir.as_os_str().is_empty() {
+            None
+        } else {
+            Some(WebApp::open(web_dir)?)
+        };
         let db = db::connect_and_migrate(&settings.database).await?;
         let storage = Storage::connect(&settings.storage).await?;
         let auth = Arc::new(Authenticator::new(&settings.auth)?);
@@ -50,6 +60,7 @@ impl AppState {
             keys,
             queue,
             live_log,
+            web,
         };
         if state.settings.local_stack {
             state.seed_local_users().await?;

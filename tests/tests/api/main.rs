@@ -6,3 +6,5 @@ mod files;
 mod ops;
 mod runs;
 mod tasks;
+mod users;
+mod web;
