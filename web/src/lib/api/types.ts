@@ -26,18 +26,5 @@ export interface Page<T> {
 }
 export type OutputPage = Page<OutputLink>;
 
-/** A user as staff see them in the users list. */
-export interface UserSummary {
-  id: string;
-  username: string;
-  role: string;
-  task_count: number;
-  run_count: number;
-}
-
-/** The answer to a batch of users: every line's outcome. */
-export interface BatchReport {
-  created: number;
-  failed: number;
-  lines: { line: number; username: string; status: 'created' | 'error'; detail?: string | null }[];
-}
+export type UserSummary = S['UserSummary'];
+export type BatchReport = S['BatchReport'];

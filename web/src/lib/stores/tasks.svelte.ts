@@ -19,7 +19,7 @@ class Tasks {
     this.loading = true;
     try {
       const r = await request<Page<Task>>('GET', '/tasks', {
-        query: { page: this.page, per_page: PER_PAGE, q: this.q.trim(), owner_id: this.owner },
+        query: { page: this.page, per_page: PER_PAGE, q: this.q.trim(), owner: this.owner },
       });
       this.items = r.items;
       this.total = r.total;
