@@ -9,7 +9,8 @@ export CODERUN_TOOLS_DIR := env("CODERUN_TOOLS_DIR", justfile_directory() / ".to
 default:
     @{{just_executable()}} --list
 
-# The whole platform locally: stack + API on http://127.0.0.1:8080 + one worker (Ctrl-C stops it).
+# The whole platform locally: stack + API and web app on http://127.0.0.1:8080 + one worker
+# (Ctrl-C stops it).
 dev:
     bash infra/local/dev.sh
 
@@ -33,10 +34,12 @@ demo *args:
     exit "$rc"
 
 # Every test of the workspace, against real Postgres, Redis and S3 servers the harness starts;
-# then the offline validation of the deployment material in infra/ (manifests, Dockerfiles, SAM).
+# then the web app's unit and browser tests (web/test.sh, once the app exists); then the offline
+# validation of the deployment material in infra/ (manifests, Dockerfiles, SAM).
 test:
     bash infra/local/install-deps.sh
     cargo test --workspace
+    if [[ -f web/test.sh ]]; then bash web/test.sh; fi
     bash infra/validate.sh
 
 # Benchmark the platform (started in the background unless it runs, then stopped again).
@@ -51,6 +54,8 @@ bench *args:
         bash infra/local/dev.sh --detach
         trap 'bash infra/local/dev.sh --stop' EXIT
     fi
+    # The web suite measures the app in headless Chromium (web/bench/web.mjs) instead.
+    if [[ " {{args}} " == *" --suite web "* ]]; then node web/bench/web.mjs --base-url http://127.0.0.1:8080; exit; fi
     # The kubernetes suite starts worker processes: the release coderun-worker beside the bench.
     cargo build --release -p coderun-worker --bin coderun-worker
     cargo run --release -p coderun-tests --bin coderun-bench -- --base-url http://127.0.0.1:8080 {{args}}

@@ -1204,9 +1204,24 @@ def check_objects(docs: list[dict], defaults: dict, keys: set[str], what: str) -
                 elif "port" not in b or b["port"] not in [p["port"] for p in svc["spec"]["ports"]]:
                     bad(route, f"backendRef {b['name']}: port {b.get('port')} is not a port of "
                                f"the Service")
+            # A /metrics rule may only turn requests away (a redirect, no backend); and a rule
+            # whose prefix covers /metrics (such as /) on coderun-functions, which serves
+            # /metrics, needs such a rule beside it.
+            to_functions = any(b.get("name") == "coderun-functions"
+                               for b in rule.get("backendRefs") or [])
             for m in rule.get("matches") or []:
-                if (m.get("path") or {}).get("value", "").startswith("/metrics"):
+                value = (m.get("path") or {}).get("value", "")
+                if value.startswith("/metrics") and rule.get("backendRefs"):
                     bad(route, "exposes /metrics publicly")
+                kind = (m.get("path") or {}).get("type", "PathPrefix")
+                if kind == "PathPrefix" and "/metrics".startswith(value.rstrip("/") + "/") \
+                        and to_functions and not any(
+                            (m2.get("path") or {}).get("value") == "/metrics"
+                            and not r2.get("backendRefs")
+                            for r2 in route["spec"].get("rules") or []
+                            for m2 in r2.get("matches") or []):
+                    bad(route, f"prefix {value} exposes /metrics publicly (add a /metrics "
+                               f"rule that redirects)")
     for gw in objs.of_kind("Gateway"):
         names = [ln["name"] for ln in gw["spec"]["listeners"]]
         if len(names) != len(set(names)):
@@ -1219,7 +1234,7 @@ def check_objects(docs: list[dict], defaults: dict, keys: set[str], what: str) -
     api_paths = {(m.get("path") or {}).get("value") for r in objs.of_kind("HTTPRoute")
                  for rule in r["spec"].get("rules") or [] for m in rule.get("matches") or []
                  if any(b["name"] == "coderun-functions" for b in rule.get("backendRefs") or [])}
-    for needed in ("/api/v1", "/healthz", "/readyz"):
+    for needed in ("/api/v1", "/healthz", "/readyz", "/"):
         if needed not in api_paths:
             findings.append(f"{what}: no HTTPRoute sends {needed} to coderun-functions")
 
@@ -1578,7 +1593,8 @@ def check_sam(report: Report, keys: set[str]) -> None:
             findings.append(f"{name}: expected Runtime provided.al2023 and Handler bootstrap")
         routes = {(e["Properties"].get("Path"), e["Properties"].get("Method", "").upper())
                   for e in (props.get("Events") or {}).values() if e.get("Type") == "HttpApi"}
-        want = {("/api/v1/{proxy+}", "ANY"), ("/healthz", "GET"), ("/readyz", "GET")}
+        want = {("/api/v1/{proxy+}", "ANY"), ("/healthz", "GET"), ("/readyz", "GET"),
+                ("/", "GET"), ("/{proxy+}", "GET")}
         if routes != want:
             findings.append(f"{name}: HttpApi routes {sorted(routes)}, expected {sorted(want)}")
         variables = ((props.get("Environment") or {}).get("Variables") or {})
@@ -1592,6 +1608,9 @@ def check_sam(report: Report, keys: set[str]) -> None:
                 if not ref or not params.get(ref, {}).get("NoEcho"):
                     findings.append(f"{name}: {var} must come from a NoEcho parameter")
         props["CodeUri"] = "s3://validate-placeholder/coderun-functions.zip"
+    for res in template.get("Resources", {}).values():
+        if res.get("Type") == "AWS::Serverless::LayerVersion":
+            res["Properties"]["ContentUri"] = "s3://validate-placeholder/layer.zip"
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
     class NoManagedPolicies:

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::Request;
 use axum::http::HeaderName;
+use axum::response::IntoResponse;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
@@ -21,14 +22,25 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Every route, with request ids, tracing, metrics and panic-to-500 around them.
 pub fn router(state: AppState) -> Router {
     let limits = state.settings.limits.clone();
+    let web = state.web.clone();
     Router::new()
         .merge(routes::auth::router())
+        .merge(routes::users::router())
         .merge(routes::tasks::router())
         .merge(routes::files::router(&limits))
         .merge(routes::runs::router())
         .merge(routes::catalogue::router())
         .merge(routes::ops::router())
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        // What no route takes is the web app's, when there is one (it keeps API paths 404).
+        .fallback(move |request: Request| {
+            let web = web.clone();
+            async move {
+                match web {
+                    Some(web) => web.serve(request).await,
+                    None => ApiError::NotFound("no such route".into()).into_response(),
+                }
+            }
+        })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(CatchPanicLayer::custom(|_| {

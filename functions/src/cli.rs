@@ -1,4 +1,5 @@
-//! The functions binary's commands: serve (the default) and create-user for operators.
+//! The functions binary's commands: serve (the default), create-user for operators, and
+//! openapi, which prints the API's contract for the web app's generated types.
 
 use clap::{Parser, Subcommand};
 use coderun_shared::config::Settings;
@@ -28,6 +29,16 @@ pub enum Command {
         #[arg(long, value_parser = parse_role)]
         role: Role,
     },
+    /// Print the OpenAPI document (JSON) and exit; needs no configuration or servers. The web
+    /// app keeps a copy in web/openapi.json (refresh it with
+    /// `cargo run -q -p coderun-functions -- openapi > web/openapi.json`).
+    Openapi,
+}
+
+/// Prints the OpenAPI document, as `GET /api/v1/openapi.json` serves it, pretty-printed.
+pub fn print_openapi() -> anyhow::Result<()> {
+    print!("{}", crate::openapi::pretty_json()?);
+    Ok(())
 }
 
 fn parse_role(raw: &str) -> Result<Role, String> {
@@ -37,6 +48,9 @@ fn parse_role(raw: &str) -> Result<Role, String> {
 
 /// Runs `command` with `settings`.
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    if let Command::Openapi = command {
+        return print_openapi();
+    }
     let state = AppState::build(settings).await?;
     match command {
         Command::Serve if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() => {
@@ -66,5 +80,6 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Openapi => print_openapi(),
     }
 }

@@ -4,8 +4,12 @@ use coderun_shared::{config::Settings, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let command = Cli::parse().command.unwrap_or(Command::Serve);
+    // The contract needs no settings: it is printed even where none are configured.
+    if let Command::Openapi = command {
+        return cli::print_openapi();
+    }
     let settings = Settings::load()?;
     telemetry::init(&settings.log);
-    cli::run(cli.command.unwrap_or(Command::Serve), settings).await
+    cli::run(command, settings).await
 }

@@ -3,13 +3,14 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{auth, catalogue, files, ops, runs, tasks};
+use crate::routes::{auth, catalogue, files, ops, runs, tasks, users};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "coderun", description = "Keep code tasks, edit their files, run them in sandboxes."),
     paths(
         auth::login, auth::me, auth::create_user,
+        users::list_users, users::create_users,
         tasks::create_task, tasks::list_tasks, tasks::get_task, tasks::update_task, tasks::delete_task,
         files::read_file, files::save_file, files::delete_path, files::batch_files, files::move_path,
         files::download_archive,
@@ -41,4 +42,12 @@ impl Modify for BearerAuth {
 
 pub fn document() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+/// The document as `coderun-functions openapi` prints it (and `web/openapi.json` holds it):
+/// pretty JSON ending with a newline.
+pub fn pretty_json() -> serde_json::Result<String> {
+    let mut text = serde_json::to_string_pretty(&document())?;
+    text.push('\n');
+    Ok(text)
 }

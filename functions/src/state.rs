@@ -15,6 +15,8 @@ use coderun_shared::{db, redis, users};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
+use crate::web::WebApp;
+
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -37,6 +39,8 @@ pub struct AppState {
     pub log_streams: Arc<tokio::sync::Semaphore>,
     /// Each user's live log streams across the fleet (`runs.log_streams_per_user`).
     pub stream_slots: StreamSlots,
+    /// The web app served at `/` (`http.web_dir`), if any.
+    pub web: Option<WebApp>,
 }
 
 impl AppState {
@@ -44,6 +48,12 @@ impl AppState {
     /// users.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate_api()?;
+        let web_dir = &settings.http.web_dir;
+        let web = if web_dir.as_os_str().is_empty() {
+            None
+        } else {
+            Some(WebApp::open(web_dir)?)
+        };
         let db = db::connect_and_migrate(&settings.database).await?;
         let storage = Storage::connect(&settings.storage).await?;
         let auth = Arc::new(Authenticator::new(&settings.auth)?);
@@ -90,6 +100,7 @@ impl AppState {
             live_log,
             log_streams,
             stream_slots,
+            web,
         };
         if state.settings.local_stack {
             state.seed_local_users().await?;

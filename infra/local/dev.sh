@@ -9,7 +9,8 @@
 #   infra/local/dev.sh --stop    stop what --detach (or a foreground dev.sh) started
 #   infra/local/dev.sh --status  show what runs; exit 0 only when everything does
 #
-# The functions server listens on 127.0.0.1:8080; the stack's ports are in stack.sh. In the
+# The functions server listens on 127.0.0.1:8080 and serves the web app there too (built from web/
+# by build-web.sh into web/dist when its sources changed); the stack's ports are in stack.sh. In the
 # local stack (CODERUN__LOCAL_STACK=true) the server seeds the users admin/admin and demo/demo.
 # The worker (`coderun-worker`, local executor) runs programs in a bubblewrap sandbox under
 # per-run uids and cgroups (as root; otherwise under the caller's uid in a delegated cgroup); it
@@ -157,6 +158,12 @@ wbin="$target/$profile/coderun-worker"
 [[ -x "$fbin" ]] || die "built binary not found at $fbin"
 [[ -x "$wbin" ]] || die "built binary not found at $wbin"
 
+# The web app, served by coderun-functions at / (nothing to build before web/ exists).
+web_dir="$(bash "$here/build-web.sh")"
+if [[ -n "$web_dir" ]]; then
+    export CODERUN__HTTP__WEB_DIR="$web_dir"
+fi
+
 bash "$here/stack.sh" start
 eval "$(bash "$here/stack.sh" env)"
 
@@ -233,6 +240,7 @@ fi
 cat <<BANNER
 
 coderun is up (local stack)
+  app        ${web_dir:+http://$api_host/}${web_dir:-(no web app: web/package.json does not exist yet)}
   API base   $api_base
   OpenAPI    $api_base/openapi.json
   health     $ready_url

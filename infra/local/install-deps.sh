@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the local stack (`just dev`) and the test harness (`just test`) need:
-#   - Debian packages: PostgreSQL server, redis-server, bubblewrap, python3, curl
+#   - Debian packages: PostgreSQL server, redis-server, bubblewrap, python3, curl; and, as root,
+#     chromium with the DejaVu fonts, the headless browser of the web app's end-to-end tests
+#     (driven through playwright-core, which downloads no browser of its own)
 #   - s3s-fs (the S3-compatible server) via `cargo install`, into $CODERUN_TOOLS_DIR/bin
 #
 # Idempotent: when everything is present it only checks and prints nothing but a summary line.
@@ -47,6 +49,17 @@ command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+# The web app's browser tests only: installed when we can, never a reason to fail `just dev`.
+browser_missing=()
+command -v chromium >/dev/null 2>&1 || browser_missing+=(chromium)
+[[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || browser_missing+=(fonts-dejavu-core)
+if ((${#browser_missing[@]} > 0)); then
+    if [[ "$(id -u)" -eq 0 ]]; then
+        missing+=("${browser_missing[@]}")
+    else
+        echo "install-deps: note: the web app's browser tests need: sudo apt-get install -y ${browser_missing[*]}" >&2
+    fi
+fi
 
 if ((${#missing[@]} > 0)); then
     if [[ "$(id -u)" -ne 0 ]]; then

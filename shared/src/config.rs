@@ -55,6 +55,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct HttpSettings {
     pub bind: SocketAddr,
+    /// The built web app (`index.html` + `assets/`) served at `/`; empty: no app.
+    pub web_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]

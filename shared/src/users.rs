@@ -85,3 +85,74 @@ pub async fn ensure(
         Err(Error::Db(e)) => Err(e),
     }
 }
+
+/// A user with how much they keep and have run, for staff's user list.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct UserSummary {
+    pub id: Uuid,
+    pub username: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    /// Tasks the user owns now.
+    pub task_count: i64,
+    /// Runs of the user's tasks (a deleted task's runs go with it).
+    pub run_count: i64,
+}
+
+/// Filters of the user list.
+#[derive(Debug, Default)]
+pub struct UserFilter {
+    /// A case-insensitive substring of the username.
+    pub q: Option<String>,
+    pub role: Option<Role>,
+}
+
+/// One page of users by username, with their counts, and the total matching the filter.
+pub async fn list_with_counts(
+    pool: &PgPool,
+    filter: &UserFilter,
+    page: crate::domain::PageRequest,
+) -> Result<(Vec<UserSummary>, i64), sqlx::Error> {
+    use sqlx::{Postgres, QueryBuilder};
+    fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &UserFilter) {
+        query.push(" WHERE true");
+        if let Some(q) = &filter.q {
+            // strpos needs no escaping of LIKE's wildcards.
+            query
+                .push(" AND strpos(username, lower(")
+                .push_bind(q)
+                .push(")) > 0");
+        }
+        if let Some(role) = filter.role {
+            query.push(" AND role = ").push_bind(role);
+        }
+    }
+    let mut count: QueryBuilder<Postgres> = QueryBuilder::new("SELECT count(*) FROM users");
+    push_filter(&mut count, filter);
+    let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
+
+    // Counts only for the page's users: tasks by their owner index, runs in one pass.
+    let mut select: QueryBuilder<Postgres> =
+        QueryBuilder::new("WITH page AS (SELECT id, username, role, created_at FROM users");
+    push_filter(&mut select, filter);
+    select
+        .push(" ORDER BY username LIMIT ")
+        .push_bind(page.limit())
+        .push(" OFFSET ")
+        .push_bind(page.offset())
+        .push(
+            ") SELECT p.id, p.username, p.role, p.created_at,
+                (SELECT count(*) FROM tasks t WHERE t.owner_id = p.id) AS task_count,
+                coalesce(r.run_count, 0) AS run_count
+             FROM page p
+             LEFT JOIN (SELECT owner_id, count(*) AS run_count FROM runs
+                        WHERE owner_id IN (SELECT id FROM page) GROUP BY owner_id) r
+               ON r.owner_id = p.id
+             ORDER BY p.username",
+        );
+    let users = select
+        .build_query_as::<UserSummary>()
+        .fetch_all(pool)
+        .await?;
+    Ok((users, total))
+}

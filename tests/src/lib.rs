@@ -1,5 +1,6 @@
 //! Test harness for coderun: real servers for the tests that cross crates (`servers`), a
-//! coderun API per test on them (`app`), and the benchmarks (`bench`).
+//! coderun API per test on them (`app`), the benchmarks (`bench`), and the whole stack in one
+//! process for the web app's end-to-end tests (`e2e_stack`).
 
 pub mod app;
 pub mod bench;
@@ -8,5 +9,6 @@ pub mod bench_login;
 pub mod bench_memory;
 pub mod bench_runs;
 pub mod demo;
+pub mod e2e_stack;
 pub mod kube;
 pub mod servers;

@@ -6,3 +6,4 @@ pub mod files;
 pub mod ops;
 pub mod runs;
 pub mod tasks;
+pub mod users;

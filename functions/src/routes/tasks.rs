@@ -132,7 +132,9 @@ pub struct ListTasksQuery {
     pub language: Option<String>,
     /// Only tasks whose name contains this text (case-insensitive).
     pub q: Option<String>,
-    /// Teachers and admins: list this user's tasks instead of their own.
+    /// Teachers and admins: list this user's tasks (a user id) instead of their own.
+    pub owner: Option<Uuid>,
+    /// The former name of `owner`, still accepted.
     pub owner_id: Option<Uuid>,
 }
 
@@ -154,7 +156,15 @@ pub async fn list_tasks(
             "q must be at most 100 characters long".into(),
         ));
     }
-    let owner_id = match query.owner_id {
+    let owner = match (query.owner, query.owner_id) {
+        (Some(owner), Some(alias)) if owner != alias => {
+            return Err(ApiError::BadRequest(
+                "owner and owner_id name different users; give one of them".into(),
+            ));
+        }
+        (owner, alias) => owner.or(alias),
+    };
+    let owner_id = match owner {
         Some(owner) if owner != caller.id && !caller.role.reads_everything() => {
             return Err(ApiError::Forbidden(
                 "only teachers and admins may list other users' tasks",

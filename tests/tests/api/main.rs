@@ -9,3 +9,5 @@ mod ops;
 mod runs;
 mod storage;
 mod tasks;
+mod users;
+mod web;

@@ -83,6 +83,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/auth/login"),
     ("get", "/api/v1/me"),
     ("post", "/api/v1/users"),
+    ("get", "/api/v1/users"),
+    ("post", "/api/v1/users:batch"),
     ("post", "/api/v1/tasks"),
     ("get", "/api/v1/tasks"),
     ("get", "/api/v1/tasks/{task_id}"),

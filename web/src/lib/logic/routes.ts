@@ -1,0 +1,28 @@
+// The app's addresses. Every view has a real path, so reloads and shared links land on it.
+
+export type Route =
+  | { name: 'login'; next: string }
+  | { name: 'tasks' }
+  | { name: 'task'; id: string; run: string | null }
+  | { name: 'users' }
+  | { name: 'user'; id: string; username: string | null }
+  | { name: 'notfound' };
+
+export function parseRoute(pathname: string, search: string): Route {
+  const params = new URLSearchParams(search);
+  const parts = pathname.split('/').filter(Boolean).map(decodeURIComponent);
+  if (parts.length === 0) return { name: 'tasks' };
+  if (parts[0] === 'login' && parts.length === 1) {
+    const next = params.get('next') ?? '/';
+    // Only same-app paths: never send someone to another site after logging in.
+    return { name: 'login', next: next.startsWith('/') && !next.startsWith('//') ? next : '/' };
+  }
+  if (parts[0] === 'tasks' && parts.length === 2) return { name: 'task', id: parts[1], run: params.get('run') };
+  if (parts[0] === 'users' && parts.length === 1) return { name: 'users' };
+  if (parts[0] === 'users' && parts.length === 2) return { name: 'user', id: parts[1], username: params.get('name') };
+  return { name: 'notfound' };
+}
+
+export function loginPath(next: string): string {
+  return next === '/' ? '/login' : `/login?next=${encodeURIComponent(next)}`;
+}
