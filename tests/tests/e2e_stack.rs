@@ -183,12 +183,7 @@ async fn the_stack_serves_seeded_users_runs_code_and_its_api_stops_and_starts_on
     assert_eq!(stack.command("api-stop"), "ok");
     assert!(refuses_connections(stack.port()), "the API still accepts");
     let cut = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match stream.chunk().await {
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => break,
-            }
-        }
+        while let Ok(Some(_)) = stream.chunk().await {}
     })
     .await;
     assert!(cut.is_ok(), "the open stream outlived api-stop");
