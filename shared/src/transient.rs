@@ -154,6 +154,14 @@ fn classify_one(cause: &(dyn StdError + 'static)) -> Option<Dependency> {
     if let Some(e) = cause.downcast_ref::<storage::Error>() {
         return s3_is_transient(e).then_some(Dependency::S3);
     }
+    // Its variants are transparent: the wrapped error never shows up as a cause of its own.
+    if let Some(e) = cause.downcast_ref::<crate::snapshots::Error>() {
+        return match e {
+            crate::snapshots::Error::Db(e) => sqlx_is_transient(e).then_some(Dependency::Postgres),
+            crate::snapshots::Error::Storage(e) => s3_is_transient(e).then_some(Dependency::S3),
+            _ => None,
+        };
+    }
     None
 }
 
