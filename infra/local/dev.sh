@@ -237,10 +237,12 @@ if ((!worker_ready)); then
     fail_start coderun-worker "$wlog" "$wlog_from" "did not report ready within 60 s"
 fi
 
+app_url="(no web app: web/package.json does not exist yet)"
+[[ -z "$web_dir" ]] || app_url="http://$api_host/"
 cat <<BANNER
 
 coderun is up (local stack)
-  app        ${web_dir:+http://$api_host/}${web_dir:-(no web app: web/package.json does not exist yet)}
+  app        $app_url
   API base   $api_base
   OpenAPI    $api_base/openapi.json
   health     $ready_url
