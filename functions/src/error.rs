@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use coderun_shared::domain::Invalid;
 use coderun_shared::transient::{self, Dependency};
-use coderun_shared::{auth, bundle, files, runs, snapshots, storage, tasks, users};
+use coderun_shared::{auth, bundle, files, lifecycle, runs, snapshots, storage, tasks, users};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -254,6 +254,29 @@ impl From<runs::Error> for ApiError {
                 retry_after: ACTIVE_RUNS_RETRY_AFTER_SECONDS,
             },
             runs::Error::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<lifecycle::Error> for ApiError {
+    fn from(e: lifecycle::Error) -> Self {
+        use lifecycle::Error as E;
+        match e {
+            E::NotFound(what) => ApiError::not_found(what),
+            E::Forbidden(why) => ApiError::Forbidden(why),
+            E::Invalid(detail) => ApiError::BadRequest(detail),
+            E::Conflict(detail) => ApiError::Conflict(detail),
+            E::IdempotencyKeyReused => ApiError::Unprocessable(e.to_string()),
+            E::QuotaExceeded { retry_after, .. } => ApiError::TooManyRequests {
+                detail: e.to_string(),
+                retry_after,
+            },
+            E::Run(e) => e.into(),
+            E::Snapshot(e) => e.into(),
+            E::Storage(e) => e.into(),
+            E::Redis(e) => e.into(),
+            E::Db(e) => e.into(),
+            E::SnapshotSwept(_) => ApiError::Internal(e.into()),
         }
     }
 }

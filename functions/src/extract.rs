@@ -4,6 +4,7 @@ use axum::extract::{FromRef, FromRequest, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
 use coderun_shared::domain::Role;
+use coderun_shared::lifecycle::Actor;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -41,6 +42,14 @@ impl Caller {
     /// May the caller read what `owner` owns? Owners, teachers and admins may.
     pub fn can_read(&self, owner: Uuid) -> bool {
         self.id == owner || self.role.reads_everything()
+    }
+
+    /// The caller as the run lifecycle knows them.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            id: self.id,
+            role: self.role,
+        }
     }
 }
 

@@ -1,20 +1,14 @@
-//! `Idempotency-Key` on submit and retry: a POST repeated with the same key (a client retrying
-//! after a timeout or a 503) answers the run the first one created instead of creating another.
-//!
-//! The key is stored with the run, unique per owner, beside a fingerprint of the request it
-//! came with: the same key on the same request replays the run (`202` with
-//! `Idempotent-Replayed: true`), the same key on a different request is refused (`422`).
-//! Keys never expire: a run row lives as long as the run.
+//! `Idempotency-Key` on submit and retry, at the HTTP edge: the header's rules and the answer
+//! to a replayed request (`202` with `Idempotent-Replayed: true`). Which run a key names, and
+//! the refusal of a key reused for a different request (`422`), are the run lifecycle's
+//! (`coderun_shared::lifecycle::idempotency`).
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use coderun_shared::runs::{self, Idempotency, Run};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
 use crate::extract::Json;
-use crate::state::AppState;
 
 pub const HEADER: &str = "idempotency-key";
 /// Longest key accepted (a UUID is 36 characters; clients use UUIDs or similar).
@@ -38,43 +32,6 @@ pub fn key_from(headers: &HeaderMap) -> ApiResult<Option<String>> {
         )));
     }
     Ok(Some(key.to_owned()))
-}
-
-/// A fingerprint of the request's meaning: what it acts on and every value that shapes the run.
-pub fn fingerprint(parts: &[&str]) -> String {
-    let mut hash = Sha256::new();
-    for part in parts {
-        hash.update((part.len() as u64).to_be_bytes());
-        hash.update(part.as_bytes());
-    }
-    hex::encode(hash.finalize())
-}
-
-/// The key and fingerprint to store with a new run.
-pub fn with_fingerprint(key: Option<String>, parts: &[&str]) -> Option<Idempotency> {
-    key.map(|key| Idempotency {
-        key,
-        fingerprint: fingerprint(parts),
-    })
-}
-
-/// The run `owner_id` already created with this key, if any; a different request under the
-/// same key is refused.
-pub async fn earlier_run(
-    state: &AppState,
-    owner_id: Uuid,
-    idempotency: Option<&Idempotency>,
-) -> ApiResult<Option<Run>> {
-    let Some(idempotency) = idempotency else {
-        return Ok(None);
-    };
-    match runs::find_by_idempotency_key(&state.db, owner_id, &idempotency.key).await? {
-        Some((run, fingerprint)) if fingerprint == idempotency.fingerprint => Ok(Some(run)),
-        Some(_) => Err(ApiError::Unprocessable(
-            "this Idempotency-Key was already used for a different request; use a new key".into(),
-        )),
-        None => Ok(None),
-    }
 }
 
 /// The answer to a replayed request: the run as the first request answered it.
@@ -118,13 +75,5 @@ mod tests {
         assert!(key_from(&headers(&["has space"])).is_err());
         assert!(key_from(&headers(&[&"k".repeat(256)])).is_err());
         assert!(key_from(&headers(&["a", "b"])).is_err());
-    }
-
-    #[test]
-    fn fingerprints_differ_when_any_part_differs() {
-        assert_eq!(fingerprint(&["a", "b"]), fingerprint(&["a", "b"]));
-        assert_ne!(fingerprint(&["a", "b"]), fingerprint(&["a", "c"]));
-        // Parts are length-prefixed: moving a boundary changes the fingerprint.
-        assert_ne!(fingerprint(&["ab", "c"]), fingerprint(&["a", "bc"]));
     }
 }

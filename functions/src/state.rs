@@ -6,6 +6,7 @@ use std::sync::Arc;
 use coderun_shared::auth::{self, Authenticator, HashGate};
 use coderun_shared::config::Settings;
 use coderun_shared::domain::{Role, Username};
+use coderun_shared::lifecycle::Lifecycle;
 use coderun_shared::livelog::{LiveLog, StreamSlots};
 use coderun_shared::queue::RunQueue;
 use coderun_shared::redis::Keys;
@@ -44,6 +45,18 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The run lifecycle on this process's stores.
+    pub fn lifecycle(&self) -> Lifecycle<'_> {
+        Lifecycle {
+            settings: &self.settings,
+            db: &self.db,
+            storage: &self.storage,
+            queue: &self.queue,
+            redis: &self.redis,
+            keys: &self.keys,
+        }
+    }
+
     /// Connects to Postgres (applying migrations), S3 and Redis, and seeds the local stack's
     /// users.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {

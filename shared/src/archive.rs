@@ -59,11 +59,12 @@ pub async fn upload(
 fn start(db: PgPool, task_id: Uuid, chunks: mpsc::Sender<io::Result<Bytes>>, chunk_size: usize) {
     let (files, to_pack) = mpsc::channel::<File>(1);
     tokio::spawn(async move {
-        let mut rows = sqlx::query_as::<_, (String, String)>(
+        let mut rows = sqlx::query!(
             "SELECT path, content FROM task_files WHERE task_id = $1 ORDER BY path",
+            task_id,
         )
-        .bind(task_id)
-        .fetch(&db);
+        .fetch(&db)
+        .map_ok(|row| (row.path, row.content));
         loop {
             let next = match rows.try_next().await {
                 Ok(Some(row)) => Ok(row),

@@ -23,6 +23,12 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
+/// One cheap round trip that only a working database answers (readiness and probes).
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query!("SELECT 1 AS one").fetch_one(pool).await?;
+    Ok(())
+}
+
 /// Connects and applies every pending migration.
 pub async fn connect_and_migrate(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
     let pool = connect(settings).await?;

@@ -30,6 +30,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// The name stored in the database and shown in the JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Student => "student",
+            Role::Teacher => "teacher",
+            Role::Admin => "admin",
+        }
+    }
+
     /// Teachers and admins may read every user's tasks and runs.
     pub fn reads_everything(self) -> bool {
         matches!(self, Role::Teacher | Role::Admin)

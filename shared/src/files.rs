@@ -430,30 +430,33 @@ pub struct FileInfo {
 
 /// Locks the task row and loads its file set; the lock holds until the transaction ends.
 async fn lock(conn: &mut PgConnection, task_id: Uuid) -> Result<FileSet, Error> {
-    let main: Option<Option<String>> =
-        sqlx::query_scalar("SELECT main_file FROM tasks WHERE id = $1 FOR UPDATE")
-            .bind(task_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let main: Option<Option<String>> = sqlx::query_scalar!(
+        "SELECT main_file FROM tasks WHERE id = $1 FOR UPDATE",
+        task_id
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
     let main = main.ok_or(Error::TaskNotFound)?;
-    let files: Vec<(String, i64)> =
-        sqlx::query_as("SELECT path, size FROM task_files WHERE task_id = $1")
-            .bind(task_id)
-            .fetch_all(&mut *conn)
-            .await?;
+    let files = sqlx::query!(
+        "SELECT path, size FROM task_files WHERE task_id = $1",
+        task_id
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let files: Vec<(String, i64)> = files.into_iter().map(|f| (f.path, f.size)).collect();
     Ok(FileSet::new(files, main))
 }
 
 /// Writes the task's new totals, main file and change time.
 async fn touch(conn: &mut PgConnection, task_id: Uuid, set: &FileSet) -> Result<(), Error> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE tasks SET total_size = $2, file_count = $3, main_file = $4, updated_at = now()
          WHERE id = $1",
+        task_id,
+        set.total_size(),
+        (set.len() as i32),
+        set.main()
     )
-    .bind(task_id)
-    .bind(set.total_size())
-    .bind(set.len() as i32)
-    .bind(set.main())
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -465,16 +468,16 @@ async fn write_file(
     path: &str,
     content: &str,
 ) -> Result<DateTime<Utc>, Error> {
-    let updated_at = sqlx::query_scalar(
+    let updated_at = sqlx::query_scalar!(
         "INSERT INTO task_files (task_id, path, content, size) VALUES ($1, $2, $3, $4)
          ON CONFLICT (task_id, path) DO UPDATE
             SET content = EXCLUDED.content, size = EXCLUDED.size, updated_at = now()
          RETURNING updated_at",
+        task_id,
+        path,
+        content,
+        (content.len() as i64)
     )
-    .bind(task_id)
-    .bind(path)
-    .bind(content)
-    .bind(content.len() as i64)
     .fetch_one(&mut *conn)
     .await?;
     Ok(updated_at)
@@ -485,11 +488,13 @@ async fn delete_paths(
     task_id: Uuid,
     paths: &[String],
 ) -> Result<(), Error> {
-    sqlx::query("DELETE FROM task_files WHERE task_id = $1 AND path = ANY($2)")
-        .bind(task_id)
-        .bind(paths)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query!(
+        "DELETE FROM task_files WHERE task_id = $1 AND path = ANY($2)",
+        task_id,
+        paths
+    )
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -499,11 +504,13 @@ pub async fn file_set(
     task_id: Uuid,
     main: Option<String>,
 ) -> Result<FileSet, sqlx::Error> {
-    let files: Vec<(String, i64)> =
-        sqlx::query_as("SELECT path, size FROM task_files WHERE task_id = $1")
-            .bind(task_id)
-            .fetch_all(pool)
-            .await?;
+    let files = sqlx::query!(
+        "SELECT path, size FROM task_files WHERE task_id = $1",
+        task_id
+    )
+    .fetch_all(pool)
+    .await?;
+    let files: Vec<(String, i64)> = files.into_iter().map(|f| (f.path, f.size)).collect();
     Ok(FileSet::new(files, main))
 }
 
@@ -513,19 +520,24 @@ pub async fn read(
     task_id: Uuid,
     path: &FilePath,
 ) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT content FROM task_files WHERE task_id = $1 AND path = $2")
-        .bind(task_id)
-        .bind(path.as_str())
-        .fetch_optional(pool)
-        .await
+    sqlx::query_scalar!(
+        "SELECT content FROM task_files WHERE task_id = $1 AND path = $2",
+        task_id,
+        path.as_str()
+    )
+    .fetch_optional(pool)
+    .await
 }
 
 /// Every file with its content, by path: the archive and the run snapshot.
 pub async fn read_all(pool: &PgPool, task_id: Uuid) -> Result<Vec<(String, String)>, sqlx::Error> {
-    sqlx::query_as("SELECT path, content FROM task_files WHERE task_id = $1 ORDER BY path")
-        .bind(task_id)
-        .fetch_all(pool)
-        .await
+    let files = sqlx::query!(
+        "SELECT path, content FROM task_files WHERE task_id = $1 ORDER BY path",
+        task_id,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(files.into_iter().map(|f| (f.path, f.content)).collect())
 }
 
 /// Creates or replaces one file; the flag says whether it was created.
@@ -610,14 +622,14 @@ pub async fn move_path(
     let mut set = lock(&mut tx, task_id).await?;
     let renames = set.move_path(from, to, limits)?;
     let (old, new): (Vec<String>, Vec<String>) = renames.iter().cloned().unzip();
-    sqlx::query(
+    sqlx::query!(
         "UPDATE task_files f SET path = m.new, updated_at = now()
          FROM unnest($2::text[], $3::text[]) AS m(old, new)
          WHERE f.task_id = $1 AND f.path = m.old",
+        task_id,
+        &old,
+        &new
     )
-    .bind(task_id)
-    .bind(&old)
-    .bind(&new)
     .execute(&mut *tx)
     .await?;
     touch(&mut tx, task_id, &set).await?;

@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod files;
+pub mod lifecycle;
 pub mod livelog;
 pub mod logfile;
 pub mod objects;

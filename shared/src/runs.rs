@@ -5,11 +5,16 @@
 //! conditional `UPDATE … WHERE status = ANY(<allowed sources>)` that writes its `run_events`
 //! row in the same statement, so replaying a transition is a no-op and several replicas may
 //! report the same execution.
+//!
+//! Statuses and reasons are enums from the database to the JSON (stored as the same lower-case
+//! text the API shows); every list of statuses a query needs is bound from a constant of
+//! [`RunStatus`], never spelled in SQL. Queries are checked against the schema at compile time
+//! (`sqlx::query!`; the offline data is in `.sqlx/`, see `docs/decisions.md`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::config::Spec;
@@ -63,6 +68,16 @@ impl RunStatus {
     ];
     /// The phases in which a run holds (or is about to hold) capacity.
     pub const ACTIVE: [RunStatus; 5] = [Queued, Dispatched, Pending, Running, Stopping];
+    /// The phases in which an execution exists or is being created: a run whose execution is
+    /// lost in one of them may be queued again for another attempt.
+    pub const LAUNCHED: [RunStatus; 3] = [Dispatched, Pending, Running];
+    /// The final phases.
+    pub const TERMINAL: [RunStatus; 4] = [Succeeded, Failed, Stopped, Canceled];
+
+    /// The names of `statuses`, for binding as a Postgres `text[]` (`status = ANY($n)`).
+    pub fn names(statuses: &[RunStatus]) -> Vec<String> {
+        statuses.iter().map(|s| s.as_str().to_owned()).collect()
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -83,7 +98,7 @@ impl RunStatus {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, Succeeded | Failed | Stopped | Canceled)
+        Self::TERMINAL.contains(&self)
     }
 
     /// The phases a run may move to `self` from: this table is the forward-only rule.
@@ -103,8 +118,11 @@ impl RunStatus {
 }
 
 /// Why a run ended other than by its program's own exit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum Reason {
     OomKilled,
     DeadlineExceeded,
@@ -118,6 +136,18 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 9] = [
+        Reason::OomKilled,
+        Reason::DeadlineExceeded,
+        Reason::OutputLimitExceeded,
+        Reason::ImagePullFailed,
+        Reason::Evicted,
+        Reason::LaunchFailed,
+        Reason::ExecutorLost,
+        Reason::DeadLettered,
+        Reason::StoppedByUser,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::OomKilled => "oom_killed",
@@ -149,7 +179,7 @@ pub struct Run {
     pub owner_id: Uuid,
     pub status: RunStatus,
     /// Set for anything but the program's own exit (`oom_killed`, `deadline_exceeded` …).
-    pub reason: Option<String>,
+    pub reason: Option<Reason>,
     pub exit_code: Option<i32>,
     pub command: String,
     pub language: String,
@@ -191,18 +221,27 @@ impl Run {
     }
 }
 
-macro_rules! run_columns {
-    () => {
-        "id, task_id, owner_id, status, reason, exit_code, command, language, image, spec, \
-         datasets, remarks, snapshot_of, code_sha256, retry_of, worker, executor, log_bytes, \
-         log_truncated, attempt, created_at, queued_at, dispatched_at, started_at, finished_at, purged_at"
+/// A checked query of whole [`Run`]s: `SELECT <every column> FROM runs` followed by `$tail`
+/// (a string literal), with `$arg`s bound to its parameters.
+macro_rules! select_runs {
+    ($tail:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            Run,
+            "SELECT id, task_id, owner_id, status AS \"status: RunStatus\",
+                reason AS \"reason: Reason\", exit_code, command, language, image,
+                spec AS \"spec: Json<RunSpec>\", datasets, remarks, snapshot_of, code_sha256,
+                retry_of, worker, executor, log_bytes, log_truncated, attempt, created_at,
+                queued_at, dispatched_at, started_at, finished_at, purged_at
+             FROM runs " + $tail
+            $(, $arg)*
+        )
     };
 }
 
 /// One transition in a run's history.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RunEvent {
-    pub phase: String,
+    pub phase: RunStatus,
     pub at: DateTime<Utc>,
     pub source: String,
     pub detail: String,
@@ -240,19 +279,19 @@ pub async fn find_by_idempotency_key(
     owner_id: Uuid,
     key: &str,
 ) -> Result<Option<(Run, String)>, sqlx::Error> {
-    let found: Option<(Uuid, Option<String>)> = sqlx::query_as(
+    let found = sqlx::query!(
         "SELECT id, request_fingerprint FROM runs WHERE owner_id = $1 AND idempotency_key = $2",
+        owner_id,
+        key,
     )
-    .bind(owner_id)
-    .bind(key)
     .fetch_optional(pool)
     .await?;
-    let Some((id, fingerprint)) = found else {
+    let Some(found) = found else {
         return Ok(None);
     };
-    Ok(get(pool, id)
+    Ok(get(pool, found.id)
         .await?
-        .map(|run| (run, fingerprint.unwrap_or_default())))
+        .map(|run| (run, found.request_fingerprint.unwrap_or_default())))
 }
 
 /// Commits the run as `queued` with its first event. The owner's row is locked so the cap on
@@ -260,15 +299,17 @@ pub async fn find_by_idempotency_key(
 /// run per task.
 pub async fn create(pool: &PgPool, new: NewRun, max_active: u32) -> Result<Run, Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
-        .bind(new.owner_id)
-        .execute(&mut *tx)
-        .await?;
-    let active: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM runs WHERE owner_id = $1
-         AND status IN ('queued', 'dispatched', 'pending', 'running', 'stopping')",
+    sqlx::query!(
+        "SELECT 1 AS locked FROM users WHERE id = $1 FOR UPDATE",
+        new.owner_id
     )
-    .bind(new.owner_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let active = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM runs WHERE owner_id = $1 AND status = ANY($2)"#,
+        new.owner_id,
+        &RunStatus::names(&RunStatus::ACTIVE),
+    )
     .fetch_one(&mut *tx)
     .await?;
     if active >= i64::from(max_active) {
@@ -277,33 +318,32 @@ pub async fn create(pool: &PgPool, new: NewRun, max_active: u32) -> Result<Run, 
     if !snapshots::hold(&mut tx, &new.code_sha256).await? {
         return Err(Error::SnapshotGone);
     }
-    let inserted = sqlx::query_as::<_, Run>(concat!(
+    let inserted = sqlx::query!(
         "INSERT INTO runs (id, task_id, owner_id, status, command, language, image, spec_name,
             spec, datasets, remarks, snapshot_of, code_sha256, retry_of, idempotency_key,
             request_fingerprint)
-         VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-         RETURNING ",
-        run_columns!()
-    ))
-    .bind(new.id)
-    .bind(new.task_id)
-    .bind(new.owner_id)
-    .bind(&new.command)
-    .bind(&new.language)
-    .bind(&new.image)
-    .bind(&new.spec.name)
-    .bind(Json(&new.spec))
-    .bind(&new.datasets)
-    .bind(&new.remarks)
-    .bind(new.snapshot_of)
-    .bind(&new.code_sha256)
-    .bind(new.retry_of)
-    .bind(new.idempotency.as_ref().map(|i| i.key.as_str()))
-    .bind(new.idempotency.as_ref().map(|i| i.fingerprint.as_str()))
-    .fetch_one(&mut *tx)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+        new.id,
+        new.task_id,
+        new.owner_id,
+        Queued.as_str(),
+        new.command,
+        new.language,
+        new.image,
+        new.spec.name,
+        Json(&new.spec) as _,
+        &new.datasets,
+        new.remarks,
+        new.snapshot_of,
+        new.code_sha256,
+        new.retry_of,
+        new.idempotency.as_ref().map(|i| i.key.as_str()),
+        new.idempotency.as_ref().map(|i| i.fingerprint.as_str()),
+    )
+    .execute(&mut *tx)
     .await;
-    let run = match inserted {
-        Ok(run) => run,
+    match inserted {
+        Ok(_) => {}
         Err(sqlx::Error::Database(e)) if e.constraint() == Some("runs_one_active_per_task") => {
             return Err(Error::TaskBusy);
         }
@@ -311,37 +351,40 @@ pub async fn create(pool: &PgPool, new: NewRun, max_active: u32) -> Result<Run, 
             return Err(Error::IdempotencyKeyUsed);
         }
         Err(e) => return Err(e.into()),
-    };
-    sqlx::query(
-        "INSERT INTO run_events (run_id, phase, source, detail) VALUES ($1, 'queued', 'api', $2)",
-    )
-    .bind(run.id)
-    .bind(match new.retry_of {
+    }
+    let detail = match new.retry_of {
         Some(original) => format!("retry of {original}"),
         None => "submitted".to_owned(),
-    })
+    };
+    sqlx::query!(
+        "INSERT INTO run_events (run_id, phase, source, detail) VALUES ($1, $2, 'api', $3)",
+        new.id,
+        Queued.as_str(),
+        detail,
+    )
     .execute(&mut *tx)
     .await?;
+    let run = get_in(&mut tx, new.id).await?.ok_or(Error::NotFound)?;
     tx.commit().await?;
     Ok(run)
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Run>, sqlx::Error> {
-    sqlx::query_as::<_, Run>(concat!(
-        "SELECT ",
-        run_columns!(),
-        " FROM runs WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await
+    select_runs!("WHERE id = $1", id).fetch_optional(pool).await
+}
+
+/// [`get`] inside a transaction.
+async fn get_in(conn: &mut PgConnection, id: Uuid) -> Result<Option<Run>, sqlx::Error> {
+    select_runs!("WHERE id = $1", id).fetch_optional(conn).await
 }
 
 pub async fn events(pool: &PgPool, id: Uuid) -> Result<Vec<RunEvent>, sqlx::Error> {
-    sqlx::query_as::<_, RunEvent>(
-        "SELECT phase, at, source, detail FROM run_events WHERE run_id = $1 ORDER BY id",
+    sqlx::query_as!(
+        RunEvent,
+        r#"SELECT phase AS "phase: RunStatus", at, source, detail
+           FROM run_events WHERE run_id = $1 ORDER BY id"#,
+        id,
     )
-    .bind(id)
     .fetch_all(pool)
     .await
 }
@@ -353,56 +396,67 @@ pub async fn list(
     status: Option<RunStatus>,
     page: PageRequest,
 ) -> Result<(Vec<Run>, i64), sqlx::Error> {
-    let filter = |query: &mut QueryBuilder<Postgres>| {
-        query.push(" WHERE task_id = ").push_bind(task_id);
-        if let Some(status) = status {
-            query.push(" AND status = ").push_bind(status.as_str());
-        }
-    };
-    let mut count: QueryBuilder<Postgres> = QueryBuilder::new("SELECT count(*) FROM runs");
-    filter(&mut count);
-    let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
-    let mut select: QueryBuilder<Postgres> =
-        QueryBuilder::new(concat!("SELECT ", run_columns!(), " FROM runs"));
-    filter(&mut select);
-    select
-        .push(" ORDER BY created_at DESC, id LIMIT ")
-        .push_bind(page.limit())
-        .push(" OFFSET ")
-        .push_bind(page.offset());
-    Ok((select.build_query_as::<Run>().fetch_all(pool).await?, total))
+    let status = status.map(RunStatus::as_str);
+    let total = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM runs
+           WHERE task_id = $1 AND ($2::text IS NULL OR status = $2)"#,
+        task_id,
+        status,
+    )
+    .fetch_one(pool)
+    .await?;
+    let items = select_runs!(
+        "WHERE task_id = $1 AND ($2::text IS NULL OR status = $2)
+         ORDER BY created_at DESC, id LIMIT $3 OFFSET $4",
+        task_id,
+        status,
+        page.limit(),
+        page.offset(),
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok((items, total))
 }
 
 /// Does the task have a run that is not finished?
 pub async fn task_has_active(pool: &PgPool, task_id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM runs WHERE task_id = $1
-         AND status IN ('queued', 'dispatched', 'pending', 'running', 'stopping'))",
+    sqlx::query_scalar!(
+        r#"SELECT EXISTS (SELECT 1 FROM runs WHERE task_id = $1 AND status = ANY($2)) AS "active!""#,
+        task_id,
+        &RunStatus::names(&RunStatus::ACTIVE),
     )
-    .bind(task_id)
     .fetch_one(pool)
     .await
 }
 
 /// How many of the owner's runs are not finished (the per-user cap counts these).
 pub async fn active_count_of(pool: &PgPool, owner_id: Uuid) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM runs WHERE owner_id = $1
-         AND status IN ('queued', 'dispatched', 'pending', 'running', 'stopping')",
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM runs WHERE owner_id = $1 AND status = ANY($2)"#,
+        owner_id,
+        &RunStatus::names(&RunStatus::ACTIVE),
     )
-    .bind(owner_id)
     .fetch_one(pool)
     .await
 }
 
 /// Every run in an active phase (for the reconciler), oldest first.
 pub async fn active(pool: &PgPool) -> Result<Vec<Run>, sqlx::Error> {
-    sqlx::query_as::<_, Run>(concat!(
-        "SELECT ",
-        run_columns!(),
-        " FROM runs WHERE status IN ('queued', 'dispatched', 'pending', 'running', 'stopping')
-          ORDER BY queued_at"
-    ))
+    select_runs!(
+        "WHERE status = ANY($1) ORDER BY queued_at",
+        &RunStatus::names(&RunStatus::ACTIVE),
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Which of `ids` are `stopping` (a worker stops their executions).
+pub async fn stopping_among(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT id FROM runs WHERE id = ANY($1) AND status = $2",
+        ids,
+        Stopping.as_str(),
+    )
     .fetch_all(pool)
     .await
 }
@@ -460,12 +514,13 @@ pub async fn transition_from(
     to: RunStatus,
     change: &Change,
 ) -> Result<bool, sqlx::Error> {
-    let sources: Vec<&str> = from
+    let sources: Vec<RunStatus> = from
         .iter()
+        .copied()
         .filter(|s| to.sources().contains(s))
-        .map(|s| s.as_str())
         .collect();
-    let moved: Option<Uuid> = sqlx::query_scalar(
+    let sources = RunStatus::names(&sources);
+    let moved = sqlx::query_scalar!(
         "WITH moved AS (
             UPDATE runs SET
                 status = $2,
@@ -475,26 +530,28 @@ pub async fn transition_from(
                 executor = coalesce($7, executor),
                 log_bytes = coalesce($8, log_bytes),
                 log_truncated = log_truncated OR $9,
-                dispatched_at = CASE WHEN $2 = 'dispatched' THEN now() ELSE dispatched_at END,
-                started_at = CASE WHEN $2 = 'running' THEN coalesce(started_at, now()) ELSE started_at END,
-                finished_at = CASE WHEN $2 IN ('succeeded', 'failed', 'stopped', 'canceled')
-                                   THEN now() ELSE finished_at END
+                dispatched_at = CASE WHEN $2 = $12 THEN now() ELSE dispatched_at END,
+                started_at = CASE WHEN $2 = $13 THEN coalesce(started_at, now()) ELSE started_at END,
+                finished_at = CASE WHEN $2 = ANY($14) THEN now() ELSE finished_at END
             WHERE id = $1 AND status = ANY($3)
             RETURNING id)
          INSERT INTO run_events (run_id, phase, source, detail)
          SELECT id, $2, $10, $11 FROM moved RETURNING run_id",
+        id,
+        to.as_str(),
+        &sources,
+        change.reason.map(Reason::as_str),
+        change.exit_code,
+        change.worker.as_deref(),
+        change.executor.as_deref(),
+        change.log_bytes,
+        change.log_truncated,
+        change.source,
+        change.detail,
+        Dispatched.as_str(),
+        Running.as_str(),
+        &RunStatus::names(&RunStatus::TERMINAL),
     )
-    .bind(id)
-    .bind(to.as_str())
-    .bind(&sources)
-    .bind(change.reason.map(Reason::as_str))
-    .bind(change.exit_code)
-    .bind(change.worker.as_deref())
-    .bind(change.executor.as_deref())
-    .bind(change.log_bytes)
-    .bind(change.log_truncated)
-    .bind(&change.source)
-    .bind(&change.detail)
     .fetch_optional(pool)
     .await?;
     Ok(moved.is_some())
@@ -557,21 +614,23 @@ pub async fn reattempt(
     source: &str,
     why: &str,
 ) -> Result<Option<i32>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "WITH moved AS (
-            UPDATE runs SET status = 'queued', attempt = attempt + 1, worker = NULL,
+            UPDATE runs SET status = $5, attempt = attempt + 1, worker = NULL,
                 executor = NULL, dispatched_at = NULL, started_at = NULL
-            WHERE id = $1 AND status IN ('dispatched', 'pending', 'running') AND attempt < $2
+            WHERE id = $1 AND status = ANY($6) AND attempt < $2
             RETURNING id, attempt),
          event AS (
             INSERT INTO run_events (run_id, phase, source, detail)
-            SELECT id, 'queued', $3, format('attempt %s of %s: %s', attempt, $2, $4) FROM moved)
+            SELECT id, $5, $3, format('attempt %s of %s: %s', attempt, $2, $4::text) FROM moved)
          SELECT attempt FROM moved",
+        id,
+        max_attempts.max(1) as i32,
+        source,
+        why,
+        Queued.as_str(),
+        &RunStatus::names(&RunStatus::LAUNCHED),
     )
-    .bind(id)
-    .bind(max_attempts.max(1) as i32)
-    .bind(source)
-    .bind(why)
     .fetch_optional(pool)
     .await
 }
@@ -591,21 +650,27 @@ pub async fn record_outputs(
     if files.is_empty() {
         return Ok(());
     }
-    let mut insert: QueryBuilder<Postgres> =
-        QueryBuilder::new("INSERT INTO run_outputs (run_id, path, size) ");
-    insert.push_values(files, |mut row, file| {
-        row.push_bind(id).push_bind(&file.path).push_bind(file.size);
-    });
-    insert.push(" ON CONFLICT (run_id, path) DO UPDATE SET size = EXCLUDED.size");
-    insert.build().execute(pool).await?;
+    let paths: Vec<String> = files.iter().map(|f| f.path.clone()).collect();
+    let sizes: Vec<i64> = files.iter().map(|f| f.size).collect();
+    sqlx::query!(
+        "INSERT INTO run_outputs (run_id, path, size)
+         SELECT $1, path, size FROM UNNEST($2::text[], $3::bigint[]) AS o(path, size)
+         ON CONFLICT (run_id, path) DO UPDATE SET size = EXCLUDED.size",
+        id,
+        &paths,
+        &sizes,
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
 pub async fn outputs(pool: &PgPool, id: Uuid) -> Result<Vec<OutputFile>, sqlx::Error> {
-    sqlx::query_as::<_, OutputFile>(
+    sqlx::query_as!(
+        OutputFile,
         "SELECT path, size FROM run_outputs WHERE run_id = $1 ORDER BY path",
+        id,
     )
-    .bind(id)
     .fetch_all(pool)
     .await
 }
@@ -633,6 +698,31 @@ mod tests {
         );
         for status in RunStatus::ALL {
             assert_eq!(RunStatus::parse(status.as_str()), Some(status));
+            assert_eq!(RunStatus::TERMINAL.contains(&status), status.is_terminal());
+            assert_eq!(
+                RunStatus::ACTIVE.contains(&status),
+                !status.is_terminal(),
+                "every phase is active or terminal"
+            );
+        }
+        for status in RunStatus::LAUNCHED {
+            assert!(RunStatus::ACTIVE.contains(&status));
+        }
+    }
+
+    #[test]
+    fn statuses_and_reasons_travel_as_the_same_strings_in_json_and_sql() {
+        for status in RunStatus::ALL {
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::Value::from(status.as_str())
+            );
+        }
+        for reason in Reason::ALL {
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::Value::from(reason.as_str())
+            );
         }
     }
 }

@@ -55,7 +55,7 @@ pub struct Snapshot {
 pub async fn store(db: &PgPool, storage: &Storage, task_id: Uuid) -> Result<Snapshot, Error> {
     let mut tx = db.begin().await?;
     // Both passes must see the same files, whatever is saved meanwhile.
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
         .await?;
     let first = build(&mut tx, task_id, None).await?;
@@ -110,10 +110,12 @@ pub async fn store(db: &PgPool, storage: &Storage, task_id: Uuid) -> Result<Snap
         }
     }
     tx.rollback().await?;
-    sqlx::query("UPDATE snapshots SET stored = true, last_used_at = now() WHERE sha256 = $1")
-        .bind(&snapshot.sha256)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "UPDATE snapshots SET stored = true, last_used_at = now() WHERE sha256 = $1",
+        &snapshot.sha256
+    )
+    .execute(db)
+    .await?;
     snapshot.uploaded = true;
     Ok(snapshot)
 }
@@ -121,13 +123,13 @@ pub async fn store(db: &PgPool, storage: &Storage, task_id: Uuid) -> Result<Snap
 /// Claims the snapshot row for a submit about to use it (creating it, or bumping its
 /// `last_used_at` so the sweep leaves it alone); returns whether the object is stored.
 async fn claim(db: &PgPool, sha256: &str, size: u64) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "INSERT INTO snapshots (sha256, size) VALUES ($1, $2)
          ON CONFLICT (sha256) DO UPDATE SET last_used_at = now()
          RETURNING stored",
+        sha256,
+        (size as i64)
     )
-    .bind(sha256)
-    .bind(size as i64)
     .fetch_one(db)
     .await
 }
@@ -136,10 +138,10 @@ async fn claim(db: &PgPool, sha256: &str, size: u64) -> Result<bool, sqlx::Error
 /// says whether it is still stored. `false` means the sweep removed it meanwhile (or it was
 /// never recorded, for a run from before snapshots were shared): store it again, or refuse.
 pub async fn hold(conn: &mut PgConnection, sha256: &str) -> Result<bool, sqlx::Error> {
-    let held: Option<bool> = sqlx::query_scalar(
+    let held: Option<bool> = sqlx::query_scalar!(
         "UPDATE snapshots SET last_used_at = now() WHERE sha256 = $1 AND stored RETURNING stored",
+        sha256
     )
-    .bind(sha256)
     .fetch_optional(conn)
     .await?;
     Ok(held.is_some())
@@ -169,11 +171,12 @@ async fn build(
         }
         writer.finish()?.finish()
     });
-    let mut rows = sqlx::query_as::<_, (String, String)>(
+    let mut rows = sqlx::query!(
         "SELECT path, content FROM task_files WHERE task_id = $1 ORDER BY path",
+        task_id,
     )
-    .bind(task_id)
-    .fetch(&mut *conn);
+    .fetch(&mut *conn)
+    .map_ok(|row| (row.path, row.content));
     let mut read = Ok(());
     while let Some(row) = rows.try_next().await.transpose() {
         match row {
@@ -272,17 +275,17 @@ impl Write for PartSink {
 /// Bytes a user's kept runs hold in the bucket: their logs, their outputs and the snapshots
 /// they use (each snapshot once, however many of the user's runs share it).
 pub async fn usage_of(db: &PgPool, owner_id: Uuid) -> Result<u64, sqlx::Error> {
-    let bytes: i64 = sqlx::query_scalar(
-        "SELECT (
+    let bytes = sqlx::query_scalar!(
+        r#"SELECT (
             coalesce((SELECT sum(coalesce(log_bytes, 0)) FROM runs
                       WHERE owner_id = $1 AND purged_at IS NULL), 0)
           + coalesce((SELECT sum(o.size) FROM run_outputs o JOIN runs r ON r.id = o.run_id
                       WHERE r.owner_id = $1 AND r.purged_at IS NULL), 0)
           + coalesce((SELECT sum(s.size) FROM snapshots s WHERE s.sha256 IN
                       (SELECT code_sha256 FROM runs WHERE owner_id = $1 AND purged_at IS NULL)), 0)
-         )::bigint",
+         )::bigint AS "bytes!""#,
+        owner_id
     )
-    .bind(owner_id)
     .fetch_one(db)
     .await?;
     Ok(bytes.max(0) as u64)

@@ -11,12 +11,12 @@
 //!   `snapshot_grace_seconds` is deleted, in two steps so a submit that claims it meanwhile
 //!   always wins (see [`crate::snapshots`]).
 
-use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::config::RetentionSettings;
 use crate::objects::RunObjects;
+use crate::runs::RunStatus;
 use crate::storage::{self, Storage};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,37 +63,37 @@ pub async fn sweep_all(
 /// Removes the objects of deleted runs whose record is due; returns (removed, failed).
 pub async fn sweep_deleted_runs(db: &PgPool, storage: &Storage) -> Result<(usize, usize), Error> {
     let mut tx = db.begin().await?;
-    let due: Vec<(i64, Uuid)> = sqlx::query_as(
+    let due = sqlx::query!(
         "SELECT id, run_id FROM object_sweeps WHERE not_before <= now()
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+        BATCH,
     )
-    .bind(BATCH)
     .fetch_all(&mut *tx)
     .await?;
     let (mut removed, mut failed) = (0, 0);
-    for (id, run_id) in due {
+    for row in due {
+        let (id, run_id) = (row.id, row.run_id);
         match storage
             .delete_prefix(&RunObjects::new(run_id).prefix())
             .await
         {
             Ok(_) => {
-                sqlx::query("DELETE FROM object_sweeps WHERE id = $1")
-                    .bind(id)
+                sqlx::query!("DELETE FROM object_sweeps WHERE id = $1", id)
                     .execute(&mut *tx)
                     .await?;
                 removed += 1;
             }
             Err(e) => {
                 tracing::warn!(%run_id, error = %e, "cannot remove a deleted run's objects; will retry");
-                sqlx::query(
+                sqlx::query!(
                     "UPDATE object_sweeps SET attempts = attempts + 1, last_error = $2,
                         not_before = now() + make_interval(secs =>
                             least(power(2, least(attempts, 20))::bigint, $3))
                      WHERE id = $1",
+                    id,
+                    e.to_string(),
+                    MAX_BACKOFF_SECONDS
                 )
-                .bind(id)
-                .bind(e.to_string())
-                .bind(MAX_BACKOFF_SECONDS)
                 .execute(&mut *tx)
                 .await?;
                 failed += 1;
@@ -113,30 +113,30 @@ pub async fn purge_expired_runs(
     if retention.max_age_days == 0 && retention.keep_per_task == 0 {
         return Ok(0);
     }
-    let candidates: Vec<Uuid> = sqlx::query_scalar(
-        "WITH ranked AS (
+    let candidates: Vec<Uuid> = sqlx::query_scalar!("WITH ranked AS (
             SELECT id, status, purged_at, finished_at,
                    row_number() OVER (PARTITION BY task_id ORDER BY created_at DESC, id DESC) AS rank
             FROM runs)
          SELECT id FROM ranked
          WHERE purged_at IS NULL
-           AND status IN ('succeeded', 'failed', 'stopped', 'canceled')
+           AND status = ANY($4)
            AND (($1 > 0 AND finished_at < now() - make_interval(days => $1))
-             OR ($2 > 0 AND rank > $2))
+             OR ($2::bigint > 0 AND rank > $2))
          ORDER BY finished_at LIMIT $3",
+        (retention.max_age_days as i32),
+        i64::from(retention.keep_per_task),
+        BATCH,
+        &RunStatus::names(&RunStatus::TERMINAL),
     )
-    .bind(retention.max_age_days as i32)
-    .bind(i64::from(retention.keep_per_task))
-    .bind(BATCH)
     .fetch_all(db)
     .await?;
     let mut purged = 0;
     for run_id in candidates {
         let mut tx = db.begin().await?;
-        let still: Option<Uuid> = sqlx::query_scalar(
+        let still: Option<Uuid> = sqlx::query_scalar!(
             "SELECT id FROM runs WHERE id = $1 AND purged_at IS NULL FOR UPDATE SKIP LOCKED",
+            run_id
         )
-        .bind(run_id)
         .fetch_optional(&mut *tx)
         .await?;
         if still.is_none() {
@@ -149,12 +149,10 @@ pub async fn purge_expired_runs(
             tracing::warn!(%run_id, error = %e, "cannot purge a run's objects; will retry");
             continue;
         }
-        sqlx::query("DELETE FROM run_outputs WHERE run_id = $1")
-            .bind(run_id)
+        sqlx::query!("DELETE FROM run_outputs WHERE run_id = $1", run_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE runs SET purged_at = now() WHERE id = $1")
-            .bind(run_id)
+        sqlx::query!("UPDATE runs SET purged_at = now() WHERE id = $1", run_id)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -175,7 +173,7 @@ pub async fn sweep_snapshots(
     storage: &Storage,
     grace_seconds: u64,
 ) -> Result<usize, Error> {
-    let marked: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+    let marked = sqlx::query!(
         "UPDATE snapshots SET stored = false
          WHERE sha256 IN (
             SELECT sha256 FROM snapshots s
@@ -184,37 +182,37 @@ pub async fn sweep_snapshots(
                               WHERE r.code_sha256 = s.sha256 AND r.purged_at IS NULL)
             ORDER BY last_used_at LIMIT $2 FOR UPDATE SKIP LOCKED)
          RETURNING sha256, last_used_at",
+        grace_seconds as f64,
+        BATCH,
     )
-    .bind(grace_seconds as f64)
-    .bind(BATCH)
     .fetch_all(db)
     .await?;
     let mut deleted = 0;
-    for (sha256, last_used_at) in marked {
+    for row in marked {
+        let (sha256, last_used_at) = (row.sha256, row.last_used_at);
         let mut tx = db.begin().await?;
-        let row: Option<(DateTime<Utc>, bool)> = sqlx::query_as(
+        let row = sqlx::query!(
             "SELECT last_used_at, stored FROM snapshots WHERE sha256 = $1 FOR UPDATE",
+            sha256,
         )
-        .bind(&sha256)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((used_at, stored)) = row else {
+        let Some((used_at, stored)) = row.map(|r| (r.last_used_at, r.stored)) else {
             continue;
         };
         // A fresh statement: it sees every run committed before the lock was taken.
-        let referenced: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM runs WHERE code_sha256 = $1 AND purged_at IS NULL)",
-        )
-        .bind(&sha256)
+        let referenced = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM runs WHERE code_sha256 = $1 AND purged_at IS NULL) AS "referenced!""#, &sha256)
         .fetch_one(&mut *tx)
         .await?;
         if stored || used_at != last_used_at || referenced {
             if !stored {
                 // The object was never deleted: it may be trusted again.
-                sqlx::query("UPDATE snapshots SET stored = true WHERE sha256 = $1")
-                    .bind(&sha256)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query!(
+                    "UPDATE snapshots SET stored = true WHERE sha256 = $1",
+                    &sha256
+                )
+                .execute(&mut *tx)
+                .await?;
             }
             tx.commit().await?;
             continue;
@@ -224,8 +222,7 @@ pub async fn sweep_snapshots(
             tracing::warn!(%sha256, error = %e, "cannot delete an unused snapshot; will retry");
             continue;
         }
-        sqlx::query("DELETE FROM snapshots WHERE sha256 = $1")
-            .bind(&sha256)
+        sqlx::query!("DELETE FROM snapshots WHERE sha256 = $1", &sha256)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::{Command, Description, FilePath, Language, PageRequest, TaskName};
@@ -38,11 +38,16 @@ pub struct Task {
     pub file_count: i32,
 }
 
-/// The columns of [`Task`], as a literal so queries stay `&'static str`.
-macro_rules! task_columns {
-    () => {
-        "id, owner_id, name, language, description, main_file, command, created_at, updated_at, \
-         total_size, file_count"
+/// A checked query of whole [`Task`]s: `$head`, every column of a task, then `$tail` (string
+/// literals), with `$arg`s bound to its parameters.
+macro_rules! query_tasks {
+    ($head:literal, $tail:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            Task,
+            $head + "id, owner_id, name, language, description, main_file, command, created_at,
+                updated_at, total_size, file_count" + $tail
+            $(, $arg)*
+        )
     };
 }
 
@@ -60,58 +65,63 @@ pub struct NewTask {
 /// `max_tasks` tasks. The owner's row is locked so two concurrent creates cannot both pass.
 pub async fn create(pool: &PgPool, new: NewTask, max_tasks: u32) -> Result<Task, Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
-        .bind(new.owner_id)
-        .execute(&mut *tx)
-        .await?;
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM tasks WHERE owner_id = $1")
-        .bind(new.owner_id)
-        .fetch_one(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "SELECT 1 AS locked FROM users WHERE id = $1 FOR UPDATE",
+        new.owner_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let count = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM tasks WHERE owner_id = $1"#,
+        new.owner_id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     if count >= i64::from(max_tasks) {
         return Err(Error::TooManyTasks { max: max_tasks });
     }
     let id = Uuid::new_v4();
     let total: i64 = new.files.iter().map(|(_, c)| c.len() as i64).sum();
-    let task = sqlx::query_as::<_, Task>(concat!(
-        "INSERT INTO tasks (id, owner_id, name, language, description, main_file, total_size, file_count)
+    let task = query_tasks!(
+        "INSERT INTO tasks (id, owner_id, name, language, description, main_file, total_size,
+            file_count)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
-        task_columns!()
-    ))
-    .bind(id)
-    .bind(new.owner_id)
-    .bind(new.name.as_str())
-    .bind(new.language.as_str())
-    .bind(new.description.as_str())
-    .bind(new.main_file.as_str())
-    .bind(total)
-    .bind(new.files.len() as i32)
+        "",
+        id,
+        new.owner_id,
+        new.name.as_str(),
+        new.language.as_str(),
+        new.description.as_str(),
+        new.main_file.as_str(),
+        total,
+        new.files.len() as i32,
+    )
     .fetch_one(&mut *tx)
     .await?;
     if !new.files.is_empty() {
-        let mut insert: QueryBuilder<Postgres> =
-            QueryBuilder::new("INSERT INTO task_files (task_id, path, content, size) ");
-        insert.push_values(&new.files, |mut row, (path, content)| {
-            row.push_bind(id)
-                .push_bind(path.as_str())
-                .push_bind(content)
-                .push_bind(content.len() as i64);
-        });
-        insert.build().execute(&mut *tx).await?;
+        let paths: Vec<String> = new.files.iter().map(|(p, _)| p.to_string()).collect();
+        let contents: Vec<String> = new.files.iter().map(|(_, c)| c.clone()).collect();
+        let sizes: Vec<i64> = new.files.iter().map(|(_, c)| c.len() as i64).collect();
+        sqlx::query!(
+            "INSERT INTO task_files (task_id, path, content, size)
+             SELECT $1, path, content, size
+             FROM UNNEST($2::text[], $3::text[], $4::bigint[]) AS f(path, content, size)",
+            id,
+            &paths,
+            &contents,
+            &sizes,
+        )
+        .execute(&mut *tx)
+        .await?;
     }
     tx.commit().await?;
     Ok(task)
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Task>, sqlx::Error> {
-    sqlx::query_as::<_, Task>(concat!(
-        "SELECT ",
-        task_columns!(),
-        " FROM tasks WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(pool)
-    .await
+    query_tasks!("SELECT ", " FROM tasks WHERE id = $1", id)
+        .fetch_optional(pool)
+        .await
 }
 
 /// Filters of the task list.
@@ -130,35 +140,33 @@ pub async fn list(
     filter: &TaskFilter,
     page: PageRequest,
 ) -> Result<(Vec<Task>, i64), sqlx::Error> {
-    fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &TaskFilter) {
-        query.push(" WHERE true");
-        if let Some(owner) = filter.owner_id {
-            query.push(" AND owner_id = ").push_bind(owner);
-        }
-        if let Some(language) = &filter.language {
-            query.push(" AND language = ").push_bind(language);
-        }
-        if let Some(q) = &filter.q {
-            // strpos needs no escaping of LIKE's wildcards.
-            query
-                .push(" AND strpos(lower(name), lower(")
-                .push_bind(q)
-                .push(")) > 0");
-        }
-    }
-    let mut count: QueryBuilder<Postgres> = QueryBuilder::new("SELECT count(*) FROM tasks");
-    push_filter(&mut count, filter);
-    let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
-
-    let mut select: QueryBuilder<Postgres> =
-        QueryBuilder::new(concat!("SELECT ", task_columns!(), " FROM tasks"));
-    push_filter(&mut select, filter);
-    select
-        .push(" ORDER BY updated_at DESC, id LIMIT ")
-        .push_bind(page.limit())
-        .push(" OFFSET ")
-        .push_bind(page.offset());
-    let tasks = select.build_query_as::<Task>().fetch_all(pool).await?;
+    // strpos needs no escaping of LIKE's wildcards.
+    let total = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM tasks
+           WHERE ($1::uuid IS NULL OR owner_id = $1)
+             AND ($2::text IS NULL OR language = $2)
+             AND ($3::text IS NULL OR strpos(lower(name), lower($3)) > 0)"#,
+        filter.owner_id,
+        filter.language,
+        filter.q,
+    )
+    .fetch_one(pool)
+    .await?;
+    let tasks = query_tasks!(
+        "SELECT ",
+        " FROM tasks
+         WHERE ($1::uuid IS NULL OR owner_id = $1)
+           AND ($2::text IS NULL OR language = $2)
+           AND ($3::text IS NULL OR strpos(lower(name), lower($3)) > 0)
+         ORDER BY updated_at DESC, id LIMIT $4 OFFSET $5",
+        filter.owner_id,
+        filter.language,
+        filter.q,
+        page.limit(),
+        page.offset(),
+    )
+    .fetch_all(pool)
+    .await?;
     Ok((tasks, total))
 }
 
@@ -174,17 +182,18 @@ pub struct TaskPatch {
 
 pub async fn update(pool: &PgPool, id: Uuid, patch: TaskPatch) -> Result<Task, Error> {
     let mut tx = pool.begin().await?;
-    let locked: Option<Uuid> = sqlx::query_scalar("SELECT id FROM tasks WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    let locked: Option<Uuid> =
+        sqlx::query_scalar!("SELECT id FROM tasks WHERE id = $1 FOR UPDATE", id)
+            .fetch_optional(&mut *tx)
+            .await?;
     locked.ok_or(Error::NotFound)?;
     if let Some(main) = &patch.main_file {
-        let exists: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM task_files WHERE task_id = $1 AND path = $2)",
+        let exists = sqlx::query_scalar!(
+            r#"SELECT EXISTS (SELECT 1 FROM task_files WHERE task_id = $1 AND path = $2)
+               AS "exists!""#,
+            id,
+            main.as_str()
         )
-        .bind(id)
-        .bind(main.as_str())
         .fetch_one(&mut *tx)
         .await?;
         if !exists {
@@ -195,7 +204,7 @@ pub async fn update(pool: &PgPool, id: Uuid, patch: TaskPatch) -> Result<Task, E
         Some(command) => (true, command.as_ref().map(|c| c.as_str().to_owned())),
         None => (false, None),
     };
-    let task = sqlx::query_as::<_, Task>(concat!(
+    let task = query_tasks!(
         "UPDATE tasks SET
             name = coalesce($2, name),
             description = coalesce($3, description),
@@ -203,14 +212,14 @@ pub async fn update(pool: &PgPool, id: Uuid, patch: TaskPatch) -> Result<Task, E
             command = CASE WHEN $5 THEN $6 ELSE command END,
             updated_at = now()
          WHERE id = $1 RETURNING ",
-        task_columns!()
-    ))
-    .bind(id)
-    .bind(patch.name.as_ref().map(TaskName::as_str))
-    .bind(patch.description.as_ref().map(Description::as_str))
-    .bind(patch.main_file.as_ref().map(FilePath::as_str))
-    .bind(set_command)
-    .bind(command)
+        "",
+        id,
+        patch.name.as_ref().map(TaskName::as_str),
+        patch.description.as_ref().map(Description::as_str),
+        patch.main_file.as_ref().map(FilePath::as_str),
+        set_command,
+        command,
+    )
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -219,8 +228,7 @@ pub async fn update(pool: &PgPool, id: Uuid, patch: TaskPatch) -> Result<Task, E
 
 /// Deletes the task and its files; `false` when there was no such task.
 pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query("DELETE FROM tasks WHERE id = $1")
-        .bind(id)
+    let result = sqlx::query!("DELETE FROM tasks WHERE id = $1", id)
         .execute(pool)
         .await?;
     Ok(result.rows_affected() == 1)

@@ -24,28 +24,22 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(sqlx::FromRow)]
-struct UserWithHash {
-    #[sqlx(flatten)]
-    user: User,
-    password_hash: String,
-}
-
 pub async fn create(
     pool: &PgPool,
     username: &Username,
     password_hash: &str,
     role: Role,
 ) -> Result<User, Error> {
-    sqlx::query_as::<_, User>(
-        "INSERT INTO users (id, username, password_hash, role) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (username) DO NOTHING
-         RETURNING id, username, role, created_at",
+    sqlx::query_as!(
+        User,
+        r#"INSERT INTO users (id, username, password_hash, role) VALUES ($1, $2, $3, $4)
+           ON CONFLICT (username) DO NOTHING
+           RETURNING id, username, role AS "role: Role", created_at"#,
+        Uuid::new_v4(),
+        username.as_str(),
+        password_hash,
+        role.as_str(),
     )
-    .bind(Uuid::new_v4())
-    .bind(username.as_str())
-    .bind(password_hash)
-    .bind(role)
     .fetch_optional(pool)
     .await?
     .ok_or(Error::UsernameTaken)
@@ -56,20 +50,32 @@ pub async fn find_for_login(
     pool: &PgPool,
     username: &str,
 ) -> Result<Option<(User, String)>, sqlx::Error> {
-    let row = sqlx::query_as::<_, UserWithHash>(
-        "SELECT id, username, role, created_at, password_hash FROM users WHERE username = $1",
+    let row = sqlx::query!(
+        r#"SELECT id, username, role AS "role: Role", created_at, password_hash
+           FROM users WHERE username = $1"#,
+        username,
     )
-    .bind(username)
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|r| (r.user, r.password_hash)))
+    Ok(row.map(|r| {
+        let user = User {
+            id: r.id,
+            username: r.username,
+            role: r.role,
+            created_at: r.created_at,
+        };
+        (user, r.password_hash)
+    }))
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as::<_, User>("SELECT id, username, role, created_at FROM users WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as!(
+        User,
+        r#"SELECT id, username, role AS "role: Role", created_at FROM users WHERE id = $1"#,
+        id,
+    )
+    .fetch_optional(pool)
+    .await
 }
 
 /// Creates `username` unless it exists (the local stack's seed users); an existing user keeps
@@ -113,46 +119,40 @@ pub async fn list_with_counts(
     filter: &UserFilter,
     page: crate::domain::PageRequest,
 ) -> Result<(Vec<UserSummary>, i64), sqlx::Error> {
-    use sqlx::{Postgres, QueryBuilder};
-    fn push_filter(query: &mut QueryBuilder<Postgres>, filter: &UserFilter) {
-        query.push(" WHERE true");
-        if let Some(q) = &filter.q {
-            // strpos needs no escaping of LIKE's wildcards.
-            query
-                .push(" AND strpos(username, lower(")
-                .push_bind(q)
-                .push(")) > 0");
-        }
-        if let Some(role) = filter.role {
-            query.push(" AND role = ").push_bind(role);
-        }
-    }
-    let mut count: QueryBuilder<Postgres> = QueryBuilder::new("SELECT count(*) FROM users");
-    push_filter(&mut count, filter);
-    let total: i64 = count.build_query_scalar().fetch_one(pool).await?;
-
+    // strpos needs no escaping of LIKE's wildcards.
+    let role = filter.role.map(Role::as_str);
+    let total = sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM users
+           WHERE ($1::text IS NULL OR strpos(username, lower($1)) > 0)
+             AND ($2::text IS NULL OR role = $2)"#,
+        filter.q,
+        role,
+    )
+    .fetch_one(pool)
+    .await?;
     // Counts only for the page's users: tasks by their owner index, runs in one pass.
-    let mut select: QueryBuilder<Postgres> =
-        QueryBuilder::new("WITH page AS (SELECT id, username, role, created_at FROM users");
-    push_filter(&mut select, filter);
-    select
-        .push(" ORDER BY username LIMIT ")
-        .push_bind(page.limit())
-        .push(" OFFSET ")
-        .push_bind(page.offset())
-        .push(
-            ") SELECT p.id, p.username, p.role, p.created_at,
-                (SELECT count(*) FROM tasks t WHERE t.owner_id = p.id) AS task_count,
-                coalesce(r.run_count, 0) AS run_count
-             FROM page p
-             LEFT JOIN (SELECT owner_id, count(*) AS run_count FROM runs
-                        WHERE owner_id IN (SELECT id FROM page) GROUP BY owner_id) r
-               ON r.owner_id = p.id
-             ORDER BY p.username",
-        );
-    let users = select
-        .build_query_as::<UserSummary>()
-        .fetch_all(pool)
-        .await?;
+    let users = sqlx::query_as!(
+        UserSummary,
+        r#"WITH page AS (
+            SELECT id, username, role, created_at FROM users
+            WHERE ($1::text IS NULL OR strpos(username, lower($1)) > 0)
+              AND ($2::text IS NULL OR role = $2)
+            ORDER BY username LIMIT $3 OFFSET $4)
+         SELECT p.id AS "id!", p.username AS "username!", p.role AS "role!: Role",
+            p.created_at AS "created_at!",
+            (SELECT count(*) FROM tasks t WHERE t.owner_id = p.id) AS "task_count!",
+            coalesce(r.run_count, 0) AS "run_count!"
+         FROM page p
+         LEFT JOIN (SELECT owner_id, count(*) AS run_count FROM runs
+                    WHERE owner_id IN (SELECT id FROM page) GROUP BY owner_id) r
+           ON r.owner_id = p.id
+         ORDER BY p.username"#,
+        filter.q,
+        role,
+        page.limit(),
+        page.offset(),
+    )
+    .fetch_all(pool)
+    .await?;
     Ok((users, total))
 }

@@ -101,7 +101,7 @@ pub fn settle_permits(ctx: &Context) {
 async fn probe(ctx: &Context, dep: Dependency) -> anyhow::Result<()> {
     match dep {
         Dependency::Postgres => {
-            sqlx::query("SELECT 1").execute(&ctx.db).await?;
+            coderun_shared::db::ping(&ctx.db).await?;
         }
         Dependency::Redis => {
             let _: String = ctx.redis.ping(None).await?;

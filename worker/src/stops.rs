@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use coderun_shared::runs::RunStatus;
+use coderun_shared::runs;
 use fred::prelude::*;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -16,12 +16,7 @@ pub async fn sweep(ctx: &Context) -> anyhow::Result<usize> {
     if live.is_empty() {
         return Ok(0);
     }
-    let stopping: Vec<Uuid> =
-        sqlx::query_scalar("SELECT id FROM runs WHERE id = ANY($1) AND status = $2")
-            .bind(&live)
-            .bind(RunStatus::Stopping.as_str())
-            .fetch_all(&ctx.db)
-            .await?;
+    let stopping = runs::stopping_among(&ctx.db, &live).await?;
     for run in &stopping {
         ctx.executor.stop(*run).await;
     }

@@ -36,13 +36,10 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Health), (status = 503, body = Problem)))]
 pub async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Health>> {
-    sqlx::query("SELECT 1")
-        .execute(&state.db)
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "readiness: Postgres does not answer");
-            ApiError::Unavailable("the database does not answer".into())
-        })?;
+    coderun_shared::db::ping(&state.db).await.map_err(|e| {
+        tracing::warn!(error = %e, "readiness: Postgres does not answer");
+        ApiError::Unavailable("the database does not answer".into())
+    })?;
     state.storage.check().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness: object storage does not answer");
         ApiError::Unavailable("object storage does not answer".into())

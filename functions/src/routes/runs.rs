@@ -1,14 +1,11 @@
 //! Runs: submit a task as a run, list and read runs, stop and retry them, read their log (by
 //! page, as a stream of server-sent events, or as a download) and their output files.
 //!
-//! Submitting keeps the design's order (invariant 1): every check first (the storage quota
-//! among them), then the code snapshot to S3 (stored once per content, see
-//! [`coderun_shared::snapshots`]), then the run row in Postgres, then the stream entry in Redis.
-//! A refused submission stores nothing; a lost stream entry is repaired by the worker's
-//! reconciler, which re-enqueues queued runs. A run is visible to its owner and readable by
-//! teachers and admins. Log streams are capped per user (fleet-wide) and per process.
+//! Submit, retry and stop are the run lifecycle's ([`coderun_shared::lifecycle`], which keeps
+//! their steps and their order); these handlers parse the request, call it and answer. A run
+//! is visible to its owner and readable by teachers and admins. Log streams are capped per
+//! user (fleet-wide) and per process.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
@@ -20,13 +17,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use coderun_shared::config::Spec;
-use coderun_shared::domain::{Command, Page, PageRequest};
+use coderun_shared::domain::{Page, PageRequest};
+use coderun_shared::lifecycle::{self, Accepted, Submission, submit};
 use coderun_shared::livelog::StreamSlots;
 use coderun_shared::logfile;
-use coderun_shared::runs::{self, NewRun, OutputFile, Run, RunEvent, RunSpec, RunStatus};
-use coderun_shared::snapshots;
-use fred::interfaces::PubsubInterface;
+use coderun_shared::runs::{self, OutputFile, Reason, Run, RunEvent, RunStatus};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
@@ -37,16 +32,11 @@ use crate::idempotency;
 use crate::routes::tasks::{Access, authorize};
 use crate::state::AppState;
 
-/// A submission names at most this many datasets.
-pub const MAX_DATASETS: usize = 8;
-/// Remarks are at most this many characters.
-pub const MAX_REMARKS_CHARS: usize = 2000;
+pub use coderun_shared::lifecycle::submit::{MAX_DATASETS, MAX_REMARKS_CHARS};
 /// How long a caller refused a log stream (too many open) is told to wait.
 const STREAMS_RETRY_AFTER_SECONDS: u64 = 5;
 /// How often an open log stream renews its slot (well within [`StreamSlots::TTL_MS`]).
 const STREAM_SLOT_RENEW: Duration = Duration::from_secs(20);
-/// How often a snapshot swept between its upload and the run's insert is stored again.
-const SNAPSHOT_ATTEMPTS: usize = 3;
 /// How often a log stream looks for new lines while the run is active.
 const STREAM_POLL: Duration = Duration::from_millis(200);
 /// How often a log stream looks at the run's status (a Postgres read).
@@ -79,21 +69,7 @@ pub async fn authorize_run(
     run_id: Uuid,
     access: Access,
 ) -> ApiResult<Run> {
-    let run = runs::get(&state.db, run_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("run"))?;
-    if run.owner_id == caller.id {
-        return Ok(run);
-    }
-    if caller.role.reads_everything() {
-        return match access {
-            Access::Read => Ok(run),
-            Access::Write => Err(ApiError::Forbidden(
-                "teachers and admins may read other users' runs but not stop or retry them",
-            )),
-        };
-    }
-    Err(ApiError::not_found("run"))
+    Ok(lifecycle::access::run(&state.db, &caller.actor(), run_id, access).await?)
 }
 
 /// A run with its phase history, oldest first.
@@ -109,9 +85,17 @@ async fn detail(state: &AppState, run: Run) -> ApiResult<RunDetail> {
     Ok(RunDetail { run, events })
 }
 
-/// `202 Accepted` with the new run and its `Location`.
-fn accepted(run: RunDetail) -> ApiResult<Response> {
-    let location = HeaderValue::from_str(&format!("/api/v1/runs/{}", run.run.id))
+/// `202 Accepted` with the run and its `Location` (and `Idempotent-Replayed: true` when an
+/// earlier request created it).
+async fn accepted(state: &AppState, accepted: Accepted) -> ApiResult<Response> {
+    let Accepted { run, replayed } = accepted;
+    let id = run.id;
+    let run = detail(state, run).await?;
+    if replayed {
+        return idempotency::replayed(run, id);
+    }
+    metrics::counter!("runs_submitted_total").increment(1);
+    let location = HeaderValue::from_str(&format!("/api/v1/runs/{id}"))
         .map_err(|e| ApiError::Internal(e.into()))?;
     Ok((
         StatusCode::ACCEPTED,
@@ -166,171 +150,14 @@ fn optional_json<T: DeserializeOwned + Default>(
     Ok(axum::Json::<T>::from_bytes(&body)?.0)
 }
 
-/// A submission's values, checked.
-struct Submission {
-    command: Option<Command>,
-    remarks: String,
-    spec: RunSpec,
-    datasets: Vec<String>,
-}
-
-impl Submission {
-    /// What makes two submissions the same request (for `Idempotency-Key`).
-    fn fingerprint_parts<'a>(&'a self, task_id: &'a str) -> Vec<&'a str> {
-        let mut parts = vec![
-            "submit",
-            task_id,
-            self.command.as_ref().map_or("\0default", |c| c.as_str()),
-            &self.remarks,
-            &self.spec.name,
-        ];
-        parts.extend(self.datasets.iter().map(String::as_str));
-        parts
-    }
-}
-
-/// Checks everything that needs neither the task nor the bucket.
-fn check_submission(state: &AppState, body: SubmitRun) -> ApiResult<Submission> {
-    let command = body.command.as_deref().map(Command::parse).transpose()?;
-    let remarks = body.remarks.unwrap_or_default();
-    if remarks.chars().count() > MAX_REMARKS_CHARS {
-        return Err(ApiError::BadRequest(format!(
-            "remarks must be at most {MAX_REMARKS_CHARS} characters long"
-        )));
-    }
-    if remarks.contains('\0') {
-        return Err(ApiError::BadRequest(
-            "remarks must not contain NUL characters".into(),
-        ));
-    }
-    let name = body
-        .spec
-        .unwrap_or_else(|| state.settings.run.default_spec.clone());
-    let limits: &Spec = state.settings.specs.get(&name).ok_or_else(|| {
-        let known: Vec<&str> = state.settings.specs.keys().map(String::as_str).collect();
-        ApiError::BadRequest(format!(
-            "unknown spec `{name}`; known specs: {}",
-            known.join(", ")
-        ))
-    })?;
-    let datasets = body.datasets.unwrap_or_default();
-    if datasets.len() > MAX_DATASETS {
-        return Err(ApiError::BadRequest(format!(
-            "a run mounts at most {MAX_DATASETS} datasets"
-        )));
-    }
-    let mut seen = HashSet::new();
-    if let Some(twice) = datasets.iter().find(|d| !seen.insert(d.as_str())) {
-        return Err(ApiError::BadRequest(format!(
-            "dataset `{twice}` is named twice"
-        )));
-    }
-    Ok(Submission {
-        command,
-        remarks,
-        spec: RunSpec {
-            name,
-            limits: limits.clone(),
-        },
-        datasets,
-    })
-}
-
-/// The first of `datasets` that is not in the bucket, with the names that are.
-async fn missing_dataset(
-    state: &AppState,
-    datasets: &[String],
-) -> ApiResult<Option<(String, Vec<String>)>> {
-    if datasets.is_empty() {
-        return Ok(None);
-    }
-    let known: Vec<String> = state
-        .storage
-        .list_datasets()
-        .await?
-        .into_iter()
-        .map(|d| d.name)
-        .collect();
-    Ok(datasets
-        .iter()
-        .find(|d| !known.contains(d))
-        .map(|d| (d.clone(), known)))
-}
-
-/// The 409 and 429 a new run may meet, checked before anything is stored. `runs::create`
-/// checks both again atomically, so a race that slips past here is still refused.
-async fn check_room(state: &AppState, task_id: Uuid, owner_id: Uuid) -> ApiResult<()> {
-    if runs::task_has_active(&state.db, task_id).await? {
-        return Err(runs::Error::TaskBusy.into());
-    }
-    let max = state.settings.runs.max_active_per_user;
-    if runs::active_count_of(&state.db, owner_id).await? >= i64::from(max) {
-        return Err(runs::Error::TooManyActive { max }.into());
-    }
-    Ok(())
-}
-
-/// The storage quota: the bytes the owner's kept runs hold, plus what this task may add, must
-/// stay within `runs.storage_quota_bytes`. Checked before anything is stored.
-async fn check_quota(state: &AppState, owner_id: Uuid, adding: u64) -> ApiResult<()> {
-    let quota = state.settings.runs.storage_quota_bytes;
-    if quota == 0 {
-        return Ok(());
-    }
-    let used = snapshots::usage_of(&state.db, owner_id).await?;
-    if used.saturating_add(adding) > quota {
-        return Err(ApiError::TooManyRequests {
-            detail: format!(
-                "storage quota exceeded: your runs keep {used} bytes (logs, outputs and code \
-                 snapshots) of the {quota} you may store, and this task holds {adding} bytes; \
-                 delete old tasks, or wait until old runs are purged"
-            ),
-            retry_after: state.settings.retention.sweep_seconds.max(1),
-        });
-    }
-    Ok(())
-}
-
-/// Commits the run row.
-async fn create_run(state: &AppState, new: NewRun) -> ApiResult<Run> {
-    created(runs::create(&state.db, new, state.settings.runs.max_active_per_user).await)
-}
-
-fn created(result: Result<Run, runs::Error>) -> ApiResult<Run> {
-    match result {
-        Ok(run) => Ok(run),
-        Err(runs::Error::Db(sqlx::Error::Database(e))) if e.is_foreign_key_violation() => {
-            // The task (or its owner) was deleted while we were snapshotting.
-            Err(ApiError::not_found("task"))
+impl From<SubmitRun> for submit::Request {
+    fn from(body: SubmitRun) -> Self {
+        Self {
+            command: body.command,
+            remarks: body.remarks,
+            spec: body.spec,
+            datasets: body.datasets,
         }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Snapshots the task's files (uploading only content the bucket does not hold) and commits
-/// the run. A snapshot no run referenced yet may be swept between the two; then it is stored
-/// again. A refused run leaves at most an unreferenced snapshot, which the sweep removes.
-async fn snapshot_and_create(state: &AppState, task_id: Uuid, mut new: NewRun) -> ApiResult<Run> {
-    for _ in 0..SNAPSHOT_ATTEMPTS {
-        let snapshot = snapshots::store(&state.db, &state.storage, task_id).await?;
-        new.code_sha256 = snapshot.sha256;
-        let max = state.settings.runs.max_active_per_user;
-        match runs::create(&state.db, new.clone(), max).await {
-            Err(runs::Error::SnapshotGone) => continue,
-            result => return created(result),
-        }
-    }
-    Err(ApiError::Internal(anyhow::anyhow!(
-        "the snapshot was swept {SNAPSHOT_ATTEMPTS} times between its upload and the run"
-    )))
-}
-
-/// Adds the run's stream entry. The row is committed already, so a failure here loses nothing:
-/// the reconciler re-enqueues queued runs whose entry never arrived.
-async fn enqueue(state: &AppState, run_id: Uuid) {
-    if let Err(e) = state.queue.enqueue(run_id).await {
-        tracing::warn!(run_id = %run_id, error = %e,
-            "could not add the run to the stream; the reconciler will enqueue it");
     }
 }
 
@@ -352,68 +179,12 @@ pub async fn submit_run(
 ) -> ApiResult<Response> {
     let idempotency_key = idempotency::key_from(&headers)?;
     let body: SubmitRun = optional_json(&headers, body)?;
-    let submission = check_submission(&state, body)?;
-    let task = authorize(&state, &caller, task_id, Access::Write).await?;
-    let idempotency = idempotency::with_fingerprint(
-        idempotency_key,
-        &submission.fingerprint_parts(&task_id.to_string()),
-    );
-    if let Some(run) = idempotency::earlier_run(&state, task.owner_id, idempotency.as_ref()).await?
-    {
-        let id = run.id;
-        return idempotency::replayed(detail(&state, run).await?, id);
-    }
-    if let Some((missing, known)) = missing_dataset(&state, &submission.datasets).await? {
-        return Err(ApiError::BadRequest(if known.is_empty() {
-            format!("unknown dataset `{missing}`; there are no datasets")
-        } else {
-            format!(
-                "unknown dataset `{missing}`; known datasets: {}",
-                known.join(", ")
-            )
-        }));
-    }
-    let language = state
-        .settings
-        .languages
-        .get(&task.language)
-        .ok_or_else(|| {
-            ApiError::Conflict(format!(
-                "the task's language `{}` is no longer offered",
-                task.language
-            ))
-        })?;
-    let command = match (&submission.command, &task.command) {
-        (Some(command), _) => command.as_str().to_owned(),
-        (None, Some(command)) => command.clone(),
-        (None, None) => {
-            language.command_for(task.main_file.as_deref().unwrap_or(&language.main_file))
-        }
-    };
-    check_room(&state, task.id, task.owner_id).await?;
-    check_quota(&state, task.owner_id, task.total_size.max(0) as u64).await?;
-
-    let run_id = Uuid::new_v4();
-    let new = NewRun {
-        id: run_id,
-        task_id: task.id,
-        owner_id: task.owner_id,
-        command,
-        language: task.language.clone(),
-        image: language.image.clone(),
-        spec: submission.spec,
-        datasets: submission.datasets,
-        remarks: submission.remarks,
-        snapshot_of: run_id,
-        code_sha256: String::new(),
-        retry_of: None,
-        idempotency,
-    };
-    let run = snapshot_and_create(&state, task.id, new).await?;
-    enqueue(&state, run.id).await;
-    metrics::counter!("runs_submitted_total").increment(1);
-    tracing::info!(run_id = %run.id, task_id = %task.id, spec = %run.spec.name, "run submitted");
-    accepted(detail(&state, run).await?)
+    let submission = Submission::check(&state.settings, body.into())?;
+    let run = state
+        .lifecycle()
+        .submit(&caller.actor(), task_id, submission, idempotency_key)
+        .await?;
+    accepted(&state, run).await
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -481,23 +252,7 @@ pub async fn stop_run(
     caller: Caller,
     Path(run_id): Path<Uuid>,
 ) -> ApiResult<Json<RunDetail>> {
-    let before = authorize_run(&state, &caller, run_id, Access::Write).await?;
-    let run = runs::request_stop(&state.db, run_id, "api").await?;
-    if run.status == RunStatus::Stopping && before.status != RunStatus::Stopping {
-        // Tell the worker holding the run at once; workers also sweep for stopping runs, so a
-        // lost message only delays the stop.
-        let published: Result<i64, _> = state
-            .redis
-            .publish(state.keys.stops(), run_id.to_string())
-            .await;
-        if let Err(e) = published {
-            tracing::warn!(run_id = %run_id, error = %e,
-                "could not announce the stop; workers will find it on their sweep");
-        }
-    }
-    if run.status != before.status {
-        tracing::info!(run_id = %run_id, status = run.status.as_str(), "stop requested");
-    }
+    let run = state.lifecycle().stop(&caller.actor(), run_id).await?;
     Ok(Json(detail(&state, run).await?))
 }
 
@@ -515,44 +270,11 @@ pub async fn retry_run(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     let idempotency_key = idempotency::key_from(&headers)?;
-    let original = authorize_run(&state, &caller, run_id, Access::Write).await?;
-    let idempotency =
-        idempotency::with_fingerprint(idempotency_key, &["retry", &original.id.to_string()]);
-    if let Some(run) =
-        idempotency::earlier_run(&state, original.owner_id, idempotency.as_ref()).await?
-    {
-        let id = run.id;
-        return idempotency::replayed(detail(&state, run).await?, id);
-    }
-    if !original.status.is_terminal() {
-        return Err(runs::Error::NotFinished.into());
-    }
-    if let Some((missing, _)) = missing_dataset(&state, &original.datasets).await? {
-        return Err(ApiError::Conflict(format!(
-            "dataset `{missing}` of the original run no longer exists"
-        )));
-    }
-    check_room(&state, original.task_id, original.owner_id).await?;
-    let new = NewRun {
-        id: Uuid::new_v4(),
-        task_id: original.task_id,
-        owner_id: original.owner_id,
-        command: original.command.clone(),
-        language: original.language.clone(),
-        image: original.image.clone(),
-        spec: original.spec.0.clone(),
-        datasets: original.datasets.clone(),
-        remarks: original.remarks.clone(),
-        snapshot_of: original.snapshot_of,
-        code_sha256: original.code_sha256.clone(),
-        retry_of: Some(original.id),
-        idempotency,
-    };
-    let run = create_run(&state, new).await?;
-    enqueue(&state, run.id).await;
-    metrics::counter!("runs_submitted_total").increment(1);
-    tracing::info!(run_id = %run.id, retry_of = %original.id, "run retried");
-    accepted(detail(&state, run).await?)
+    let run = state
+        .lifecycle()
+        .retry(&caller.actor(), run_id, idempotency_key)
+        .await?;
+    accepted(&state, run).await
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -580,8 +302,8 @@ async fn never_launched(state: &AppState, run_id: Uuid) -> ApiResult<bool> {
     let events = runs::events(&state.db, run_id).await?;
     Ok(!events.iter().any(|e| {
         matches!(
-            e.phase.as_str(),
-            "dispatched" | "pending" | "running" | "stopping"
+            e.phase,
+            RunStatus::Dispatched | RunStatus::Pending | RunStatus::Running | RunStatus::Stopping
         )
     }))
 }
@@ -647,9 +369,9 @@ pub async fn get_log(
 
 /// What the `end` event says.
 #[derive(Serialize)]
-struct EndOfLog<'a> {
+struct EndOfLog {
     status: RunStatus,
-    reason: Option<&'a str>,
+    reason: Option<Reason>,
     exit_code: Option<i32>,
 }
 
@@ -748,7 +470,7 @@ impl Tail {
         }
         let end = EndOfLog {
             status: run.status,
-            reason: run.reason.as_deref(),
+            reason: run.reason,
             exit_code: run.exit_code,
         };
         out.extend_from_slice(b"event: end\ndata: ");

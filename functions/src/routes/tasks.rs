@@ -9,6 +9,7 @@ use coderun_shared::domain::{
     Command, Description, FilePath, Language, Page, PageRequest, TaskName,
 };
 use coderun_shared::files::{self, TreeNode};
+use coderun_shared::lifecycle;
 use coderun_shared::tasks::{self, NewTask, Task, TaskFilter, TaskPatch};
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
@@ -26,12 +27,7 @@ pub fn router() -> Router<AppState> {
         )
 }
 
-/// What the caller means to do with a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Read,
-    Write,
-}
+pub use coderun_shared::lifecycle::Access;
 
 /// Loads a task the caller may use: someone else's task is a 404 (its existence is not
 /// revealed), except that teachers and admins may read it, and are told 403 on a write.
@@ -41,21 +37,7 @@ pub async fn authorize(
     task_id: Uuid,
     access: Access,
 ) -> ApiResult<Task> {
-    let task = tasks::get(&state.db, task_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("task"))?;
-    if task.owner_id == caller.id {
-        return Ok(task);
-    }
-    if caller.role.reads_everything() {
-        return match access {
-            Access::Read => Ok(task),
-            Access::Write => Err(ApiError::Forbidden(
-                "teachers and admins may read other users' tasks but not change them",
-            )),
-        };
-    }
-    Err(ApiError::not_found("task"))
+    Ok(lifecycle::access::task(&state.db, &caller.actor(), task_id, access).await?)
 }
 
 /// A task with its file tree.

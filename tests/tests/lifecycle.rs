@@ -1,0 +1,381 @@
+//! The run lifecycle (`coderun_shared::lifecycle`) called directly, without HTTP, against the
+//! harness's real Postgres, Redis and S3: its steps keep their order (nothing stored before the
+//! checks pass, the snapshot before the row, the row before the stream entry), retry reuses the
+//! snapshot, stop wins, and an `Idempotency-Key` replays its run.
+
+use coderun_shared::domain::Role;
+use coderun_shared::lifecycle::{
+    Access, Actor, Error, Lifecycle, Submission, access, submit::Request,
+};
+use coderun_shared::objects::RunObjects;
+use coderun_shared::runs::{self, Change, RunStatus};
+use coderun_shared::storage::Storage;
+use coderun_tests::app::{TestApp, spawn_app};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface};
+use uuid::Uuid;
+
+/// A new user with `role` (created through the API, as any user is) and one python task.
+async fn actor_with_task(app: &TestApp, role: Role) -> (Actor, Uuid) {
+    let name = match role {
+        Role::Student => "student",
+        Role::Teacher => "teacher",
+        Role::Admin => "admin",
+    };
+    let (id, token) = app.user(name).await;
+    let task = app.task(&token, "Lab", "python").await;
+    let actor = Actor {
+        id: id.parse().unwrap(),
+        role,
+    };
+    (actor, task["id"].as_str().unwrap().parse().unwrap())
+}
+
+fn defaults(app: &TestApp) -> Submission {
+    Submission::check(&app.state.settings, Request::default()).unwrap()
+}
+
+/// The run ids the stream holds, oldest first.
+async fn enqueued(app: &TestApp) -> Vec<Uuid> {
+    app.stream_entries()
+        .await
+        .into_iter()
+        .map(|(_, fields)| fields["run_id"].parse().unwrap())
+        .collect()
+}
+
+async fn run_count(app: &TestApp) -> usize {
+    app.snapshot().await["runs"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn a_submission_is_snapshotted_then_committed_then_enqueued() {
+    let app = spawn_app().await;
+    let (actor, task_id) = actor_with_task(&app, Role::Student).await;
+    let lifecycle = app.state.lifecycle();
+
+    let accepted = lifecycle
+        .submit(&actor, task_id, defaults(&app), None)
+        .await
+        .unwrap();
+    assert!(!accepted.replayed);
+    let run = accepted.run;
+    assert_eq!(run.status, RunStatus::Queued);
+    assert_eq!(run.snapshot_of, run.id);
+    assert_eq!(
+        app.objects("snapshots/").await,
+        vec![RunObjects::snapshot(&run.code_sha256)],
+        "the row names the snapshot the bucket holds"
+    );
+    assert_eq!(enqueued(&app).await, vec![run.id]);
+    let events = runs::events(&app.db, run.id).await.unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].phase, RunStatus::Queued);
+    assert_eq!(events[0].detail, "submitted");
+}
+
+#[tokio::test]
+async fn a_snapshot_that_cannot_be_stored_commits_no_run_and_enqueues_nothing() {
+    let app = spawn_app().await;
+    let (actor, task_id) = actor_with_task(&app, Role::Student).await;
+    // The same bucket under an access key the server does not know: every upload is refused.
+    let mut settings = app.state.settings.storage.clone();
+    settings.access_key = format!("unknown-{}", Uuid::new_v4().simple());
+    let refusing = Storage::new(&settings);
+    let lifecycle = Lifecycle {
+        storage: &refusing,
+        ..app.state.lifecycle()
+    };
+
+    let refused = lifecycle
+        .submit(&actor, task_id, defaults(&app), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::Snapshot(_)), "{refused:?}");
+    assert_eq!(run_count(&app).await, 0, "no row without its snapshot");
+    assert!(enqueued(&app).await.is_empty());
+    assert!(app.objects("").await.is_empty());
+}
+
+#[tokio::test]
+async fn a_committed_run_survives_a_stream_entry_that_could_not_be_added() {
+    let app = spawn_app().await;
+    let (actor, task_id) = actor_with_task(&app, Role::Student).await;
+    // A value of the wrong type at the stream's key: every XADD to it fails.
+    let stream = app.state.keys.stream();
+    let _: () = app
+        .state
+        .redis
+        .set(&stream, "not a stream", None, None, false)
+        .await
+        .unwrap();
+
+    let run = app
+        .state
+        .lifecycle()
+        .submit(&actor, task_id, defaults(&app), None)
+        .await
+        .expect("the run is accepted: its row is committed")
+        .run;
+    let stored = runs::get(&app.db, run.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Queued);
+    assert!(
+        runs::active(&app.db)
+            .await
+            .unwrap()
+            .iter()
+            .any(|r| r.id == run.id),
+        "the reconciler finds it among the active runs and enqueues it"
+    );
+    let left: String = app.state.redis.get(&stream).await.unwrap();
+    assert_eq!(left, "not a stream");
+}
+
+#[tokio::test]
+async fn a_refused_submission_stores_nothing_anywhere() {
+    let app = spawn_app().await;
+    let (actor, task_id) = actor_with_task(&app, Role::Student).await;
+    let lifecycle = app.state.lifecycle();
+    let first = lifecycle
+        .submit(&actor, task_id, defaults(&app), None)
+        .await
+        .unwrap()
+        .run;
+    let before = app.stored().await;
+
+    let busy = lifecycle
+        .submit(&actor, task_id, defaults(&app), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(busy, Error::Run(runs::Error::TaskBusy)),
+        "{busy:?}"
+    );
+    let unknown_dataset = Submission::check(
+        &app.state.settings,
+        Request {
+            datasets: Some(vec!["nope".into()]),
+            ..Request::default()
+        },
+    )
+    .unwrap();
+    let refused = lifecycle
+        .submit(&actor, task_id, unknown_dataset, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::Invalid(_)), "{refused:?}");
+    assert_eq!(app.stored().await, before, "nothing stored after {first:?}");
+}
+
+#[tokio::test]
+async fn checking_a_submission_refuses_what_the_settings_do_not_offer() {
+    let app = spawn_app().await;
+    let settings = &app.state.settings;
+    for (request, refusal) in [
+        (
+            Request {
+                spec: Some("huge".into()),
+                ..Request::default()
+            },
+            "unknown spec `huge`",
+        ),
+        (
+            Request {
+                remarks: Some("x".repeat(2001)),
+                ..Request::default()
+            },
+            "remarks must be at most 2000",
+        ),
+        (
+            Request {
+                datasets: Some(vec!["a".into(), "a".into()]),
+                ..Request::default()
+            },
+            "dataset `a` is named twice",
+        ),
+        (
+            Request {
+                command: Some("  ".into()),
+                ..Request::default()
+            },
+            "command must be",
+        ),
+    ] {
+        let error = Submission::check(settings, request).unwrap_err();
+        assert!(
+            matches!(&error, Error::Invalid(m) if m.starts_with(refusal)),
+            "{error:?} does not start with {refusal:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_retry_reuses_the_snapshot_and_only_follows_a_finished_run() {
+    let app = spawn_app().await;
+    let (actor, task_id) = actor_with_task(&app, Role::Student).await;
+    let lifecycle = app.state.lifecycle();
+    let original = lifecycle
+        .submit(&actor, task_id, defaults(&app), None)
+        .await
+        .unwrap()
+        .run;
+
+    let early = lifecycle
+        .retry(&actor, original.id, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(early, Error::Run(runs::Error::NotFinished)),
+        "{early:?}"
+    );
+
+    lifecycle.stop(&actor, original.id).await.unwrap();
+    let retry = lifecycle
+        .retry(&actor, original.id, None)
+        .await
+        .unwrap()
+        .run;
+    assert_eq!(retry.retry_of, Some(original.id));
+    assert_eq!(retry.snapshot_of, original.snapshot_of);
+    assert_eq!(retry.code_sha256, original.code_sha256);
+    assert_eq!(retry.command, original.command);
+    assert_eq!(enqueued(&app).await, vec![original.id, retry.id]);
+    assert_eq!(
+        app.objects("snapshots/").await.len(),
+        1,
+        "nothing uploaded again"
+    );
+    let events = runs::events(&app.db, retry.id).await.unwrap();
+    assert_eq!(events[0].detail, format!("retry of {}", original.id));
+}
+
+#[tokio::test]
+async fn stop_cancels_a_queued_run_and_announces_a_launched_one() {
+    let app = spawn_app().await;
+    let (actor, task_id) = actor_with_task(&app, Role::Student).await;
+    let lifecycle = app.state.lifecycle();
+    let subscriber = app.state.redis.clone_new();
+    subscriber.init().await.unwrap();
+    subscriber.subscribe(app.state.keys.stops()).await.unwrap();
+    let mut announcements = subscriber.message_rx();
+
+    let queued = lifecycle
+        .submit(&actor, task_id, defaults(&app), None)
+        .await
+        .unwrap()
+        .run;
+    let canceled = lifecycle.stop(&actor, queued.id).await.unwrap();
+    assert_eq!(canceled.status, RunStatus::Canceled);
+    assert_eq!(canceled.reason, Some(runs::Reason::StoppedByUser));
+
+    let launched = lifecycle
+        .submit(&actor, task_id, defaults(&app), None)
+        .await
+        .unwrap()
+        .run;
+    for phase in [RunStatus::Dispatched, RunStatus::Running] {
+        runs::transition(&app.db, launched.id, phase, &Change::by("worker:test"))
+            .await
+            .unwrap();
+    }
+    let stopping = lifecycle.stop(&actor, launched.id).await.unwrap();
+    assert_eq!(stopping.status, RunStatus::Stopping);
+    let message = tokio::time::timeout(std::time::Duration::from_secs(5), announcements.recv())
+        .await
+        .expect("the stop is announced")
+        .unwrap();
+    assert_eq!(
+        message.value.as_string().as_deref(),
+        Some(launched.id.to_string().as_str()),
+        "only the launched run is announced: a canceled run has no execution to stop"
+    );
+    let again = lifecycle.stop(&actor, launched.id).await.unwrap();
+    assert_eq!(
+        again.status,
+        RunStatus::Stopping,
+        "stopping twice changes nothing"
+    );
+    subscriber.quit().await.ok();
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_its_run_and_refuses_another_request() {
+    let app = spawn_app().await;
+    let (actor, task_id) = actor_with_task(&app, Role::Student).await;
+    let lifecycle = app.state.lifecycle();
+    let key = || Some("key-1".to_owned());
+
+    let first = lifecycle
+        .submit(&actor, task_id, defaults(&app), key())
+        .await
+        .unwrap();
+    let again = lifecycle
+        .submit(&actor, task_id, defaults(&app), key())
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    assert!(again.replayed);
+    assert_eq!(again.run.id, first.run.id);
+    assert_eq!(
+        enqueued(&app).await,
+        vec![first.run.id],
+        "a replay enqueues nothing"
+    );
+
+    let other = Submission::check(
+        &app.state.settings,
+        Request {
+            remarks: Some("another request".into()),
+            ..Request::default()
+        },
+    )
+    .unwrap();
+    let reused = lifecycle
+        .submit(&actor, task_id, other, key())
+        .await
+        .unwrap_err();
+    assert!(matches!(reused, Error::IdempotencyKeyReused), "{reused:?}");
+    assert_eq!(run_count(&app).await, 1);
+}
+
+#[tokio::test]
+async fn staff_read_others_runs_but_change_nothing_and_strangers_see_nothing() {
+    let app = spawn_app().await;
+    let (owner, task_id) = actor_with_task(&app, Role::Student).await;
+    let (teacher, _) = actor_with_task(&app, Role::Teacher).await;
+    let (stranger, _) = actor_with_task(&app, Role::Student).await;
+    let lifecycle = app.state.lifecycle();
+    let run = lifecycle
+        .submit(&owner, task_id, defaults(&app), None)
+        .await
+        .unwrap()
+        .run;
+
+    assert!(
+        access::run(&app.db, &teacher, run.id, Access::Read)
+            .await
+            .is_ok()
+    );
+    assert!(matches!(
+        lifecycle.stop(&teacher, run.id).await,
+        Err(Error::Forbidden(_))
+    ));
+    assert!(matches!(
+        lifecycle
+            .submit(&teacher, task_id, defaults(&app), None)
+            .await,
+        Err(Error::Forbidden(_))
+    ));
+    assert!(matches!(
+        access::run(&app.db, &stranger, run.id, Access::Read).await,
+        Err(Error::NotFound("run"))
+    ));
+    assert!(matches!(
+        lifecycle.retry(&stranger, run.id, None).await,
+        Err(Error::NotFound("run"))
+    ));
+    assert_eq!(
+        runs::get(&app.db, run.id).await.unwrap().unwrap().status,
+        RunStatus::Queued,
+        "nobody but the owner changed it"
+    );
+}
