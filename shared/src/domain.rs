@@ -507,6 +507,16 @@ mod tests {
     }
 
     #[test]
+    fn roles_are_stored_and_shown_by_the_same_name() {
+        for role in [Role::Student, Role::Teacher, Role::Admin] {
+            assert_eq!(
+                serde_json::to_value(role).unwrap(),
+                serde_json::Value::from(role.as_str())
+            );
+        }
+    }
+
+    #[test]
     fn usernames_and_names() {
         assert!(Username::parse("demo").is_ok());
         assert!(Username::parse("Demo").is_err());
