@@ -23,14 +23,20 @@ async fn run_task(
     let task = p.app.task(&p.token, language, language).await;
     let task_id = task["id"].as_str().unwrap();
     for (path, content) in files {
-        p.app
+        let put = p
+            .app
             .put_text(
                 &format!("/api/v1/tasks/{task_id}/files/{path}"),
                 &p.token,
                 content,
             )
-            .await
-            .expect(200);
+            .await;
+        // 200 replaces a default file, 201 creates one.
+        assert!(
+            put.status == 200 || put.status == 201,
+            "{path}: {}",
+            put.status
+        );
     }
     let run = p.app.submit(&p.token, task_id, body).await;
     let id = run["id"].as_str().unwrap().to_owned();
