@@ -60,6 +60,12 @@ bench *args:
     cargo build --release -p coderun-worker --bin coderun-worker
     cargo run --release -p coderun-tests --bin coderun-bench -- --base-url http://127.0.0.1:8080 {{args}}
 
+# Build (or reuse from the cache) the language runtimes the local sandbox runs programs in:
+# one root filesystem per recipe of infra/runtimes/ (all of them, or the ones named), rebuilt
+# only when its recipe changes. Needs root (mmdebstrap; install-deps.sh installs it).
+runtimes *names:
+    python3 infra/runtimes/build.py {{names}}
+
 # Format the code.
 fmt:
     cargo fmt --all

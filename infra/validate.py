@@ -1503,6 +1503,38 @@ def dockerfile_instructions(path: Path) -> list[tuple[int, str, str]]:
     return out
 
 
+def check_runtime_recipes(report: Report) -> None:
+    """The run images' Dockerfiles are what infra/runtimes/build.py generates from the recipes
+    that also build the local sandbox's root filesystems, and the compiled defaults declare the
+    versions and libraries those recipes declare."""
+    findings = []
+    out = run([sys.executable, str(INFRA / "runtimes" / "build.py"), "--dockerfiles", "--check"],
+              cwd=REPO)
+    if out.returncode != 0:
+        findings.extend(line for line in (out.stdout + out.stderr).splitlines() if line)
+    defaults = tomllib.loads((REPO / "shared" / "src" / "defaults.toml").read_text())
+    recipes = sorted((INFRA / "runtimes").glob("*.toml"))
+    for language, settings in defaults.get("languages", {}).items():
+        recipe_path = INFRA / "runtimes" / f"{settings.get('runtime', '')}.toml"
+        if not recipe_path.is_file():
+            findings.append(f"languages.{language}.runtime: no recipe {rel(recipe_path)}")
+            continue
+        recipe = tomllib.loads(recipe_path.read_text())
+        if settings.get("version") != recipe["version"]["prefix"]:
+            findings.append(f"languages.{language}.version {settings.get('version')!r} is not "
+                            f"{rel(recipe_path)}'s {recipe['version']['prefix']!r}")
+        declared = [f"{lib['name']} {lib['prefix']}" for lib in recipe["libraries"]]
+        if settings.get("libraries") != declared:
+            findings.append(f"languages.{language}.libraries {settings.get('libraries')} are not "
+                            f"{rel(recipe_path)}'s {declared}")
+        if settings.get("image") != f"coderun/run-{recipe['name']}:bookworm":
+            findings.append(f"languages.{language}.image {settings.get('image')!r} is not the "
+                            f"image built from {rel(recipe_path)}")
+    report.check("runtime-recipes", findings,
+                 f"{len(recipes)} recipes: run Dockerfiles generated from them, the languages' "
+                 "versions, libraries and images declared as they declare")
+
+
 def check_dockerfiles(report: Report) -> None:
     dockerfiles = sorted(DOCKER.rglob("*.Dockerfile")) + sorted(DOCKER.rglob("Dockerfile"))
     hadolint = str(VENV_BIN / "hadolint")
@@ -1683,6 +1715,7 @@ def main() -> int:
     installation = check_render(report, args.kubernetes_version, defaults, keys,
                                 args.skip_render)
     check_run_job(report, args.kubernetes_version, keys, installation)
+    check_runtime_recipes(report)
     check_dockerfiles(report)
     check_sam(report, keys)
     check_readme(report, keys)

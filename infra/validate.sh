@@ -10,6 +10,8 @@
 #     result checked again: schemas, references between objects, the "restricted" Pod Security
 #     rules, CODERUN__ variable names against shared/src/defaults.toml, the KEDA trigger against
 #     the queue settings;
+#   - the run images' Dockerfiles are the ones infra/runtimes/build.py generates from the
+#     language recipes, and the compiled defaults declare the recipes' versions and libraries;
 #   - the Dockerfiles (hadolint, plus rules of ours: pinned bases, non-root final USER);
 #   - the SAM template (cfn-lint, then the real SAM transform and cfn-lint on its output);
 #   - README's configuration reference lists every setting of shared/src/defaults.toml;

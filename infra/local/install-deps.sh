@@ -4,6 +4,9 @@
 #     chromium with the DejaVu fonts, the headless browser of the web app's end-to-end tests
 #     (driven through playwright-core, which downloads no browser of its own)
 #   - s3s-fs (the S3-compatible server) via `cargo install`, into $CODERUN_TOOLS_DIR/bin
+#   - the language runtimes of the local sandbox (root filesystems built with mmdebstrap from
+#     the recipes of infra/runtimes/ into /var/cache/coderun/runtimes, once; `just runtimes`),
+#     when root; otherwise it says how to build them
 #
 # Idempotent: when everything is present it only checks and prints nothing but a summary line.
 # apt-get runs only when this script runs as root; otherwise it prints the packages to install
@@ -11,6 +14,7 @@
 #
 # Environment:
 #   CODERUN_TOOLS_DIR   where cargo-installed tools go (default: <repo>/.tools; bin in ./bin)
+#   CODERUN_RUNTIMES_DIR  where the runtimes go (default as root: /var/cache/coderun/runtimes)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -49,6 +53,8 @@ command -v bwrap >/dev/null 2>&1 || missing+=(bubblewrap)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+# The language runtimes' builder: mmdebstrap, and dpkg-query to read what it installed.
+command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 # The web app's browser tests only: installed when we can, never a reason to fail `just dev`.
 browser_missing=()
 command -v chromium >/dev/null 2>&1 || browser_missing+=(chromium)
@@ -103,4 +109,16 @@ if [[ ! -x "$s3s_bin" ]] || [[ "$("$s3s_bin" --version 2>/dev/null)" != "s3s-fs 
     echo "install-deps: installed s3s-fs $s3s_version ($s3s_bin)"
 fi
 
-echo "install-deps: ok (postgres: $(pg_bindir), s3s-fs: $s3s_bin)"
+# --- language runtimes -----------------------------------------------------------------------
+
+# Cached by recipe: after the first build (a few minutes per language) this only checks.
+if [[ "$(id -u)" -eq 0 ]]; then
+    python3 "$repo/infra/runtimes/build.py"
+    runtimes="$(python3 "$repo/infra/runtimes/build.py" --where)"
+else
+    runtimes="not built (not root)"
+    echo "install-deps: note: the local sandbox's language runtimes are built as root:" \
+        "just runtimes (mmdebstrap)" >&2
+fi
+
+echo "install-deps: ok (postgres: $(pg_bindir), s3s-fs: $s3s_bin, runtimes: $runtimes)"

@@ -193,6 +193,10 @@ pub struct WorkerSettings {
     pub crash_at: String,
     /// Where the worker serves `/metrics` and `/readyz`; empty: nowhere.
     pub http_bind: String,
+    /// The built language runtimes of the local executor (`infra/runtimes/build.py`); empty:
+    /// `$CODERUN_RUNTIMES_DIR`, else `/var/cache/coderun/runtimes` as root, else
+    /// `$CODERUN_CACHE/runtimes`, else `~/.cache/coderun/runtimes`.
+    pub runtimes_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -266,9 +270,16 @@ pub struct LanguageSettings {
     pub display_name: String,
     pub image: String,
     pub main_file: String,
-    /// The default command; `{main}` stands for the task's main file.
+    /// The default command; `{main}` stands for the task's main file, `{main_stem}` for its
+    /// name without folder and extension (a Java or Scala main class).
     pub command: String,
     pub default_files: Vec<DefaultFile>,
+    /// The runtime recipe (`infra/runtimes/<runtime>.toml`) the local executor runs it in.
+    pub runtime: String,
+    /// The language's version, as its runtime recipe declares it (shown in the catalogue).
+    pub version: String,
+    /// Its main libraries with their versions, as the recipe declares them.
+    pub libraries: Vec<String>,
 }
 
 impl LanguageSettings {
@@ -281,8 +292,15 @@ impl LanguageSettings {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
             && !main_file.starts_with('-');
+        let file_name = main_file.rsplit('/').next().unwrap_or(main_file);
+        let stem = file_name.split('.').next().unwrap_or(file_name);
+        let stem_plain = !stem.is_empty()
+            && stem
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$');
         self.command
             .replace("{main}", if plain { main_file } else { &quoted })
+            .replace("{main_stem}", if stem_plain { stem } else { "Main" })
     }
 }
 
@@ -558,6 +576,31 @@ mod tests {
         );
         assert_eq!(python.command_for("it's.py"), "python3 -u './it'\\''s.py'");
         assert_eq!(python.command_for("-x.py"), "python3 -u './-x.py'");
+    }
+
+    #[test]
+    fn jvm_commands_run_the_main_files_class() {
+        let settings = Settings::with_overrides(local()).unwrap();
+        let java = &settings.languages["java"];
+        assert!(
+            java.command_for("Main.java")
+                .ends_with("java -cp /tmp/classes Main")
+        );
+        assert!(
+            java.command_for("src/app/Hello.java")
+                .ends_with("java -cp /tmp/classes Hello")
+        );
+        // A name no class can have (nor the shell should see) falls back to `Main`.
+        assert!(
+            java.command_for("a;rm -rf.java")
+                .ends_with("/tmp/classes Main")
+        );
+        let scala = &settings.languages["scala"];
+        assert!(
+            scala
+                .command_for("Main.scala")
+                .ends_with("scala -cp /tmp/classes Main")
+        );
     }
 
     #[test]

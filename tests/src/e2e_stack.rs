@@ -212,6 +212,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         users::ensure(&state.db, &parsed, &hash, role).await?;
     }
 
+    // The worker's preflight wants every language's runtime built (cached after the first).
+    if settings.worker.executor == "local" {
+        let mut runtimes: Vec<&str> = settings
+            .languages
+            .values()
+            .map(|l| l.runtime.as_str())
+            .collect();
+        runtimes.sort();
+        runtimes.dedup();
+        coderun_worker::sandbox::ensure_built(&runtimes).map_err(|e| anyhow::anyhow!(e))?;
+    }
     let ctx = coderun_worker::Context::build(settings).await?;
     let (stop_worker, worker_stopped) = oneshot::channel::<()>();
     let mut worker = tokio::spawn(coderun_worker::run(ctx, async {

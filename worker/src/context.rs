@@ -83,6 +83,12 @@ impl Context {
                     ),
                     uid_count: settings.worker.local_slots,
                     cgroup_name: format!("coderun-{}", sanitize(&name)),
+                    runtimes_dir: crate::sandbox::runtimes_dir(&settings.worker.runtimes_dir),
+                    languages: settings
+                        .languages
+                        .iter()
+                        .map(|(id, language)| (id.clone(), language.runtime.clone()))
+                        .collect(),
                     ..SandboxConfig::default()
                 };
                 let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(config))

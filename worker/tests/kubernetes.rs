@@ -180,7 +180,7 @@ async fn a_run_goes_from_submit_through_its_job_to_succeeded_with_its_log_and_ou
     assert_eq!(pod_spec.automount_service_account_token, Some(false));
     assert_eq!(pod_spec.enable_service_links, Some(false));
     let main = &pod_spec.containers[0];
-    assert_eq!(main.image.as_deref(), Some("python:3.12-slim"));
+    assert_eq!(main.image.as_deref(), Some("coderun/run-python:bookworm"));
     assert_eq!(
         main.command.clone().unwrap(),
         ["sh", "-c", "python3 -u main.py"]

@@ -30,6 +30,11 @@ pub struct LanguageInfo {
     pub command: String,
     /// The container image runs of this language use.
     pub image: String,
+    /// The language's version, e.g. `3.11`: what its runtime recipe (`infra/runtimes/`)
+    /// declares, which every build of the runtime checks against what Debian installed.
+    pub version: String,
+    /// Its main libraries with their versions, e.g. `pandas 1.5`.
+    pub libraries: Vec<String>,
 }
 
 /// The languages a task may be written in.
@@ -50,6 +55,8 @@ pub async fn list_languages(
                 main_file: l.main_file.clone(),
                 command: l.command.clone(),
                 image: l.image.clone(),
+                version: l.version.clone(),
+                libraries: l.libraries.clone(),
             })
             .collect(),
     )

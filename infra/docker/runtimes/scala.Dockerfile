@@ -1,26 +1,25 @@
-# Run image for Scala tasks (languages.scala.image), as uid 65534.
-#   docker build -f infra/docker/runtimes/scala.Dockerfile -t coderun/run-scala:1.5.0 infra/docker/runtimes
-#
-# Unlike the other run images this one does one more thing: runs have no network, and scala-cli
-# fetches the Scala compiler, the standard library and (if the image has none) a JVM from Maven
-# Central on first use. So the image runs a hello-world once at build time, as uid 65534, and
-# keeps everything it fetched under /opt/coderun-scala, which stays readable at run time.
-# The Job sets HOME=/tmp (an emptyDir) for the program, so the caches are found through
-# COURSIER_CACHE and COURSIER_ARCHIVE_CACHE, which it leaves alone; HOME points at
-# /opt/coderun-scala only for this build. Check an image offline before rolling it out:
-#   docker run --rm --network none --read-only --tmpfs /tmp -e HOME=/tmp -u 65534:65534 -w /tmp \
-#     IMAGE sh -c 'printf "@main def m(): Unit = println(1)\n" > M.scala && scala-cli run --server=false .'
-FROM virtuslab/scala-cli:1.5.0
-USER 0:0
-ENV HOME=/opt/coderun-scala \
-    COURSIER_CACHE=/opt/coderun-scala/coursier \
-    COURSIER_ARCHIVE_CACHE=/opt/coderun-scala/coursier-archives
-RUN mkdir -p /opt/coderun-scala/warm \
-    && printf '@main def main(): Unit =\n  println("warm")\n' > /opt/coderun-scala/warm/Main.scala \
-    && chown -R 65534:65534 /opt/coderun-scala
+# GENERATED from infra/runtimes/scala.toml by infra/runtimes/build.py --dockerfiles: edit the recipe.
+# Run image for scala tasks (languages.scala.image), as uid 65534:
+#   docker build -f infra/docker/runtimes/scala.Dockerfile -t coderun/run-scala:bookworm infra/docker/runtimes
+# The same Debian packages from the same suite (bookworm) as the local sandbox's root
+# filesystem, so a run sees the same versions in both executors.
+FROM debian:bookworm-20250520-slim
+# The suite pins the versions (a stable release only takes fixes); the last step fails
+# the build if they drift from the recipe's.
+# The JDK's postinst fails without the man folder, which the slim image leaves out.
+# hadolint ignore=DL3008
+RUN mkdir -p /usr/share/man/man1 \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends \
+        scala \
+        default-jdk-headless \
+    && rm -rf /var/lib/apt/lists/* \
+    && for tool in gcc cc c++ make curl wget sudo; do if command -v "$tool"; then exit 1; fi; done
+ENV JAVA_OPTS=-Xshare:auto
 USER 65534:65534
-WORKDIR /opt/coderun-scala/warm
-# The same command as the language's default (languages.scala.command).
-RUN scala-cli run --server=false . \
-    && rm -rf /opt/coderun-scala/warm/.scala-build
-WORKDIR /
+# The versions the recipe declares, then the recipe's own check.
+RUN v="$(dpkg-query -W -f "\${Version}" scala)" && case "${v#*:}" in 2.11|2.11[.+~-]*) ;; *) echo "scala $v is not 2.11" >&2; exit 1 ;; esac \
+    && v="$(dpkg-query -W -f "\${Version}" scala-xml)" && case "${v#*:}" in 1.0|1.0[.+~-]*) ;; *) echo "scala-xml $v is not 1.0" >&2; exit 1 ;; esac \
+    && v="$(dpkg-query -W -f "\${Version}" scala-parser-combinators)" && case "${v#*:}" in 1.0|1.0[.+~-]*) ;; *) echo "scala-parser-combinators $v is not 1.0" >&2; exit 1 ;; esac \
+    && v="$(dpkg-query -W -f "\${Version}" openjdk-17-jdk-headless)" && case "${v#*:}" in 17|17[.+~-]*) ;; *) echo "openjdk-17-jdk-headless $v is not 17" >&2; exit 1 ;; esac \
+    && scala -version

@@ -18,6 +18,22 @@ async fn languages_and_specs_come_from_configuration() {
     assert_eq!(python["main_file"], "main.py");
     assert_eq!(python["command"], "python3 -u {main}");
     assert!(!python["image"].as_str().unwrap().is_empty());
+    // What a teacher can rely on: the version and main libraries of each language's runtime.
+    assert_eq!(python["version"], "3.11");
+    let libraries: Vec<&str> = python["libraries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(libraries.contains(&"pandas 1.5"), "{libraries:?}");
+    let versions: Vec<&str> = languages
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["17", "3.11", "4.2", "2.11"]);
 
     let specs = app.get("/api/v1/specs", &token).await.expect(200);
     let specs = specs.as_array().unwrap();

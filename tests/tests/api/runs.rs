@@ -165,7 +165,7 @@ async fn submitting_snapshots_the_files_commits_the_run_and_queues_it_once() {
     assert_eq!(run["task_id"], task_id.as_str());
     assert_eq!(run["command"], default_command(&app));
     assert_eq!(run["language"], "python");
-    assert_eq!(run["image"], "python:3.12-slim");
+    assert_eq!(run["image"], "coderun/run-python:bookworm");
     assert_eq!(run["spec"]["name"], "medium");
     assert_eq!(run["spec"]["cpu_millis"], 1000);
     assert_eq!(run["spec"]["wall_seconds"], 120);

@@ -301,6 +301,7 @@ impl Inner {
         let request = SandboxRequest {
             run_id: run.id,
             attempt: u32::try_from(run.attempt).unwrap_or(1),
+            language: run.language.clone(),
             command: run.command.clone(),
             work_dir: work_dir.to_owned(),
             datasets,

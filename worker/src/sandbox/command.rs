@@ -7,7 +7,8 @@
 //!   setpriv [--reuid U --regid U …] …    (as root: become the run's uid, no caps, no groups;
 //!                                         always: no_new_privs, die with the worker)
 //!     prlimit --cpu --nproc --fsize …    (rlimits)
-//!       bwrap --unshare-all …            (namespaces, mounts, clean environment, and the
+//!       bwrap --unshare-all …            (namespaces, mounts — the language runtime's /usr
+//!                                         and /etc as the system —, clean environment, and the
 //!                                         filters read from fds 3 and 4, installed last)
 //!         /bin/sh -c <command>           (the program)
 //! ```
@@ -18,10 +19,11 @@
 //! interpreted by a host shell: its command is one argv element handed to the sandbox's `sh`.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use uuid::Uuid;
 
+use super::runtime::Runtime;
 use super::{CODE_PATH, DATA_DIR, Limits, OUTPUT_DIR, SandboxConfig};
 
 /// Exit code of the first process when it cannot join the run's cgroup.
@@ -47,79 +49,6 @@ pub(super) struct Tools {
     pub bwrap: PathBuf,
 }
 
-/// The bwrap arguments that show the host's system folders (resolved once).
-#[derive(Debug, Clone, Default)]
-pub(super) struct SystemMounts {
-    pub args: Vec<OsString>,
-}
-
-impl SystemMounts {
-    /// `/usr` read-only, the top-level `/bin`, `/lib`… as the host has them (symlinks into
-    /// `/usr` on a merged-usr system, else read-only binds), extra read-only folders, and the
-    /// chosen entries of `/etc` — nothing else of the host.
-    pub fn resolve(config: &SandboxConfig) -> SystemMounts {
-        let mut m = SystemMounts::default();
-        m.push(["--ro-bind", "/usr", "/usr"]);
-        for top in ["bin", "sbin", "lib", "lib32", "lib64", "libx32"] {
-            m.mirror(&Path::new("/").join(top));
-        }
-        for extra in &config.extra_ro_binds {
-            m.args
-                .extend(["--ro-bind".into(), extra.into(), extra.into()]);
-        }
-        m.push(["--dir", "/etc"]);
-        let host_etc: Vec<String> = std::fs::read_dir("/etc")
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut chosen: Vec<String> = Vec::new();
-        for entry in &config.etc_entries {
-            match entry.strip_suffix('*') {
-                Some(prefix) => {
-                    chosen.extend(host_etc.iter().filter(|n| n.starts_with(prefix)).cloned())
-                }
-                None => chosen.push(entry.clone()),
-            }
-        }
-        chosen.sort();
-        chosen.dedup();
-        for name in chosen {
-            if matches!(
-                name.as_str(),
-                "passwd" | "group" | "hosts" | "shadow" | "gshadow"
-            ) {
-                continue;
-            }
-            m.mirror(&Path::new("/etc").join(name));
-        }
-        m
-    }
-
-    /// A host symlink becomes the same symlink, a folder or file a read-only bind; a missing
-    /// path nothing.
-    fn mirror(&mut self, path: &Path) {
-        let Ok(meta) = std::fs::symlink_metadata(path) else {
-            return;
-        };
-        if meta.file_type().is_symlink() {
-            if let Ok(target) = std::fs::read_link(path) {
-                self.args
-                    .extend(["--symlink".into(), target.into(), path.into()]);
-            }
-        } else if meta.is_dir() || meta.is_file() {
-            self.args
-                .extend(["--ro-bind".into(), path.into(), path.into()]);
-        }
-    }
-
-    fn push<const N: usize>(&mut self, args: [&str; N]) {
-        self.args.extend(args.into_iter().map(OsString::from));
-    }
-}
-
 /// Whose uid the program gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Identity {
@@ -140,7 +69,7 @@ impl Identity {
 /// Everything one launch needs.
 pub(super) struct Launch<'a> {
     pub tools: &'a Tools,
-    pub system: &'a SystemMounts,
+    pub runtime: &'a Runtime,
     pub config: &'a SandboxConfig,
     pub identity: Identity,
     pub cgroup_procs: Vec<PathBuf>,
@@ -250,7 +179,16 @@ impl Launch<'_> {
         ] {
             push(&mut a, &[&"--setenv", &k, &v]);
         }
-        a.extend(self.system.args.iter().cloned());
+        for (k, v) in self.runtime.env(&self.limits) {
+            push(&mut a, &[&"--setenv", &k, &v]);
+        }
+        // The runtime's /usr and /etc and nothing else of a system: the host's programs and
+        // configuration stay out of sight.
+        push(&mut a, &[&"--ro-bind", &self.runtime.usr, &"/usr"]);
+        for (target, link) in &self.runtime.links {
+            push(&mut a, &[&"--symlink", target, link]);
+        }
+        push(&mut a, &[&"--ro-bind", &self.runtime.etc, &"/etc"]);
         for name in ["passwd", "group", "hosts"] {
             push(
                 &mut a,

@@ -1,7 +1,8 @@
 //! The sandbox of the local executor: runs one untrusted program and reports how it ended.
 //!
-//! It owns every layer that confines the program (design invariant 7): bubblewrap namespaces
-//! (no network, a fresh `/proc`, only the folders the run was given), a host uid of its own
+//! It owns every layer that confines the program: bubblewrap namespaces (no network, a fresh
+//! `/proc`, only the folders the run was given, and as its system the `/usr` and `/etc` of its
+//! language's runtime — never the host's, see `runtime`), a host uid of its own
 //! per concurrent run, a cgroup per run for memory (and pids and cpu where the host has those
 //! controllers), rlimits, a system-call filter, one tmpfs of the disk budget for everything
 //! the program may write (`$CODE_PATH`, `$OUTPUT_DIR`, `/tmp`, `/dev/shm`), the wall-time
@@ -21,6 +22,7 @@ mod outputs;
 mod preflight;
 mod procs;
 mod runfs;
+mod runtime;
 mod seccomp;
 mod uids;
 mod workdir;
@@ -28,6 +30,7 @@ mod workdir;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +44,7 @@ use uuid::Uuid;
 pub use outputs::{CollectedOutputs, OutputError, OutputFile, SkipReason, SkippedOutput};
 pub use preflight::PreflightError;
 pub use runfs::remove_work_dir;
+pub use runtime::{BUILD_HINT, Runtime, ensure_built, runtimes_dir};
 pub use workdir::{create_run_dir, create_work_root};
 
 use cgroup::{Cgroups, RunCgroup};
@@ -93,6 +97,9 @@ pub struct SandboxRequest {
     pub run_id: Uuid,
     /// Which attempt of the run this is (1 unless its worker was lost): `$RUN_ATTEMPT`.
     pub attempt: u32,
+    /// The run's language: its runtime provides `/usr` and `/etc` (see
+    /// [`SandboxConfig::languages`]).
+    pub language: String,
     /// Run as `sh -c <command>` in `$CODE_PATH`.
     pub command: String,
     /// The run's host folder, the worker's own (see [`create_run_dir`]). The caller has put
@@ -186,11 +193,11 @@ pub struct SandboxConfig {
     pub uid_count: u32,
     /// Name of the folder under the worker's own cgroup that holds the runs' cgroups.
     pub cgroup_name: String,
-    /// More host folders mounted read-only at the same path (e.g. a JDK under `/opt`).
-    pub extra_ro_binds: Vec<PathBuf>,
-    /// What of the host's `/etc` the program sees (a trailing `*` matches a prefix). `passwd`,
-    /// `group` and `hosts` are always generated for the run instead.
-    pub etc_entries: Vec<String>,
+    /// The folder holding the built language runtimes (see [`runtimes_dir`]).
+    pub runtimes_dir: PathBuf,
+    /// Language id → the runtime its programs run in (a recipe of `infra/runtimes/`). Each is
+    /// loaded and tried at start-up; a run names its language in [`SandboxRequest::language`].
+    pub languages: Vec<(String, String)>,
     /// RLIMIT_NOFILE.
     pub open_files: u64,
     /// How often the run's file system is looked at (to name a full one as the run's end).
@@ -211,31 +218,8 @@ impl Default for SandboxConfig {
             uid_base: 200_000,
             uid_count: 64,
             cgroup_name: "coderun".into(),
-            extra_ro_binds: Vec::new(),
-            etc_entries: [
-                "alternatives",
-                "ld.so.cache",
-                "ld.so.conf",
-                "ld.so.conf.d",
-                "localtime",
-                "timezone",
-                "nsswitch.conf",
-                "host.conf",
-                "protocols",
-                "services",
-                "mime.types",
-                "ssl/certs",
-                "ssl/openssl.cnf",
-                "ca-certificates",
-                "ca-certificates.conf",
-                "fonts",
-                "java-*",
-                "python3*",
-                "R",
-            ]
-            .into_iter()
-            .map(String::from)
-            .collect(),
+            runtimes_dir: runtimes_dir(Path::new("")),
+            languages: Vec::new(),
             open_files: 1024,
             disk_poll_interval: Duration::from_millis(250),
             max_files: 100_000,
@@ -251,8 +235,8 @@ impl Default for SandboxConfig {
 pub struct Sandbox {
     config: SandboxConfig,
     tools: command::Tools,
-    /// What of the host is mounted into every sandbox (resolved once).
-    system: Arc<command::SystemMounts>,
+    /// Language id → the runtime its programs see as `/usr` and `/etc` (loaded once).
+    runtimes: BTreeMap<String, Arc<Runtime>>,
     cgroups: Cgroups,
     /// `Some` when the worker is root: one host uid per concurrent run.
     uids: Option<UidPool>,
@@ -299,6 +283,7 @@ impl Sandbox {
         stop: CancellationToken,
     ) -> Result<SandboxOutcome, SandboxError> {
         validate(&request)?;
+        self.runtime_of(&request)?;
         let lease = match &self.uids {
             Some(pool) => Some(
                 pool.acquire()
@@ -399,9 +384,10 @@ impl Sandbox {
             .expect("the guard holds the cgroup until the end")
             .procs_files();
 
+        let runtime = self.runtime_of(request)?;
         let launch = Launch {
             tools: &self.tools,
-            system: &self.system,
+            runtime,
             config: &self.config,
             identity,
             cgroup_procs,
@@ -601,6 +587,20 @@ impl Sandbox {
     /// Whether the cgroup is v1 or v2 (for logs and health pages).
     pub fn cgroup_description(&self) -> String {
         self.cgroups.describe()
+    }
+
+    fn runtime_of(&self, request: &SandboxRequest) -> Result<&Runtime, SandboxError> {
+        self.runtime(&request.language).ok_or_else(|| {
+            SandboxError::InvalidRequest(format!(
+                "no runtime for language {:?} on this worker",
+                request.language
+            ))
+        })
+    }
+
+    /// The runtime programs of `language` run in, if this sandbox has one.
+    pub fn runtime(&self, language: &str) -> Option<&Runtime> {
+        self.runtimes.get(language).map(|r| r.as_ref())
     }
 
     /// The limits of a run's cgroup. With a tmpfs, whose pages the kernel charges to the run's

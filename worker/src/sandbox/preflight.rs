@@ -16,7 +16,8 @@ use nix::unistd::{getegid, geteuid};
 use uuid::Uuid;
 
 use super::cgroup::Cgroups;
-use super::command::{Identity, Launch, SystemMounts, Tools};
+use super::command::{Identity, Launch, Tools};
+use super::runtime::Runtime;
 use super::uids::UidPool;
 use super::{Limits, RunLayout, Sandbox, SandboxConfig, procs};
 
@@ -42,6 +43,15 @@ pub enum PreflightError {
     NoMemoryCgroup { path: String, reason: String },
     #[error("the sandbox does not start on this host: {detail}\n  command: {command}")]
     TrialRun { command: String, detail: String },
+    #[error(
+        "the language runtime {name:?} is missing or broken at {path} ({detail}): {}",
+        super::runtime::BUILD_HINT
+    )]
+    MissingRuntime {
+        name: String,
+        path: String,
+        detail: String,
+    },
     #[error("invalid sandbox configuration: {0}")]
     Config(String),
     #[error("{context}: {source}")]
@@ -201,6 +211,7 @@ pub(super) fn build(config: SandboxConfig) -> Result<Sandbox, PreflightError> {
             "install util-linux: apt-get install util-linux",
         )?,
     };
+    let runtimes = load_runtimes(&config)?;
     check_user_namespaces()?;
     if root {
         check_uid_range(&config)?;
@@ -235,7 +246,7 @@ pub(super) fn build(config: SandboxConfig) -> Result<Sandbox, PreflightError> {
 
     let filters = super::seccomp::build().map_err(|e| PreflightError::Config(e.to_string()))?;
     let sandbox = Sandbox {
-        system: Arc::new(SystemMounts::resolve(&config)),
+        runtimes,
         tools,
         cgroups,
         uids,
@@ -246,7 +257,13 @@ pub(super) fn build(config: SandboxConfig) -> Result<Sandbox, PreflightError> {
         worker_gid: getegid().as_raw(),
         config,
     };
-    trial_run(&sandbox)?;
+    // Each runtime once: a root filesystem that cannot start a shell stops the worker here.
+    let mut tried = std::collections::BTreeSet::new();
+    for runtime in sandbox.runtimes.values() {
+        if tried.insert(runtime.name.clone()) {
+            trial_run(&sandbox, runtime)?;
+        }
+    }
     if !root {
         tracing::warn!(
             "not root: runs' folders are on host disk and their disk budget is only measured \
@@ -257,8 +274,42 @@ pub(super) fn build(config: SandboxConfig) -> Result<Sandbox, PreflightError> {
     Ok(sandbox)
 }
 
-/// `true` through the whole chain, exactly as a run starts it.
-fn trial_run(sandbox: &Sandbox) -> Result<(), PreflightError> {
+/// Each configured language's runtime, loaded once per runtime.
+fn load_runtimes(
+    config: &SandboxConfig,
+) -> Result<std::collections::BTreeMap<String, Arc<Runtime>>, PreflightError> {
+    if config.languages.is_empty() {
+        return Err(PreflightError::Config(
+            "no language runtimes configured (languages)".into(),
+        ));
+    }
+    let mut loaded: std::collections::BTreeMap<String, Arc<Runtime>> = Default::default();
+    let mut by_language = std::collections::BTreeMap::new();
+    for (language, name) in &config.languages {
+        let safe = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !safe {
+            return Err(PreflightError::Config(format!(
+                "language {language:?}: runtime {name:?} is not a plain name"
+            )));
+        }
+        let runtime = match loaded.get(name) {
+            Some(runtime) => runtime.clone(),
+            None => {
+                let runtime = Arc::new(Runtime::load(name, &config.runtimes_dir)?);
+                loaded.insert(name.clone(), runtime.clone());
+                runtime
+            }
+        };
+        by_language.insert(language.clone(), runtime);
+    }
+    Ok(by_language)
+}
+
+/// `true` through the whole chain in `runtime`, exactly as a run starts it.
+fn trial_run(sandbox: &Sandbox, runtime: &Runtime) -> Result<(), PreflightError> {
     let io = |context: &str| {
         let context = context.to_string();
         move |source| PreflightError::Io { context, source }
@@ -310,7 +361,7 @@ fn trial_run(sandbox: &Sandbox) -> Result<(), PreflightError> {
             })?;
         let launch = Launch {
             tools: &sandbox.tools,
-            system: &sandbox.system,
+            runtime,
             config: &sandbox.config,
             identity,
             cgroup_procs: cgroup.procs_files(),
@@ -377,7 +428,7 @@ fn trial_run(sandbox: &Sandbox) -> Result<(), PreflightError> {
             };
             return Err(PreflightError::TrialRun {
                 command: shown,
-                detail: format!("{status}: {output}{hint}"),
+                detail: format!("runtime {}: {status}: {output}{hint}", runtime.name),
             });
         }
         tracing::debug!(?elapsed, "sandbox trial run");

@@ -37,16 +37,28 @@ fn test_config() -> SandboxConfig {
         } else {
             "coderun-test".into()
         },
+        languages: TEST_RUNTIMES
+            .iter()
+            .map(|name| (name.to_string(), name.to_string()))
+            .collect(),
         ..SandboxConfig::default()
     }
 }
+
+/// The runtimes these tests run programs in (built by `infra/runtimes/build.py` on first use,
+/// then reused from its cache).
+const TEST_RUNTIMES: [&str; 3] = ["python", "java", "r"];
 
 fn sandbox() -> Option<&'static Sandbox> {
     if !nix::unistd::geteuid().is_root() {
         eprintln!("SKIPPED: sandbox tests need root (bubblewrap, cgroups, per-run uids)");
         return None;
     }
-    match SANDBOX.get_or_init(|| Sandbox::new(test_config()).map_err(|e| e.to_string())) {
+    let build = || {
+        ensure_built(&TEST_RUNTIMES)?;
+        Sandbox::new(test_config()).map_err(|e| e.to_string())
+    };
+    match SANDBOX.get_or_init(build) {
         Ok(sandbox) => Some(sandbox),
         Err(e) => panic!("sandbox preflight failed on this host: {e}"),
     }
@@ -76,10 +88,16 @@ fn work_dir(files: &[(&str, &str)]) -> PathBuf {
     dir
 }
 
+/// A Python run (the runtime of most tests here).
 fn request(dir: &Path, command: &str, limits: Limits) -> SandboxRequest {
+    request_in("python", dir, command, limits)
+}
+
+fn request_in(language: &str, dir: &Path, command: &str, limits: Limits) -> SandboxRequest {
     SandboxRequest {
         run_id: Uuid::new_v4(),
         attempt: 1,
+        language: language.into(),
         command: command.into(),
         work_dir: dir.to_path_buf(),
         datasets: Vec::new(),
@@ -211,9 +229,14 @@ async fn the_run_environment_is_exactly_the_documented_one() {
         "DATA_DIR=/data".into(),
         "HOME=/tmp".into(),
         "LANG=C.UTF-8".into(),
+        // The Python runtime's own (infra/runtimes/python.toml), sized to the run's one cpu.
+        "MPLBACKEND=Agg".into(),
+        "OMP_NUM_THREADS=1".into(),
+        "OPENBLAS_NUM_THREADS=1".into(),
         "OUTPUT_DIR=/output".into(),
         "PATH=/usr/local/bin:/usr/bin:/bin".into(),
         "PWD=/code".into(),
+        "PYTHONDONTWRITEBYTECODE=1".into(),
         "RUN_ATTEMPT=1".into(),
         format!("RUN_ID={run_id}"),
     ];
@@ -271,9 +294,14 @@ async fn env_probe() {
         "the sandbox sees the worker's secret: {leaked:?}"
     );
     // Nor anything else of the worker's environment (cargo sets plenty of variables).
-    // (The sandbox sets PATH, HOME, LANG and the shell PWD to values of its own.)
+    // (The sandbox sets PATH, HOME, LANG, the shell PWD and its runtime's variables to values
+    // of its own.)
+    let runtime_vars = sb.runtime("python").unwrap().env(&limits());
+    let own = |key: &str| {
+        ["PATH", "HOME", "LANG", "PWD"].contains(&key) || runtime_vars.iter().any(|(k, _)| k == key)
+    };
     for (key, _) in std::env::vars() {
-        if !["PATH", "HOME", "LANG", "PWD"].contains(&key.as_str()) {
+        if !own(&key) {
             let prefix = format!("{key}=");
             assert!(
                 !done.lines.iter().any(|l| l.starts_with(&prefix)),
@@ -367,7 +395,7 @@ async fn host_secrets_and_other_runs_are_not_visible() {
     cmd.push_str(
         "grep -rs TOPSECRET-OTHER-RUN / --exclude-dir=proc --exclude-dir=usr --exclude-dir=dev; ",
     );
-    cmd.push_str("ls /; ls /etc");
+    cmd.push_str("ls /; echo --; ls /etc");
     let done = run(sb, request(&work_dir(&[]), &cmd, limits())).await;
     let _ = std::fs::remove_dir_all(&other);
     let visible: Vec<_> = done
@@ -387,7 +415,7 @@ async fn host_secrets_and_other_runs_are_not_visible() {
         .iter()
         .map(String::as_str)
         .skip_while(|l| *l != "bin")
-        .take_while(|l| *l != "alternatives")
+        .take_while(|l| *l != "--")
         .collect();
     assert_eq!(
         root,
@@ -1240,6 +1268,17 @@ async fn the_filter_files_do_not_leak_into_the_program() {
         done.lines
     );
     assert!(done.has("/dev/null"), "{:?}", done.lines);
+    // Nor a descriptor of the runtime's folders: one outside the sandbox's root would lead
+    // out of it.
+    let runtime = sb.runtime("python").unwrap();
+    assert!(
+        !done.lines.iter().any(|l| l == "/usr"
+            || l == "/etc"
+            || l.contains(runtime.usr.to_str().unwrap())
+            || l.contains(runtime.etc.to_str().unwrap())),
+        "{:?}",
+        done.lines
+    );
 }
 
 #[tokio::test]
@@ -1259,9 +1298,9 @@ async fn python_java_and_r_still_run_under_the_filter() {
                 Thread t = new Thread(() -> System.out.println(\"java thread ok\")); t.start(); t.join();\n\
                 System.out.println(\"java ok\"); } }\n";
     let r = "x <- sum(1:10)\ncat('r ok', x, '\\n')\n";
-    for (binary, file, content, cmd, expected) in [
+    for (language, file, content, cmd, expected) in [
         (
-            "python3",
+            "python",
             "main.py",
             python,
             "python3 main.py",
@@ -1274,23 +1313,24 @@ async fn python_java_and_r_still_run_under_the_filter() {
             "java Main.java",
             vec!["java thread ok", "java ok"],
         ),
-        ("Rscript", "main.R", r, "Rscript main.R", vec!["r ok 55 "]),
+        ("r", "main.R", r, "Rscript main.R", vec!["r ok 55 "]),
     ] {
-        let installed = ["/usr/bin", "/bin", "/usr/local/bin"]
-            .iter()
-            .any(|d| Path::new(d).join(binary).exists());
-        if !installed {
-            eprintln!("SKIPPED {binary}: not installed on this host");
-            continue;
-        }
-        let done = run(sb, request(&work_dir(&[(file, content)]), cmd, lim)).await;
+        let dir = work_dir(&[(file, content)]);
+        let done = run(sb, request_in(language, &dir, cmd, lim)).await;
         assert_eq!(
             done.outcome.termination,
             Termination::Exited(0),
-            "{binary}: {:?}",
+            "{language}: {:?}",
             done.lines
         );
-        assert_eq!(done.lines, expected, "{binary}");
+        // The JVM says once that it picked up the runtime's options (on stderr).
+        let lines: Vec<&str> = done
+            .lines
+            .iter()
+            .map(String::as_str)
+            .filter(|l| !l.starts_with("Picked up JAVA_TOOL_OPTIONS"))
+            .collect();
+        assert_eq!(lines, expected, "{language}");
     }
 }
 
@@ -1299,4 +1339,101 @@ fn task_paths() -> coderun_shared::config::LimitSettings {
     coderun_shared::config::Settings::with_overrides([("local_stack", "true".to_string())])
         .unwrap()
         .limits
+}
+
+#[tokio::test]
+async fn host_tools_are_not_found_in_any_runtime() {
+    let Some(sb) = sandbox() else { return };
+    // The host has a compiler (cargo builds C with it) and more; a run sees only its runtime.
+    let cmd = "for t in gcc cc c++ make curl wget sudo apt-get cargo rustc bwrap; do \
+               command -v $t >/dev/null && echo FOUND $t; done; \
+               ls /usr/bin/gcc* /usr/lib/gcc 2>/dev/null; echo done";
+    for language in TEST_RUNTIMES {
+        let done = run(sb, request_in(language, &work_dir(&[]), cmd, limits())).await;
+        assert_eq!(done.lines, ["done"], "{language}");
+    }
+}
+
+#[test]
+fn a_missing_runtime_is_a_clear_preflight_error_naming_how_to_build_it() {
+    let empty = tests_root().join(format!("no-runtimes-{}", Uuid::new_v4()));
+    let config = SandboxConfig {
+        runtimes_dir: empty.clone(),
+        ..test_config()
+    };
+    let message = Sandbox::new(config).unwrap_err().to_string();
+    assert!(message.contains("\"python\""), "{message}");
+    assert!(
+        message.contains(&empty.join("python").display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains("just runtimes"), "{message}");
+    assert!(message.contains("infra/runtimes/build.py"), "{message}");
+}
+
+#[tokio::test]
+async fn the_jvm_sizes_its_heap_and_threads_from_the_runs_limits() {
+    let Some(sb) = sandbox() else { return };
+    let java = "public class Main { public static void main(String[] a) {\n\
+                Runtime r = Runtime.getRuntime();\n\
+                System.out.println(\"heap \" + r.maxMemory() / (1024 * 1024));\n\
+                System.out.println(\"cpus \" + r.availableProcessors()); } }\n";
+    for (memory_mib, cpu_millis) in [(256, 1000), (1024, 2000)] {
+        let lim = Limits {
+            memory_mib,
+            cpu_millis,
+            disk_mib: 64,
+            pids: 128,
+            wall_seconds: 60,
+        };
+        let dir = work_dir(&[("Main.java", java)]);
+        let done = run(sb, request_in("java", &dir, "java Main.java", lim)).await;
+        assert_eq!(
+            done.outcome.termination,
+            Termination::Exited(0),
+            "{:?}",
+            done.lines
+        );
+        let value = |key: &str| -> u64 {
+            done.lines
+                .iter()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{key}: {:?}", done.lines))
+        };
+        // Half the run's memory (the host has many GiB), the cpus of its share.
+        let heap = value("heap ");
+        assert!(
+            heap <= u64::from(memory_mib) / 2 && heap >= u64::from(memory_mib) / 3,
+            "heap {heap} MiB for a {memory_mib} MiB run"
+        );
+        assert_eq!(value("cpus "), u64::from(cpu_millis / 1000));
+    }
+}
+
+#[tokio::test]
+async fn python_and_r_thread_pools_follow_the_runs_cpus() {
+    let Some(sb) = sandbox() else { return };
+    // OpenBLAS would start one thread per host cpu; the run has one.
+    let python = "from threadpoolctl import threadpool_info\n\
+                  import numpy\n\
+                  print('blas', max(p['num_threads'] for p in threadpool_info()))\n";
+    let done = run(
+        sb,
+        request(&work_dir(&[("t.py", python)]), "python3 t.py", limits()),
+    )
+    .await;
+    assert_eq!(done.lines, ["blas 1"], "{:?}", done.lines);
+    let r =
+        "library(data.table)\ncat('dt', getDTthreads(), Sys.getenv('OMP_NUM_THREADS'), '\\n')\n";
+    let lim = Limits {
+        cpu_millis: 1500,
+        ..limits()
+    };
+    let done = run(
+        sb,
+        request_in("r", &work_dir(&[("t.R", r)]), "Rscript t.R", lim),
+    )
+    .await;
+    assert_eq!(done.lines, ["dt 2 2 "], "{:?}", done.lines);
 }

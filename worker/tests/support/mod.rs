@@ -10,11 +10,34 @@ use std::time::{Duration, Instant};
 use coderun_shared::config::Settings;
 use coderun_tests::app::{TestApp, spawn_app_with};
 use coderun_worker::Context;
+use coderun_worker::sandbox::{ensure_built, runtimes_dir};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
+
+/// Builds the language runtimes a local-executor worker needs before it starts (once per test
+/// process; `infra/runtimes/build.py` reuses its cache after the first build).
+pub fn ensure_runtimes(settings: &Settings) {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    if settings.worker.executor != "local" {
+        return;
+    }
+    let result = BUILT.get_or_init(|| {
+        let mut names: Vec<&str> = settings
+            .languages
+            .values()
+            .map(|l| l.runtime.as_str())
+            .collect();
+        names.sort();
+        names.dedup();
+        ensure_built(&names).map(|_| ())
+    });
+    if let Err(e) = result {
+        panic!("the language runtimes cannot be built: {e}");
+    }
+}
 
 /// Settings that make a worker's timings test-sized: fast claims, heartbeats, reconciles.
 pub fn fast_worker_settings() -> Vec<(&'static str, String)> {
@@ -79,6 +102,7 @@ impl Platform {
     /// Starts a worker named `name` in this process.
     pub async fn worker(&self, name: &str) -> InProcessWorker {
         let mut settings = self.settings();
+        ensure_runtimes(&settings);
         settings.worker.name = format!("{name}-{}", &Uuid::new_v4().simple().to_string()[..8]);
         let ctx = Context::build(settings).await.expect("the worker starts");
         let (stop, stopped) = oneshot::channel::<()>();
@@ -149,6 +173,11 @@ impl Platform {
                 s.capacity.lease_grace_seconds.to_string(),
             ),
             ("CODERUN__CAPACITY__DEFAULT", s.capacity.default.to_string()),
+            // Its environment is cleared: the runtimes folder is named instead of found.
+            (
+                "CODERUN__WORKER__RUNTIMES_DIR",
+                runtimes_dir(&s.worker.runtimes_dir).display().to_string(),
+            ),
         ];
         env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
@@ -156,6 +185,7 @@ impl Platform {
 
     /// Starts a `coderun-worker` process; kill it with [`WorkerProcess::kill9`].
     pub fn worker_process(&self, name: &str, extra: &[(&str, &str)]) -> WorkerProcess {
+        ensure_runtimes(&self.settings());
         let mut command = Command::new(env!("CARGO_BIN_EXE_coderun-worker"));
         command
             .env_clear()
