@@ -136,6 +136,7 @@ pub fn finish(mut document: Document, settings: &Settings) -> Document {
         document.paths.paths.insert(path, item);
     }
     apply_rules_to_users_csv(&mut document, &rules);
+    apply_rules_to_file_body(&mut document, &rules);
     if let Some(components) = document.components.as_mut() {
         apply_rules_to_schemas(&mut components.schemas, &rules);
     }
@@ -295,6 +296,7 @@ struct Rules {
     role: Rule,
     idempotency_key: Rule,
     users_csv: Rule,
+    file_content: Rule,
 }
 
 /// The characters of Unicode's control category (what `char::is_control` refuses).
@@ -305,6 +307,11 @@ const BLANK: &str =
 /// Invisible and bidirectional characters a path may not hold.
 const INVISIBLE: &str =
     r"\xad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff";
+
+/// Text without a NUL character (which Postgres cannot keep in text).
+fn no_nul_text() -> Option<String> {
+    Some(r"^[^\x00]*$".to_owned())
+}
 
 /// A CSV header naming a column, in any case, with blanks around it.
 fn csv_column(name: &str) -> String {
@@ -342,7 +349,7 @@ fn rules(settings: &Settings) -> Rules {
         enum_values: Some(values),
         ..Rule::default()
     };
-    let no_nul = Some(r"^[^\x00]*$".to_owned());
+    let no_nul = no_nul_text();
     let header = ["username", "password", "role"].map(csv_column).join(",");
     Rules {
         file_path: rule(
@@ -391,6 +398,8 @@ fn rules(settings: &Settings) -> Rules {
             Some(1),
             Some(crate::idempotency::MAX_KEY_CHARS),
         ),
+        // Its size limit is answered 413, not 400: the document gives it as that status.
+        file_content: rule(no_nul_text(), None, None),
         // The header (optionally after a byte order mark), then at least one line of a user.
         users_csv: rule(
             Some(format!(r"^\ufeff?{header}\r?\n[\s\S]*[^\r\n][\s\S]*$")),
@@ -421,7 +430,7 @@ fn apply_rules_to_parameter(parameter: &mut Parameter, path: &str, rules: &Rules
 
 /// The properties (of the request schemas) each rule governs.
 fn apply_rules_to_schemas(schemas: &mut BTreeMap<String, RefOr<Schema>>, rules: &Rules) {
-    let properties: [(&str, &str, &Rule); 15] = [
+    let properties: [(&str, &str, &Rule); 16] = [
         ("CreateTask", "name", &rules.task_name),
         ("CreateTask", "description", &rules.description),
         ("CreateTask", "language", &rules.language),
@@ -437,6 +446,7 @@ fn apply_rules_to_schemas(schemas: &mut BTreeMap<String, RefOr<Schema>>, rules: 
         ("MoveRequest", "from", &rules.file_path),
         ("MoveRequest", "to", &rules.file_path),
         ("Upsert", "path", &rules.file_path),
+        ("Upsert", "content", &rules.file_content),
     ];
     for (schema, property, rule) in properties {
         if let Some(Schema::Object(field)) = property_schema(schemas, schema, property) {
@@ -467,6 +477,24 @@ fn apply_rules_to_schemas(schemas: &mut BTreeMap<String, RefOr<Schema>>, rules: 
         let mut all_of = AllOf::new();
         all_of.items = vec![RefOr::T(batch), RefOr::T(Schema::AnyOf(any_of))];
         schemas.insert("BatchRequest".to_owned(), RefOr::T(Schema::AllOf(all_of)));
+    }
+}
+
+/// A file's content in the body of `PUT …/files/{path}`, inline in its operation.
+fn apply_rules_to_file_body(document: &mut Document, rules: &Rules) {
+    let Some(operation) = document
+        .paths
+        .paths
+        .get_mut("/api/v1/tasks/{task_id}/files/{path}")
+        .and_then(|item| item.put.as_mut())
+    else {
+        return;
+    };
+    if let Some(body) = operation.request_body.as_mut()
+        && let Some(Some(RefOr::T(Schema::Object(text)))) =
+            body.content.get_mut("text/plain").map(|c| c.schema.as_mut())
+    {
+        rules.file_content.apply(text);
     }
 }
 

@@ -45,6 +45,17 @@ fn too_large(limits: &LimitSettings) -> ApiError {
     ))
 }
 
+/// A file's content is text: Postgres keeps no NUL character in text, so one is refused here
+/// rather than failing the insert.
+fn check_text(content: &str) -> ApiResult<()> {
+    if content.contains('\0') {
+        return Err(ApiError::Unprocessable(
+            "file content must be text without NUL characters".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// One file's content, as `text/plain; charset=utf-8`.
 #[utoipa::path(get, path = "/api/v1/tasks/{task_id}/files/{*path}", tag = "files", security(("bearer" = [])),
     params(("task_id" = Uuid, Path), ("path" = String, Path, description = "the file's path; may contain '/'")),
@@ -70,7 +81,8 @@ pub async fn read_file(
 /// Create or replace one file; the body is its UTF-8 content.
 #[utoipa::path(put, path = "/api/v1/tasks/{task_id}/files/{*path}", tag = "files", security(("bearer" = [])),
     params(("task_id" = Uuid, Path), ("path" = String, Path, description = "the file's path; may contain '/'")),
-    request_body(content = String, content_type = "text/plain"),
+    request_body(content = String, content_type = "text/plain",
+        description = "UTF-8 text without NUL characters; no body saves an empty file"),
     responses((status = 200, description = "replaced", body = FileInfo), (status = 201, description = "created", body = FileInfo),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem),
@@ -92,6 +104,7 @@ pub async fn save_file(
     }
     let content = std::str::from_utf8(&body)
         .map_err(|_| ApiError::Unprocessable("file content must be UTF-8 text".into()))?;
+    check_text(content)?;
     authorize(&state, &caller, task_id, Access::Write).await?;
     let (info, created) = files::save(&state.db, task_id, &path, content, limits).await?;
     let status = if created {
@@ -182,6 +195,7 @@ pub async fn batch_files(
         if item.content.len() as u64 > limits.max_file_bytes {
             return Err(too_large(limits));
         }
+        check_text(&item.content)?;
         upsert.push((path, item.content));
     }
     let delete = body
