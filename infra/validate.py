@@ -1671,7 +1671,8 @@ def check_readme(report: Report, keys: set[str]) -> None:
 
 def check_shell(report: Report) -> None:
     shellcheck = str(VENV_BIN / "shellcheck")
-    scripts = [INFRA / "validate.sh"] + sorted(K8S.glob("*.sh"))
+    scripts = [INFRA / "validate.sh", INFRA / "venv.sh", REPO / "tests" / "contract" /
+               "schemathesis.sh"] + sorted(K8S.glob("*.sh"))
     out = run([shellcheck, "-x"] + [str(s) for s in scripts])
     findings = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()] \
         if out.returncode != 0 else []

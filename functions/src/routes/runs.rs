@@ -801,7 +801,8 @@ pub struct LogStreamEvent {
 /// to resume after a line.
 #[utoipa::path(get, path = "/api/v1/runs/{run_id}/log/stream", tag = "runs", security(("bearer" = [])),
     params(("run_id" = Uuid, Path),
-        ("Last-Event-ID" = Option<u64>, Header, description = "resume after this line")),
+        ("Last-Event-ID" = Option<String>, Header,
+            description = "resume after this line number; any other value starts from the first line")),
     responses((status = 200, content_type = "text/event-stream", body = LogStreamEvent),
         (status = 401, body = Problem), (status = 404, body = Problem),
         (status = 429, body = Problem, headers(("Retry-After" = u64, description = "seconds")))))]
