@@ -302,8 +302,7 @@ struct Rules {
 /// The characters of Unicode's control category (what `char::is_control` refuses).
 const CONTROL: &str = r"\x00-\x1f\x7f-\x9f";
 /// What Rust's `trim` removes (Unicode White_Space), spelled out: a regex's `\s` differs.
-const BLANK: &str =
-    r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
+const BLANK: &str = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000";
 /// Invisible and bidirectional characters a path may not hold.
 const INVISIBLE: &str =
     r"\xad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff";
@@ -491,8 +490,10 @@ fn apply_rules_to_file_body(document: &mut Document, rules: &Rules) {
         return;
     };
     if let Some(body) = operation.request_body.as_mut()
-        && let Some(Some(RefOr::T(Schema::Object(text)))) =
-            body.content.get_mut("text/plain").map(|c| c.schema.as_mut())
+        && let Some(Some(RefOr::T(Schema::Object(text)))) = body
+            .content
+            .get_mut("text/plain")
+            .map(|c| c.schema.as_mut())
     {
         rules.file_content.apply(text);
     }

@@ -33,10 +33,7 @@ pub enum SchemaError {
          is not applied; run `{MIGRATE_COMMAND}` (with the same database.url) before starting \
          the servers"
     )]
-    Behind {
-        missing: i64,
-        description: String,
-    },
+    Behind { missing: i64, description: String },
     #[error(
         "migration {0} failed part-way and is marked dirty; repair the database by hand, \
          then run `{MIGRATE_COMMAND}` again"

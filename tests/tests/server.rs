@@ -133,7 +133,10 @@ async fn the_api_keeps_its_openapi_contract_under_schemathesis() {
         String::from_utf8_lossy(&output.stderr)
     );
     eprintln!("schemathesis took {:.0?}", started.elapsed());
-    assert!(output.status.success(), "schemathesis found problems:\n{report}");
+    assert!(
+        output.status.success(),
+        "schemathesis found problems:\n{report}"
+    );
 
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();

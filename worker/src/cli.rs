@@ -72,7 +72,9 @@ fn preview_runs(settings: &Settings) -> anyhow::Result<Vec<Run>> {
         .specs
         .iter()
         .enumerate()
-        .map(|(i, (name, spec))| preview_run(i as u128 + 1, language, language_settings, name, spec))
+        .map(|(i, (name, spec))| {
+            preview_run(i as u128 + 1, language, language_settings, name, spec)
+        })
         .collect())
 }
 
@@ -123,7 +125,10 @@ fn placeholder_urls(run: &Run) -> JobUrls {
     let base = "https://storage.invalid/coderun";
     JobUrls {
         code: format!("{base}/{}?X-Amz-Signature=…", run.code_key()),
-        outputs: format!("{base}/{}?X-Amz-Signature=…", run.objects().outputs_archive()),
+        outputs: format!(
+            "{base}/{}?X-Amz-Signature=…",
+            run.objects().outputs_archive()
+        ),
         datasets: Vec::new(),
     }
 }

@@ -795,17 +795,20 @@ async fn print_job_prints_the_job_of_each_configured_spec_or_of_a_stored_run_as_
     assert!(output.status.success(), "{output:?}");
     let yaml = String::from_utf8(output.stdout).unwrap();
     let jobs: Vec<Job> = serde_saphyr::from_multiple(&yaml).unwrap();
-    let specs = coderun_shared::config::Settings::with_overrides([(
-        "local_stack",
-        "true".to_owned(),
-    )])
-    .unwrap()
-    .specs;
+    let specs =
+        coderun_shared::config::Settings::with_overrides([("local_stack", "true".to_owned())])
+            .unwrap()
+            .specs;
     assert_eq!(jobs.len(), specs.len(), "{yaml}");
     let mut memory: Vec<String> = jobs
         .iter()
         .map(|job| {
-            assert!(job.metadata.name.as_deref().is_some_and(|n| n.starts_with("run-")));
+            assert!(
+                job.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("run-"))
+            );
             assert_eq!(job.spec.as_ref().unwrap().backoff_limit, Some(0));
             let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
             let limits = pod.containers[0].resources.clone().unwrap().limits.unwrap();
@@ -818,7 +821,10 @@ async fn print_job_prints_the_job_of_each_configured_spec_or_of_a_stored_run_as_
         .collect();
     memory.sort();
     expected.sort();
-    assert_eq!(memory, expected, "one Job per spec, each with its spec's memory");
+    assert_eq!(
+        memory, expected,
+        "one Job per spec, each with its spec's memory"
+    );
 
     let (kube, p) = setup(vec![]).await;
     let id = p.submit_python("print('hi')\n", json!({})).await;

@@ -26,9 +26,7 @@ pub fn router(limits: &LimitSettings) -> OpenApiRouter<AppState> {
     let file_limit = usize::try_from(limits.max_file_bytes).unwrap_or(usize::MAX);
     let batch_limit = usize::try_from(limits.max_batch_bytes).unwrap_or(usize::MAX);
     OpenApiRouter::new()
-        .routes(
-            routes!(read_file, save_file, delete_path).layer(DefaultBodyLimit::max(file_limit)),
-        )
+        .routes(routes!(read_file, save_file, delete_path).layer(DefaultBodyLimit::max(file_limit)))
         .routes(routes!(batch_files).layer(DefaultBodyLimit::max(batch_limit)))
         .routes(routes!(move_path))
         .routes(routes!(download_archive))

@@ -109,8 +109,8 @@ async fn the_openapi_document_describes_exactly_the_routes_the_server_serves() {
             let response = app
                 .send(http, &uri_of(path), Some(&token), Payload::Json(json!({})))
                 .await;
-            let no_route = response.status == 404
-                && response.body.windows(13).any(|w| w == b"no such route");
+            let no_route =
+                response.status == 404 && response.body.windows(13).any(|w| w == b"no such route");
             if documented {
                 assert!(
                     !no_route && response.status != 405,

@@ -65,6 +65,8 @@ async fn both_servers_refuse_a_schema_older_than_theirs_and_name_the_missing_mig
         assert!(refusal.contains("coderun-functions migrate"), "{refusal}");
     }
     cli::migrate(&settings).await.unwrap();
-    db::check_schema(&pool).await.expect("current after the step");
+    db::check_schema(&pool)
+        .await
+        .expect("current after the step");
     pool.close().await;
 }
