@@ -50,10 +50,19 @@ WORKER_RULES = {
     ("", "pods"): {"get", "list", "watch"},
     ("", "pods/log"): {"get"},
 }
-# Pod Security Standard "restricted": volume types a pod may use.
-RESTRICTED_VOLUME_TYPES = {
-    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-    "projected", "secret",
+# checkov's rules that do not fit coderun anywhere, and why. A rule that does not fit one
+# object only is skipped in that object's own `checkov.io/skip…` annotations, with its reason.
+CHECKOV_SKIPS = {
+    "CKV_K8S_11": "CPU limits: the platform's pods request CPU and do not cap it (a CFS quota "
+                  "only throttles a latency-bound API or worker); their memory is limited. Run "
+                  "pods do get a CPU limit, their spec's",
+    "CKV_K8S_15": "imagePullPolicy Always: images are pinned to release tags that are never "
+                  "rebuilt, so IfNotPresent is as safe and spares each pod (and each run) a "
+                  "registry round trip",
+    "CKV_K8S_35": "secrets as files: both binaries read their settings from CODERUN__* "
+                  "variables (the same layer Lambda uses); the values come from a Secret",
+    "CKV_K8S_43": "image digests: overlays pin release tags; an operator who wants digests sets "
+                  "`digest:` in the overlay's images",
 }
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
 
@@ -824,9 +833,9 @@ def setting(env: dict[str, str], objs: Objects, ns: str, defaults: dict, dotted:
 
 
 def workload_findings(d: dict, objs: Objects, keys: set[str], what: str) -> list[str]:
-    """A workload's pod: Pod Security "restricted", our own hardening (read-only root,
-    requests, pinned images, no service links), and its references (ConfigMaps, Secrets,
-    ServiceAccount, variables, probe ports)."""
+    """A workload's pod: its references (ConfigMaps, Secrets, ServiceAccount, variables, probe
+    ports) and its CODERUN__ variables against the settings. The generic policies (Pod
+    Security, hardening, resources, image tags, probes) are checkov's (`check_policies`)."""
     findings: list[str] = []
 
     def bad(doc: dict, msg: str) -> None:
@@ -836,14 +845,8 @@ def workload_findings(d: dict, objs: Objects, keys: set[str], what: str) -> list
     if spec is None:
         return findings
     ns = d["metadata"].get("namespace")
-    psc = spec.get("securityContext") or {}
-    for host in ("hostNetwork", "hostPID", "hostIPC", "hostUsers"):
-        if spec.get(host) is True:
-            bad(d, f"{host}: true is not allowed (restricted)")
     for v in spec.get("volumes") or []:
         vtype = next((k for k in v if k != "name"), None)
-        if vtype not in RESTRICTED_VOLUME_TYPES:
-            bad(d, f"volume {v['name']}: type {vtype} not allowed (restricted)")
         if vtype == "configMap" and not objs.get("ConfigMap", ns, v["configMap"]["name"]):
             bad(d, f"volume {v['name']}: ConfigMap {v['configMap']['name']} not found")
         if vtype == "secret" and not objs.get("Secret", ns, v["secret"]["secretName"]):
@@ -851,49 +854,12 @@ def workload_findings(d: dict, objs: Objects, keys: set[str], what: str) -> list
     sa = spec.get("serviceAccountName")
     if sa and not objs.get("ServiceAccount", ns, sa):
         bad(d, f"serviceAccountName {sa} not found")
-    if spec.get("enableServiceLinks") is not False:
-        bad(d, "enableServiceLinks should be false (no service variables in the environment)")
-    if spec.get("automountServiceAccountToken") is None:
-        bad(d, "automountServiceAccountToken must be explicit")
     if d["kind"] in ("Deployment", "StatefulSet"):
         sel = d["spec"]["selector"].get("matchLabels", {})
         if not matches(sel, pod_labels_of(d)):
             bad(d, "selector does not match the pod template's labels")
     for c in all_containers(spec):
         cn = f"container {c['name']}"
-        csc = c.get("securityContext") or {}
-        if csc.get("privileged"):
-            bad(d, f"{cn}: privileged (restricted)")
-        if csc.get("allowPrivilegeEscalation") is not False:
-            bad(d, f"{cn}: allowPrivilegeEscalation must be false (restricted)")
-        caps = csc.get("capabilities") or {}
-        if "ALL" not in (caps.get("drop") or []):
-            bad(d, f"{cn}: capabilities must drop ALL (restricted)")
-        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
-            bad(d, f"{cn}: adds capabilities {caps['add']} (restricted)")
-        non_root = csc.get("runAsNonRoot", psc.get("runAsNonRoot"))
-        if non_root is not True:
-            bad(d, f"{cn}: runAsNonRoot must be true (restricted)")
-        if csc.get("runAsUser", psc.get("runAsUser")) == 0:
-            bad(d, f"{cn}: runAsUser 0 (restricted)")
-        seccomp = (csc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
-        if seccomp not in ("RuntimeDefault", "Localhost"):
-            bad(d, f"{cn}: seccompProfile must be RuntimeDefault (restricted)")
-        if csc.get("readOnlyRootFilesystem") is not True:
-            bad(d, f"{cn}: readOnlyRootFilesystem should be true")
-        for p in c.get("ports") or []:
-            if "hostPort" in p:
-                bad(d, f"{cn}: hostPort is not allowed")
-        image = c.get("image", "")
-        last = image.rsplit("/", 1)[-1]
-        if "@sha256:" not in image and (":" not in last or last.endswith(":latest")):
-            bad(d, f"{cn}: image {image} has no pinned tag")
-        res = c.get("resources") or {}
-        for r in ("cpu", "memory"):
-            if r not in (res.get("requests") or {}):
-                bad(d, f"{cn}: no {r} request")
-        if "memory" not in (res.get("limits") or {}):
-            bad(d, f"{cn}: no memory limit")
         # Variables: references resolve, $(VAR) expansions name defined variables.
         defined: set[str] = set()
         for src in c.get("envFrom") or []:
@@ -959,7 +925,7 @@ def check_objects(docs: list[dict], defaults: dict, keys: set[str], what: str) -
         elif ns and ns not in namespaces:
             bad(d, f"namespace {ns} is not created by these manifests")
 
-    # --- workloads: Pod Security "restricted", our own hardening, references
+    # --- workloads: references and settings names (policies: checkov)
     for d in docs:
         findings.extend(workload_findings(d, objs, keys, what))
 
@@ -1011,12 +977,6 @@ def check_objects(docs: list[dict], defaults: dict, keys: set[str], what: str) -
             if s["kind"] == "ServiceAccount" and not objs.get(
                     "ServiceAccount", s.get("namespace", ns), s["name"]):
                 bad(rb, f"subject ServiceAccount {s.get('namespace', ns)}/{s['name']} not found")
-    for role in objs.of_kind("Role", "ClusterRole"):
-        for rule in role.get("rules") or []:
-            if "*" in (rule.get("verbs") or []) or "*" in (rule.get("resources") or []):
-                bad(role, "wildcard in a rule")
-            if "secrets" in (rule.get("resources") or []):
-                bad(role, "grants access to secrets")
 
     # --- the worker: consumer name, executor namespace and its rights, the run pods' account
     workers = [d for d in objs.of_kind("Deployment", "StatefulSet")
@@ -1311,6 +1271,10 @@ def check_manifests(report: Report, version: str) -> None:
         f"the structural schemas of validate.py (not the CRDs' own schemas)")
 
 
+# Every set of objects rendered for the checks, by name: checkov scans them at the end.
+RENDERED: list[tuple[str, list[dict]]] = []
+
+
 def check_render(report: Report, version: str, defaults: dict, keys: set[str],
                  skip: bool) -> list[dict]:
     """Renders and checks each overlay; returns the production overlay's objects (or base's,
@@ -1322,6 +1286,7 @@ def check_render(report: Report, version: str, defaults: dict, keys: set[str],
                                "checking base/ assembled by validate.py instead (generators "
                                "without hashes, no patches)"))
         docs = pseudo_render_base()
+        RENDERED.append(("base (assembled)", docs))
         findings = []
         for doc in docs:
             findings.extend(validate_doc(doc, version, "base (assembled)"))
@@ -1338,14 +1303,15 @@ def check_render(report: Report, version: str, defaults: dict, keys: set[str],
         if docs is None:
             report.check(name, [f"{' '.join(cmd)} {rel(overlay)}: {err}"], "")
             continue
+        RENDERED.append((f"overlays/{overlay.name}", docs))
         findings = []
         for doc in docs:
             findings.extend(validate_doc(doc, version, f"overlays/{overlay.name} (rendered)"))
         findings.extend(check_objects(docs, defaults, keys, f"overlays/{overlay.name}"))
         report.check(name, findings,
                      f"{len(docs)} objects rendered with `{' '.join(cmd)}` ({kversion}): "
-                     f"schemas, references, restricted Pod Security, settings names, KEDA "
-                     f"trigger vs queue settings, quota vs capacity")
+                     f"schemas, references, settings names, KEDA trigger vs queue settings, "
+                     f"quota vs capacity, the worker's rights, the jobs namespace's isolation")
         if overlay.name == "production" or not chosen:
             chosen = docs
         if overlay.name == "production":
@@ -1372,6 +1338,7 @@ def check_console_opt_in(report: Report, cmd: list[str], overlay: Path, docs: li
     if opted is None:
         findings.append(f"overlays/production + console: {err}")
     else:
+        RENDERED.append(("overlays/production + console", opted))
         if not console_routes(opted):
             findings.append("overlays/production + console: no route to the console")
         for doc in opted:
@@ -1390,30 +1357,31 @@ def newest_source_mtime() -> float:
     return max(f.stat().st_mtime for f in files if f.exists())
 
 
-def check_run_job(report: Report, version: str, keys: set[str], docs: list[dict]) -> None:
-    """The Job the worker's Kubernetes executor builds (`coderun-worker print-job`, a sample run,
-    no database) against the jobs namespace these manifests set up: schema, restricted Pod
-    Security, the LimitRange, the ServiceAccount, the NetworkPolicies. Needs the worker binary
-    `cargo test --workspace` has just built (`just test` runs it first); skipped without one."""
+def check_run_job(report: Report, version: str, keys: set[str], docs: list[dict]) -> list[dict]:
+    """The Jobs the worker's Kubernetes executor builds (`coderun-worker print-job`: one per
+    configured spec, no database) against the jobs namespace these manifests set up: schema,
+    the LimitRange, the ServiceAccount, the NetworkPolicies. Returns them for checkov. Needs the
+    worker binary `cargo test --workspace` has just built (`just test` runs it first); skipped
+    without one."""
     target = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
     binary = target / "debug" / "coderun-worker"
     if not binary.is_file():
         report.note("run-job", f"skipped: no {binary} (cargo build -p coderun-worker)")
-        return
+        return []
     if binary.stat().st_mtime < newest_source_mtime():
         report.note("run-job", f"skipped: {binary} is older than the sources (rebuild it)")
-        return
+        return []
     # Never execute a binary that would not understand the subcommand: an older worker would
     # ignore it and start consuming.
     if b"print-job" not in binary.read_bytes():
         report.note("run-job", f"skipped: {binary} has no print-job subcommand")
-        return
+        return []
     objs = Objects(docs)
     worker = next((d for d in objs.of_kind("Deployment") if any(
         c["name"] == "worker" for c in pod_spec_of(d)["containers"])), None)
     if worker is None:
         report.check("run-job", ["no worker Deployment to take the settings from"], "")
-        return
+        return []
     container = next(c for c in pod_spec_of(worker)["containers"] if c["name"] == "worker")
     env = {k: v for k, v in resolve_env(objs, worker, container, {}).items()
            if k.startswith("CODERUN__") and not v.startswith("<from")}
@@ -1431,7 +1399,7 @@ def check_run_job(report: Report, version: str, keys: set[str], docs: list[dict]
             "HOME": tmp,
             "CODERUN_CONFIG": str(config),
             "CODERUN__LOCAL_STACK": "true",
-            # Nothing real to reach: the sample run needs no database, Redis or S3.
+            # Nothing real to reach: the Jobs of the specs need no database, Redis or S3.
             "CODERUN__DATABASE__URL": "postgres://nobody@127.0.0.1:9/none",
             "CODERUN__REDIS__URL": "redis://127.0.0.1:9",
             "RUST_LIB_BACKTRACE": "0",
@@ -1440,12 +1408,27 @@ def check_run_job(report: Report, version: str, keys: set[str], docs: list[dict]
             out = run([str(binary), "print-job"], env=env, timeout=60)
         except subprocess.TimeoutExpired:
             report.check("run-job", [f"{binary} print-job did not finish in 60 s"], "")
-            return
+            return []
     if out.returncode != 0:
         report.check("run-job", [f"{binary} print-job failed: {out.stderr.strip()[:2000]}"], "")
-        return
-    job = yaml.safe_load(out.stdout)
-    where = "print-job"
+        return []
+    jobs = [d for d in yaml.safe_load_all(out.stdout) if d is not None]
+    if not jobs:
+        findings.append("print-job printed no Job")
+    for job in jobs:
+        findings.extend(run_job_findings(job, version, keys, docs, objs))
+    report.check("run-job", findings,
+                 f"the {len(jobs)} Jobs `coderun-worker print-job` builds (one per spec, "
+                 f"production settings) fit the jobs namespace: schema ({version}, strict), "
+                 f"LimitRange, ServiceAccount without token, NetworkPolicy selection")
+    return jobs
+
+
+def run_job_findings(job: dict, version: str, keys: set[str], docs: list[dict],
+                     objs: Objects) -> list[str]:
+    """One printed run Job against the jobs namespace these manifests set up."""
+    findings: list[str] = []
+    where = f"print-job {job['metadata'].get('name')}"
     findings.extend(validate_doc(job, version, where))
     findings.extend(workload_findings(job, Objects(docs + [job]), keys, where))
     ns = job["metadata"].get("namespace")
@@ -1475,10 +1458,41 @@ def check_run_job(report: Report, version: str, keys: set[str], docs: list[dict]
                         if top is not None and quantity(have) > quantity(top):
                             findings.append(f"{where}: container {c['name']} {scope}.{r} {have} "
                                             f"exceeds the LimitRange max {top}")
-    report.check("run-job", findings,
-                 f"the Job `coderun-worker print-job` builds (sample run, production settings) "
-                 f"fits the jobs namespace: schema ({version}, strict), restricted Pod Security, "
-                 f"LimitRange, ServiceAccount without token, NetworkPolicy selection")
+    return findings
+
+
+def check_policies(report: Report, checkov: str, rendered: list[tuple[str, list[dict]]],
+                   jobs: list[dict]) -> None:
+    """The generic policies — Pod Security, RBAC breadth, probes, resources, image tags, service
+    account tokens — by checkov, over every rendered overlay and the printed run Jobs. Skipped
+    rules: `CHECKOV_SKIPS`, and the `checkov.io/skip…` annotations of single objects."""
+    sets = rendered + ([("print-job", jobs)] if jobs else [])
+    if not sets:
+        report.note("checkov", "nothing rendered to scan")
+        return
+    with tempfile.TemporaryDirectory(prefix="coderun-checkov-") as tmp:
+        for name, docs in sets:
+            file = Path(tmp) / (re.sub(r"[^a-z0-9]+", "-", name.lower()) + ".yaml")
+            file.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+        out = run([checkov, "--directory", tmp, "--framework", "kubernetes", "--output", "json",
+                   "--quiet", "--compact", "--skip-download",
+                   "--skip-check", ",".join(sorted(CHECKOV_SKIPS))])
+    if out.returncode not in (0, 1):
+        report.check("checkov", [f"checkov failed: {out.stderr.strip()[-2000:]}"], "")
+        return
+    result = json.loads(out.stdout or "{}")
+    results = result if isinstance(result, list) else [result]
+    findings = []
+    passed = 0
+    for r in results:
+        passed += (r.get("summary") or {}).get("passed", 0)
+        for f in (r.get("results") or {}).get("failed_checks") or []:
+            findings.append(f"{Path(f['file_path']).stem}: {f['resource']}: {f['check_id']} "
+                            f"{f['check_name']}")
+    version = tool_version([checkov, "--version"])
+    report.check("checkov", sorted(set(findings)),
+                 f"checkov {version}: {passed} passed on {', '.join(n for n, _ in sets)}; "
+                 f"skipped everywhere: {', '.join(sorted(CHECKOV_SKIPS))} (CHECKOV_SKIPS)")
 
 
 def dockerfile_instructions(path: Path) -> list[tuple[int, str, str]]:
@@ -1689,7 +1703,8 @@ def check_readme(report: Report, keys: set[str]) -> None:
 
 def check_shell(report: Report) -> None:
     shellcheck = str(VENV_BIN / "shellcheck")
-    scripts = [INFRA / "validate.sh"] + sorted(K8S.glob("*.sh"))
+    scripts = [INFRA / "validate.sh", INFRA / "venv.sh", REPO / "tests" / "contract" /
+               "schemathesis.sh"] + sorted(K8S.glob("*.sh"))
     out = run([shellcheck, "-x"] + [str(s) for s in scripts])
     findings = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()] \
         if out.returncode != 0 else []
@@ -1705,6 +1720,8 @@ def main() -> int:
                         help="Kubernetes version whose schemas to validate against (1.30)")
     parser.add_argument("--skip-render", action="store_true",
                         help="do not render the overlays even if kustomize/kubectl is present")
+    parser.add_argument("--checkov", default=str(VENV_BIN / "checkov"),
+                        help="the checkov executable (validate.sh installs one in its own venv)")
     args = parser.parse_args()
 
     defaults = load_defaults()
@@ -1714,8 +1731,9 @@ def main() -> int:
     check_manifests(report, args.kubernetes_version)
     installation = check_render(report, args.kubernetes_version, defaults, keys,
                                 args.skip_render)
-    check_run_job(report, args.kubernetes_version, keys, installation)
+    jobs = check_run_job(report, args.kubernetes_version, keys, installation)
     check_runtime_recipes(report)
+    check_policies(report, args.checkov, RENDERED, jobs)
     check_dockerfiles(report)
     check_sam(report, keys)
     check_readme(report, keys)

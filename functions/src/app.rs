@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Extension, Request};
 use axum::http::HeaderName;
 use axum::response::IntoResponse;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -14,23 +14,20 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
+use crate::openapi::{self, ServedDocument};
 use crate::routes;
 use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Every route, with request ids, tracing, metrics and panic-to-500 around them.
+/// Every route, with request ids, tracing, metrics and panic-to-500 around them, and the
+/// OpenAPI document built from the same route declarations.
 pub fn router(state: AppState) -> Router {
-    let limits = state.settings.limits.clone();
+    let (api, document) = routes::api(&state.settings.limits).split_for_parts();
+    let document = openapi::finish(document, &state.settings);
+    let document = ServedDocument::new(&document).expect("the OpenAPI document serializes");
     let web = state.web.clone();
-    Router::new()
-        .merge(routes::auth::router())
-        .merge(routes::users::router())
-        .merge(routes::tasks::router())
-        .merge(routes::files::router(&limits))
-        .merge(routes::runs::router())
-        .merge(routes::catalogue::router())
-        .merge(routes::ops::router())
+    api
         // What no route takes is the web app's, when there is one (it keeps API paths 404).
         .fallback(move |request: Request| {
             let web = web.clone();
@@ -42,6 +39,7 @@ pub fn router(state: AppState) -> Router {
             }
         })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(Extension(document))
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::Internal(anyhow::anyhow!(

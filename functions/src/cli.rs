@@ -1,10 +1,11 @@
-//! The functions binary's commands: serve (the default), create-user for operators, and
+//! The functions binary's commands: serve (the default), migrate (the deploy step that brings
+//! the database schema up to date; servers only check it), create-user for operators, and
 //! openapi, which prints the API's contract for the web app's generated types.
 
 use clap::{Parser, Subcommand};
 use coderun_shared::config::Settings;
 use coderun_shared::domain::{NewPassword, Role, Username};
-use coderun_shared::users;
+use coderun_shared::{db, users};
 
 use crate::app;
 use crate::state::AppState;
@@ -21,6 +22,10 @@ pub enum Command {
     /// Serve the API (the default): under Lambda when AWS_LAMBDA_RUNTIME_API is set, otherwise
     /// on http.bind.
     Serve,
+    /// Apply the pending database migrations and exit. Run it before starting (or updating)
+    /// the servers, which refuse a database whose schema is older than they are: a Kubernetes
+    /// Job (infra/k8s), a deploy step before the Lambda is updated (infra/sam), `just dev`.
+    Migrate,
     /// Create a user, reading the password from the CODERUN_NEW_PASSWORD environment variable
     /// (the first admin of a fresh installation).
     CreateUser {
@@ -50,6 +55,9 @@ fn parse_role(raw: &str) -> Result<Role, String> {
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     if let Command::Openapi = command {
         return print_openapi();
+    }
+    if let Command::Migrate = command {
+        return migrate(&settings).await;
     }
     let state = AppState::build(settings).await?;
     match command {
@@ -81,5 +89,18 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Openapi => print_openapi(),
+        Command::Migrate => migrate(&state.settings).await,
     }
+}
+
+/// The migrate step: applies what is pending, then checks the result as a server would.
+pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let pool = db::connect(&settings.database).await?;
+    db::migrate(&pool).await?;
+    db::check_schema(&pool).await?;
+    let latest = db::MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    tracing::info!(version = latest, "database schema is current");
+    println!("database schema is current (migration {latest})");
+    pool.close().await;
+    Ok(())
 }

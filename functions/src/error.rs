@@ -3,6 +3,10 @@
 //! an opaque 500 that leaks nothing — except a dependency that is down or restarting (Postgres,
 //! Redis, S3: see `coderun_shared::transient`), which is answered `503` with `Retry-After`, since
 //! the same request will work once it is back.
+//!
+//! The OpenAPI document lists, for every route, the statuses these variants give it: the ones
+//! shared machinery produces (401, 404, 400/413/415/422 for bodies, 503) by rule in
+//! [`crate::openapi`], the route's own in its `#[utoipa::path]` annotation.
 
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};

@@ -57,8 +57,8 @@ impl AppState {
         }
     }
 
-    /// Connects to Postgres (applying migrations), S3 and Redis, and seeds the local stack's
-    /// users.
+    /// Connects to Postgres (refusing a schema older than this binary: migrating is the
+    /// `migrate` step's), S3 and Redis, and seeds the local stack's users.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         settings.validate_api()?;
         let web_dir = &settings.http.web_dir;
@@ -67,7 +67,7 @@ impl AppState {
         } else {
             Some(WebApp::open(web_dir)?)
         };
-        let db = db::connect_and_migrate(&settings.database).await?;
+        let db = db::connect_checked(&settings.database).await?;
         let storage = Storage::connect(&settings.storage).await?;
         let auth = Arc::new(Authenticator::new(&settings.auth)?);
         let permits = match settings.login.max_concurrent_hashes {

@@ -187,9 +187,14 @@ mkdir -p -m 0711 "$runs_dir"
 # A start-up error is one readable line in the log, not a backtrace (panics still get theirs
 # when RUST_BACKTRACE asks for them).
 export RUST_LIB_BACKTRACE="${RUST_LIB_BACKTRACE:-0}"
-log "starting coderun-functions on $api_host (log: $flog)"
 echo "--- $(date -u +%FT%TZ) dev.sh start" >>"$flog"
 flog_from=$(($(stat -c %s "$flog") + 1))
+# Migrating is a step of its own: the servers only check that the schema is current.
+log "coderun-functions migrate (log: $flog)"
+if ! "$fbin" migrate </dev/null >>"$flog" 2>&1; then
+    fail_start "coderun-functions migrate" "$flog" "$flog_from" "failed"
+fi
+log "starting coderun-functions on $api_host (log: $flog)"
 # Own session: Ctrl-C reaches only this script, which then stops the server in order.
 setsid "$fbin" </dev/null >>"$flog" 2>&1 &
 fpid=$!
@@ -206,7 +211,7 @@ if ! is_ready; then
     fail_start coderun-functions "$flog" "$flog_from" "did not answer 200 on $ready_url within 120 s"
 fi
 
-# The worker starts after the server has migrated the database. It is ready once it logs
+# The worker starts after the server is ready (the schema is migrated already). It is ready once it logs
 # "worker consuming" (after its sandbox pre-flight check, a trial run through bubblewrap).
 export CODERUN__WORKER__NAME="$worker_name"
 export CODERUN__WORKER__WORK_DIR="$runs_dir"

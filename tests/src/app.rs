@@ -63,14 +63,14 @@ async fn template() -> &'static str {
                 .execute(&mut admin)
                 .await
                 .expect("create the template database");
-            let mut conn = PgConnection::connect(&servers.database_url(TEMPLATE_DB))
+            // The same step as `coderun-functions migrate`: the servers only check the schema.
+            let pool = PgPool::connect(&servers.database_url(TEMPLATE_DB))
                 .await
                 .expect("connect to the template database");
-            coderun_shared::db::MIGRATOR
-                .run(&mut conn)
+            coderun_shared::db::migrate(&pool)
                 .await
                 .expect("migrate the template database");
-            conn.close().await.ok();
+            pool.close().await;
             admin.close().await.ok();
         })
         .await;
@@ -91,6 +91,21 @@ pub async fn fresh_database() -> String {
     .execute(&mut admin)
     .await
     .expect("clone the template database");
+    admin.close().await.ok();
+    name
+}
+
+/// A fresh database with no schema at all (what the migrate step starts from); returns its name.
+pub async fn empty_database() -> String {
+    let name = format!("t_{}", Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&TestServers::get().postgres_url)
+        .await
+        .expect("connect to the test Postgres");
+    // The name is ours (a UUID): nothing user-supplied reaches this SQL.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create an empty database");
     admin.close().await.ok();
     name
 }

@@ -219,7 +219,8 @@ impl Scenario {
         admin.close().await;
 
         let settings = Settings::with_overrides(local(options, url.as_str(), &prefix))?;
-        let pool = db::connect_and_migrate(&settings.database).await?;
+        let pool = db::connect(&settings.database).await?;
+        db::migrate(&pool).await?;
         let redis = coderun_shared::redis::connect(&settings.redis).await?;
         let queue = RunQueue::new(redis.clone(), Keys::new(&prefix), settings.queue.clone());
         let storage = Storage::connect(&settings.storage).await?;

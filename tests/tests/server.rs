@@ -92,3 +92,52 @@ async fn start_up_refuses_the_development_secrets_outside_the_local_stack() {
         "{err}"
     );
 }
+
+/// schemathesis (`tests/contract/schemathesis.sh`, `--checks all`, a fixed seed, a bounded
+/// number of examples) against an API on a real port, as an admin: it finds no server error
+/// and no answer the OpenAPI document does not describe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_keeps_its_openapi_contract_under_schemathesis() {
+    let database = fresh_database().await;
+    let settings = Settings::with_overrides(test_settings(&database, &fresh_bucket())).unwrap();
+    let state = AppState::build(settings).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app::serve(listener, app::router(state), async {
+        let _ = stopped.await;
+    }));
+    let login: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/auth/login"))
+        .json(&json!({"username": "admin", "password": "admin"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap().to_owned();
+
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("contract/schemathesis.sh");
+    let started = std::time::Instant::now();
+    let output = tokio::process::Command::new("bash")
+        .arg(&script)
+        .args([&base, &token])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run tests/contract/schemathesis.sh");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("schemathesis took {:.0?}", started.elapsed());
+    assert!(
+        output.status.success(),
+        "schemathesis found problems:\n{report}"
+    );
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -55,7 +55,7 @@ impl Context {
     /// cannot be built on this host, rather than running code unconfined.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let name = worker_name(&settings);
-        let db = db::connect_and_migrate(&settings.database).await?;
+        let db = db::connect_checked(&settings.database).await?;
         let storage = Storage::connect(&settings.storage).await?;
         let redis = redis::connect(&settings.redis).await?;
         let reader = redis::connect(&settings.redis).await?;

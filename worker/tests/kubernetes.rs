@@ -785,7 +785,7 @@ async fn a_worker_whose_kubeconfig_is_unusable_refuses_to_start() {
 }
 
 #[tokio::test]
-async fn print_job_prints_the_job_of_a_sample_run_or_a_stored_run_as_yaml() {
+async fn print_job_prints_the_job_of_each_configured_spec_or_of_a_stored_run_as_yaml() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_coderun-worker"))
         .arg("print-job")
         .env_clear()
@@ -794,10 +794,37 @@ async fn print_job_prints_the_job_of_a_sample_run_or_a_stored_run_as_yaml() {
         .unwrap();
     assert!(output.status.success(), "{output:?}");
     let yaml = String::from_utf8(output.stdout).unwrap();
-    let sample: Job = serde_saphyr::from_str(&yaml).unwrap();
-    let run = job::sample_run();
-    assert_eq!(sample.metadata.name, Some(job::job_name(run.id)));
-    assert_eq!(sample.spec.unwrap().backoff_limit, Some(0));
+    let jobs: Vec<Job> = serde_saphyr::from_multiple(&yaml).unwrap();
+    let specs =
+        coderun_shared::config::Settings::with_overrides([("local_stack", "true".to_owned())])
+            .unwrap()
+            .specs;
+    assert_eq!(jobs.len(), specs.len(), "{yaml}");
+    let mut memory: Vec<String> = jobs
+        .iter()
+        .map(|job| {
+            assert!(
+                job.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("run-"))
+            );
+            assert_eq!(job.spec.as_ref().unwrap().backoff_limit, Some(0));
+            let pod = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+            let limits = pod.containers[0].resources.clone().unwrap().limits.unwrap();
+            limits["memory"].0.clone()
+        })
+        .collect();
+    let mut expected: Vec<String> = specs
+        .values()
+        .map(|spec| format!("{}Mi", spec.memory_mib))
+        .collect();
+    memory.sort();
+    expected.sort();
+    assert_eq!(
+        memory, expected,
+        "one Job per spec, each with its spec's memory"
+    );
 
     let (kube, p) = setup(vec![]).await;
     let id = p.submit_python("print('hi')\n", json!({})).await;

@@ -5,14 +5,14 @@
 //! user is checked against a dummy hash of the same cost, so timing does not tell which names
 //! exist.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use coderun_shared::domain::{NewPassword, Role, Username};
 use coderun_shared::users::{self, User};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::client_address::ClientAddress;
@@ -20,11 +20,11 @@ use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Caller, Json};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/auth/login", post(login))
-        .route("/api/v1/me", get(me))
-        .route("/api/v1/users", post(create_user))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(login))
+        .routes(routes!(me))
+        .routes(routes!(create_user))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

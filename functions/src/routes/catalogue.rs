@@ -1,22 +1,22 @@
 //! What can be chosen at submit: languages and specs (from configuration) and datasets (from
 //! the bucket's `datasets/` prefix).
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::get;
 use coderun_shared::config::Spec;
 use coderun_shared::storage::Dataset;
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::{ApiResult, Problem};
 use crate::extract::{Caller, Json};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/languages", get(list_languages))
-        .route("/api/v1/specs", get(list_specs))
-        .route("/api/v1/datasets", get(list_datasets))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_languages))
+        .routes(routes!(list_specs))
+        .routes(routes!(list_datasets))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

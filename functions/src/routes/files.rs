@@ -2,19 +2,19 @@
 //! Paths arrive in the URL (`{*path}`, percent-decoded) or in JSON and are parsed into
 //! [`FilePath`] before anything else happens.
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bytes::Bytes;
 use coderun_shared::config::LimitSettings;
 use coderun_shared::domain::FilePath;
 use coderun_shared::files::{self, FileInfo};
 use coderun_shared::{archive, objects};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, Problem};
@@ -22,23 +22,14 @@ use crate::extract::{Caller, Json, Path};
 use crate::routes::tasks::{Access, TaskDetail, authorize};
 use crate::state::AppState;
 
-pub fn router(limits: &LimitSettings) -> Router<AppState> {
+pub fn router(limits: &LimitSettings) -> OpenApiRouter<AppState> {
     let file_limit = usize::try_from(limits.max_file_bytes).unwrap_or(usize::MAX);
     let batch_limit = usize::try_from(limits.max_batch_bytes).unwrap_or(usize::MAX);
-    Router::new()
-        .route(
-            "/api/v1/tasks/{task_id}/files/{*path}",
-            get(read_file)
-                .put(save_file)
-                .delete(delete_path)
-                .layer(DefaultBodyLimit::max(file_limit)),
-        )
-        .route(
-            "/api/v1/tasks/{task_id}/files:batch",
-            post(batch_files).layer(DefaultBodyLimit::max(batch_limit)),
-        )
-        .route("/api/v1/tasks/{task_id}/files:move", post(move_path))
-        .route("/api/v1/tasks/{task_id}/archive", get(download_archive))
+    OpenApiRouter::new()
+        .routes(routes!(read_file, save_file, delete_path).layer(DefaultBodyLimit::max(file_limit)))
+        .routes(routes!(batch_files).layer(DefaultBodyLimit::max(batch_limit)))
+        .routes(routes!(move_path))
+        .routes(routes!(download_archive))
 }
 
 fn parse_path(raw: &str, state: &AppState) -> ApiResult<FilePath> {
@@ -52,8 +43,19 @@ fn too_large(limits: &LimitSettings) -> ApiError {
     ))
 }
 
+/// A file's content is text: Postgres keeps no NUL character in text, so one is refused here
+/// rather than failing the insert.
+fn check_text(content: &str) -> ApiResult<()> {
+    if content.contains('\0') {
+        return Err(ApiError::Unprocessable(
+            "file content must be text without NUL characters".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// One file's content, as `text/plain; charset=utf-8`.
-#[utoipa::path(get, path = "/api/v1/tasks/{task_id}/files/{path}", tag = "files", security(("bearer" = [])),
+#[utoipa::path(get, path = "/api/v1/tasks/{task_id}/files/{*path}", tag = "files", security(("bearer" = [])),
     params(("task_id" = Uuid, Path), ("path" = String, Path, description = "the file's path; may contain '/'")),
     responses((status = 200, content_type = "text/plain", body = String), (status = 400, body = Problem),
         (status = 401, body = Problem), (status = 404, body = Problem)))]
@@ -75,9 +77,10 @@ pub async fn read_file(
 }
 
 /// Create or replace one file; the body is its UTF-8 content.
-#[utoipa::path(put, path = "/api/v1/tasks/{task_id}/files/{path}", tag = "files", security(("bearer" = [])),
+#[utoipa::path(put, path = "/api/v1/tasks/{task_id}/files/{*path}", tag = "files", security(("bearer" = [])),
     params(("task_id" = Uuid, Path), ("path" = String, Path, description = "the file's path; may contain '/'")),
-    request_body(content = String, content_type = "text/plain"),
+    request_body(content = String, content_type = "text/plain",
+        description = "UTF-8 text without NUL characters; no body saves an empty file"),
     responses((status = 200, description = "replaced", body = FileInfo), (status = 201, description = "created", body = FileInfo),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 409, body = Problem), (status = 413, body = Problem),
@@ -99,6 +102,7 @@ pub async fn save_file(
     }
     let content = std::str::from_utf8(&body)
         .map_err(|_| ApiError::Unprocessable("file content must be UTF-8 text".into()))?;
+    check_text(content)?;
     authorize(&state, &caller, task_id, Access::Write).await?;
     let (info, created) = files::save(&state.db, task_id, &path, content, limits).await?;
     let status = if created {
@@ -116,7 +120,7 @@ pub struct Deleted {
 }
 
 /// Delete a file, or a folder and everything below it.
-#[utoipa::path(delete, path = "/api/v1/tasks/{task_id}/files/{path}", tag = "files", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/api/v1/tasks/{task_id}/files/{*path}", tag = "files", security(("bearer" = [])),
     params(("task_id" = Uuid, Path), ("path" = String, Path, description = "a file's or folder's path")),
     responses((status = 200, body = Deleted), (status = 400, body = Problem), (status = 401, body = Problem),
         (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
@@ -189,6 +193,7 @@ pub async fn batch_files(
         if item.content.len() as u64 > limits.max_file_bytes {
             return Err(too_large(limits));
         }
+        check_text(&item.content)?;
         upsert.push((path, item.content));
     }
     let delete = body

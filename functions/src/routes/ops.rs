@@ -1,24 +1,25 @@
 //! Operations: liveness, readiness (Postgres, S3 and Redis answer), Prometheus metrics, the
 //! OpenAPI document.
 
-use axum::Router;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use fred::interfaces::ClientLike;
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::Json;
+use crate::openapi::ServedDocument;
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(render_metrics))
-        .route("/api/v1/openapi.json", get(openapi))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(render_metrics))
+        .routes(routes!(openapi))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -62,9 +63,12 @@ pub async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse 
     )
 }
 
-/// This document.
+/// This document: the one built from the same declarations as the router that serves it.
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "ops",
     responses((status = 200, content_type = "application/json", body = Object)))]
-pub async fn openapi() -> impl IntoResponse {
-    axum::Json(crate::openapi::document())
+pub async fn openapi(Extension(document): Extension<ServedDocument>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document.json(),
+    )
 }

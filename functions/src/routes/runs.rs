@@ -9,13 +9,11 @@
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bytes::Bytes;
 use coderun_shared::domain::{Page, PageRequest};
 use coderun_shared::lifecycle::{self, Accepted, Submission, submit};
@@ -24,6 +22,8 @@ use coderun_shared::logfile;
 use coderun_shared::runs::{self, OutputFile, Reason, Run, RunEvent, RunStatus};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, Problem};
@@ -46,19 +46,16 @@ const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Lines read from the live log per round trip while streaming.
 const STREAM_BATCH: u64 = 500;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/v1/tasks/{task_id}/runs",
-            get(list_runs).post(submit_run),
-        )
-        .route("/api/v1/runs/{run_id}", get(get_run))
-        .route("/api/v1/runs/{run_id}/stop", post(stop_run))
-        .route("/api/v1/runs/{run_id}/retry", post(retry_run))
-        .route("/api/v1/runs/{run_id}/log", get(get_log))
-        .route("/api/v1/runs/{run_id}/log/stream", get(stream_log))
-        .route("/api/v1/runs/{run_id}/log/download", get(download_log))
-        .route("/api/v1/runs/{run_id}/outputs", get(list_outputs))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_runs, submit_run))
+        .routes(routes!(get_run))
+        .routes(routes!(stop_run))
+        .routes(routes!(retry_run))
+        .routes(routes!(get_log))
+        .routes(routes!(stream_log))
+        .routes(routes!(download_log))
+        .routes(routes!(list_outputs))
 }
 
 /// Loads a run the caller may use, by the same rule as tasks: someone else's run is a 404,
@@ -163,8 +160,10 @@ impl From<SubmitRun> for submit::Request {
 
 /// Submit the task's files as a run: snapshot, commit, queue.
 #[utoipa::path(post, path = "/api/v1/tasks/{task_id}/runs", tag = "runs", security(("bearer" = [])),
-    params(("task_id" = Uuid, Path)),
-    request_body(content = Option<SubmitRun>, description = "may be omitted: every field has a default"),
+    params(("task_id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "repeating the request with the same key answers the run the first one created")),
+    request_body(content = SubmitRun, description = "may be omitted (no body): every field has a default"),
     responses((status = 202, body = RunDetail, headers(("Location" = String, description = "the run's URL"))),
         (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
         (status = 404, body = Problem), (status = 409, body = Problem), (status = 415, body = Problem),
@@ -258,10 +257,12 @@ pub async fn stop_run(
 
 /// A new run of the same code snapshot, command, spec, datasets and remarks (finished runs only).
 #[utoipa::path(post, path = "/api/v1/runs/{run_id}/retry", tag = "runs", security(("bearer" = [])),
-    params(("run_id" = Uuid, Path)),
+    params(("run_id" = Uuid, Path),
+        ("Idempotency-Key" = Option<String>, Header,
+            description = "repeating the request with the same key answers the run the first one created")),
     responses((status = 202, body = RunDetail, headers(("Location" = String, description = "the new run's URL"))),
-        (status = 401, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem),
-        (status = 409, body = Problem),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem),
         (status = 429, body = Problem, headers(("Retry-After" = u64, description = "seconds")))))]
 pub async fn retry_run(
     State(state): State<AppState>,
@@ -504,13 +505,27 @@ impl Tail {
     }
 }
 
+/// One server-sent event of a log stream, as the OpenAPI document describes it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct LogStreamEvent {
+    /// `line` (a line of the log) or `end` (the run ended; the stream closes after it).
+    #[schema(pattern = "^(line|end)$")]
+    event: String,
+    /// A `line`'s text, or the `end`'s JSON `{status, reason, exit_code}`.
+    data: String,
+    /// A `line`'s number, from 1 (send it back as `Last-Event-ID` to resume after it).
+    id: Option<String>,
+}
+
 /// The log as server-sent events: `line` events (id = line number) as it grows, then one `end`
 /// event with `{status, reason, exit_code}`; the stream closes after it. Send `Last-Event-ID`
 /// to resume after a line.
 #[utoipa::path(get, path = "/api/v1/runs/{run_id}/log/stream", tag = "runs", security(("bearer" = [])),
     params(("run_id" = Uuid, Path),
-        ("Last-Event-ID" = Option<u64>, Header, description = "resume after this line")),
-    responses((status = 200, content_type = "text/event-stream", body = String),
+        ("Last-Event-ID" = Option<String>, Header,
+            description = "resume after this line number; any other value starts from the first line")),
+    responses((status = 200, content_type = "text/event-stream", body = LogStreamEvent),
         (status = 401, body = Problem), (status = 404, body = Problem),
         (status = 429, body = Problem, headers(("Retry-After" = u64, description = "seconds")))))]
 pub async fn stream_log(

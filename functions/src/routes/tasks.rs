@@ -1,10 +1,8 @@
 //! Tasks: create (with the language's default files), list, read with the file tree, change,
 //! delete. A task is visible to its owner, and readable by teachers and admins.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use coderun_shared::domain::{
     Command, Description, FilePath, Language, Page, PageRequest, TaskName,
 };
@@ -12,19 +10,18 @@ use coderun_shared::files::{self, TreeNode};
 use coderun_shared::lifecycle;
 use coderun_shared::tasks::{self, NewTask, Task, TaskFilter, TaskPatch};
 use serde::{Deserialize, Deserializer, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Caller, Json, Path, Query};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/tasks", get(list_tasks).post(create_task))
-        .route(
-            "/api/v1/tasks/{task_id}",
-            get(get_task).patch(update_task).delete(delete_task),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tasks, create_task))
+        .routes(routes!(get_task, update_task, delete_task))
 }
 
 pub use coderun_shared::lifecycle::Access;
@@ -116,7 +113,8 @@ pub struct ListTasksQuery {
     pub q: Option<String>,
     /// Teachers and admins: list this user's tasks (a user id) instead of their own.
     pub owner: Option<Uuid>,
-    /// The former name of `owner`, still accepted.
+    /// The former name of `owner`, still accepted but no longer part of the contract.
+    #[param(ignore)]
     pub owner_id: Option<Uuid>,
 }
 

@@ -7,16 +7,16 @@
 
 use std::collections::HashMap;
 
-use axum::Router;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::{get, post};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use coderun_shared::domain::{NewPassword, Page, PageRequest, Role, Username};
 use coderun_shared::users::{self, UserFilter, UserSummary};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, Problem};
@@ -29,11 +29,10 @@ pub const MAX_BATCH_USERS: usize = 1000;
 /// [`MAX_BATCH_USERS`] fit well below it.
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/users", get(list_users)).route(
-        "/api/v1/users:batch",
-        post(create_users).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES)),
-    )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users))
+        .routes(routes!(create_users).layer(DefaultBodyLimit::max(MAX_BATCH_BYTES)))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -100,6 +99,7 @@ pub struct BatchUser {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUsers {
+    #[schema(min_items = 1)]
     pub users: Vec<BatchUser>,
 }
 

@@ -7,6 +7,7 @@ mod idempotency;
 mod memory;
 mod ops;
 mod runs;
+mod schema;
 mod storage;
 mod tasks;
 mod users;

@@ -1,5 +1,3 @@
-use std::collections::BTreeSet;
-
 use coderun_functions::app;
 use coderun_shared::storage::Storage;
 use coderun_tests::app::{Payload, spawn_app};
@@ -78,80 +76,53 @@ async fn unknown_routes_and_methods_are_problems_and_requests_carry_an_id() {
         .problem(405);
 }
 
-/// Every route of the design's table that exists so far, as (method, OpenAPI path).
-const ROUTES: &[(&str, &str)] = &[
-    ("post", "/api/v1/auth/login"),
-    ("get", "/api/v1/me"),
-    ("post", "/api/v1/users"),
-    ("get", "/api/v1/users"),
-    ("post", "/api/v1/users:batch"),
-    ("post", "/api/v1/tasks"),
-    ("get", "/api/v1/tasks"),
-    ("get", "/api/v1/tasks/{task_id}"),
-    ("patch", "/api/v1/tasks/{task_id}"),
-    ("delete", "/api/v1/tasks/{task_id}"),
-    ("get", "/api/v1/tasks/{task_id}/files/{path}"),
-    ("put", "/api/v1/tasks/{task_id}/files/{path}"),
-    ("delete", "/api/v1/tasks/{task_id}/files/{path}"),
-    ("post", "/api/v1/tasks/{task_id}/files:batch"),
-    ("post", "/api/v1/tasks/{task_id}/files:move"),
-    ("get", "/api/v1/tasks/{task_id}/archive"),
-    ("post", "/api/v1/tasks/{task_id}/runs"),
-    ("get", "/api/v1/tasks/{task_id}/runs"),
-    ("get", "/api/v1/runs/{run_id}"),
-    ("post", "/api/v1/runs/{run_id}/stop"),
-    ("post", "/api/v1/runs/{run_id}/retry"),
-    ("get", "/api/v1/runs/{run_id}/log"),
-    ("get", "/api/v1/runs/{run_id}/log/stream"),
-    ("get", "/api/v1/runs/{run_id}/log/download"),
-    ("get", "/api/v1/runs/{run_id}/outputs"),
-    ("get", "/api/v1/languages"),
-    ("get", "/api/v1/specs"),
-    ("get", "/api/v1/datasets"),
-    ("get", "/healthz"),
-    ("get", "/readyz"),
-    ("get", "/metrics"),
-    ("get", "/api/v1/openapi.json"),
-];
+const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
+
+/// A concrete URI for an OpenAPI path template.
+fn uri_of(path: &str) -> String {
+    path.replace("{task_id}", &uuid::Uuid::new_v4().to_string())
+        .replace("{run_id}", &uuid::Uuid::new_v4().to_string())
+        .replace("{path}", "main.py")
+}
 
 #[tokio::test]
-async fn the_openapi_document_describes_every_route() {
+async fn the_openapi_document_describes_exactly_the_routes_the_server_serves() {
     let app = spawn_app().await;
     let doc = app
         .send(Method::GET, "/api/v1/openapi.json", None, Payload::Empty)
         .await
         .expect(200);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    let mut documented = BTreeSet::new();
-    for (path, item) in doc["paths"].as_object().unwrap() {
-        for method in item.as_object().unwrap().keys() {
-            if ["get", "put", "post", "delete", "patch"].contains(&method.as_str()) {
-                documented.insert((method.clone(), path.clone()));
-            }
-        }
-    }
-    let expected: BTreeSet<(String, String)> = ROUTES
-        .iter()
-        .map(|(m, p)| (m.to_string(), p.to_string()))
-        .collect();
-    assert_eq!(documented, expected);
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     assert!(doc["components"]["schemas"]["Problem"].is_object());
+    // The router and the document come from one declaration; `web/openapi.json` pins the list
+    // (a test in coderun-functions compares them), so this checks the two agree on the wire.
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 25, "{:?}", paths.keys());
 
-    // And every documented route is served: nothing answers "no such route".
     let token = app.login("demo", "demo").await;
-    for (method, path) in ROUTES {
-        let uri = path
-            .replace("{task_id}", &uuid::Uuid::new_v4().to_string())
-            .replace("{run_id}", &uuid::Uuid::new_v4().to_string())
-            .replace("{path}", "main.py");
-        let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-        let response = app
-            .send(method, &uri, Some(&token), Payload::Json(json!({})))
-            .await;
-        let routed = !(response.status == 404
-            && response.body.windows(13).any(|w| w == b"no such route"))
-            && response.status != 405;
-        assert!(routed, "{path} is documented but not routed");
+    for (path, item) in paths {
+        let item = item.as_object().unwrap();
+        for method in METHODS {
+            let documented = item.contains_key(method);
+            let http = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let response = app
+                .send(http, &uri_of(path), Some(&token), Payload::Json(json!({})))
+                .await;
+            let no_route =
+                response.status == 404 && response.body.windows(13).any(|w| w == b"no such route");
+            if documented {
+                assert!(
+                    !no_route && response.status != 405,
+                    "{method} {path} is documented but not routed"
+                );
+            } else {
+                assert!(
+                    no_route || response.status == 405,
+                    "{method} {path} is routed ({}) but not documented",
+                    response.status
+                );
+            }
+        }
     }
 }
