@@ -119,30 +119,20 @@ pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
                 continue;
             }
         }
-        let (ended_as, reason) = if run.status == RunStatus::Stopping {
-            (RunStatus::Stopped, Reason::StoppedByUser)
-        } else {
-            (RunStatus::Failed, Reason::ExecutorLost)
-        };
-        let ended = if run.status == RunStatus::Stopping {
-            let change = Change::by(source)
-                .detail(detail)
-                .reason(Reason::StoppedByUser);
-            runs::transition(&ctx.db, run.id, RunStatus::Stopped, &change).await?
-        } else {
-            let detail = if adopted {
-                detail
-            } else {
+        let (ended_as, reason, detail) = match (run.status, adopted) {
+            (RunStatus::Stopping, _) => (RunStatus::Stopped, Reason::StoppedByUser, detail),
+            (_, true) => (RunStatus::Failed, Reason::ExecutorLost, detail),
+            (_, false) => (
+                RunStatus::Failed,
+                Reason::ExecutorLost,
                 format!(
                     "{detail} (attempt {} of {})",
                     run.attempt, ctx.settings.runs.max_attempts
-                )
-            };
-            let change = Change::by(source)
-                .detail(detail)
-                .reason(Reason::ExecutorLost);
-            runs::transition(&ctx.db, run.id, RunStatus::Failed, &change).await?
+                ),
+            ),
         };
+        let change = Change::by(source).detail(detail).reason(reason);
+        let ended = runs::transition(&ctx.db, run.id, ended_as, &change).await?;
         if ended {
             tracing::warn!(run = %run.id, %worker, "ended a run whose execution was lost");
             metrics::run_ended(ended_as, Some(reason));
