@@ -4,12 +4,13 @@
 //!   derives from the run id, so 409 AlreadyExists means "already launched" — one execution
 //!   per run attempt. A Job runs from its creation: starting it is a no-op, discarding it
 //!   deletes it.
-//! - **Observe**: every worker watches all of coderun's Jobs and Pods ([`watch`]) and reports
-//!   their phases to the supervisor (idempotent), so several replicas watching at once agree.
-//!   The work only one should do — following the log, storing `log.txt` and the outputs,
-//!   finishing, giving up on an image — falls to the holder of the run's capacity permit, and
-//!   passes to another worker (compare-and-swap on the permit) when that holder dies: a Job
-//!   outlives its worker and is adopted, never run twice.
+//! - **Observe**: every worker reflects all of coderun's Jobs and Pods into `kube::runtime`
+//!   stores (`watch`); one task per run (`actor`) reports their phases to the supervisor
+//!   (idempotent), so several replicas watching at once agree. The work only one should do —
+//!   following the log (`logs`), storing `log.txt` and the outputs, finishing (`finish`),
+//!   giving up on an image — falls to the holder of the run's capacity permit (`ownership`),
+//!   and passes to another worker (compare-and-swap on the permit) when that holder dies: a
+//!   Job outlives its worker and is adopted, never run twice.
 //! - **Stop** deletes the Job, always with a propagation policy (`Background`), from
 //!   whichever worker hears of the stop.
 

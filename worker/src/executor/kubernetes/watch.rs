@@ -321,3 +321,47 @@ impl Inner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn labelled<K: serde::de::DeserializeOwned>(name: &str, run: Uuid, created: &str) -> K {
+        serde_json::from_value(json!({"metadata": {
+            "name": name, "namespace": "jobs", "creationTimestamp": created,
+            "labels": {job::RUN_ID: run.to_string()}
+        }}))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_runs_newest_pod_is_its_pod_and_a_relist_forgets_what_vanished_in_the_gap() {
+        let (stores, mut writers) = stores("jobs");
+        let run = Uuid::new_v4();
+        let old: Pod = labelled("run-a", run, "2026-01-01T00:00:00Z");
+        let new: Pod = labelled("run-b", run, "2026-01-01T00:01:00Z");
+        for pod in [&new, &old] {
+            writers
+                .pods
+                .apply_watcher_event(&watcher::Event::Apply(pod.clone()));
+        }
+        assert_eq!(
+            stores.pod(run).unwrap().metadata.name.as_deref(),
+            Some("run-b")
+        );
+        let job: Job = labelled(&job::job_name(run), run, "2026-01-01T00:00:00Z");
+        writers
+            .jobs
+            .apply_watcher_event(&watcher::Event::Apply(job));
+        assert!(stores.job(run).is_some());
+        assert_eq!(stores.newest_pods().len(), 1);
+
+        // The Job was deleted while the watch was down: the re-list lacks it, and only at its
+        // end does the store forget it.
+        writers.jobs.apply_watcher_event(&watcher::Event::Init);
+        assert!(stores.job(run).is_some());
+        writers.jobs.apply_watcher_event(&watcher::Event::InitDone);
+        assert!(stores.job(run).is_none());
+    }
+}
