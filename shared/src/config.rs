@@ -180,7 +180,7 @@ pub struct RetentionSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
     pub name: String,
-    pub executor: String,
+    pub executor: ExecutorKind,
     pub heartbeat_seconds: u64,
     pub heartbeat_ttl_seconds: u64,
     pub janitor_seconds: u64,
@@ -197,6 +197,32 @@ pub struct WorkerSettings {
     /// `$CODERUN_RUNTIMES_DIR`, else `/var/cache/coderun/runtimes` as root, else
     /// `$CODERUN_CACHE/runtimes`, else `~/.cache/coderun/runtimes`.
     pub runtimes_dir: std::path::PathBuf,
+}
+
+/// Where a worker executes runs (`worker.executor`); also recorded on each run it launches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecutorKind {
+    /// A bubblewrap sandbox on the worker's own host; the execution dies with its worker.
+    Local,
+    /// A `batch/v1` Job per run; the execution outlives the worker that created it.
+    Kubernetes,
+}
+
+impl ExecutorKind {
+    /// The name in settings and on runs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecutorKind::Local => "local",
+            ExecutorKind::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl std::fmt::Display for ExecutorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

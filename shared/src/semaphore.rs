@@ -112,6 +112,36 @@ pub enum Grant {
     HeldBy(String),
 }
 
+/// What a permit is held for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Member {
+    /// The permit of a run, keyed by the run's id.
+    Run(Uuid),
+    /// A worker's reservation: a seat held before it knows which run it will read.
+    Reservation(String),
+}
+
+impl Member {
+    /// The member as the semaphore's sorted set spells it.
+    pub fn key(&self) -> String {
+        match self {
+            Member::Run(run) => run.to_string(),
+            Member::Reservation(token) => token.clone(),
+        }
+    }
+
+    fn parse(key: String) -> Self {
+        key.parse().map_or(Member::Reservation(key), Member::Run)
+    }
+}
+
+/// One permit held now, and the worker holding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    pub member: Member,
+    pub owner: String,
+}
+
 fn grant(reply: String) -> Grant {
     match reply.as_str() {
         "ok" => Grant::Granted,
@@ -253,10 +283,16 @@ impl LeaseSemaphore {
             .await
     }
 
-    /// Every permit with its holder: (member, owner).
-    pub async fn holders(&self) -> Result<Vec<(String, String)>, Error> {
+    /// Every permit with its holder.
+    pub async fn holders(&self) -> Result<Vec<Holding>, Error> {
         let map: std::collections::HashMap<String, String> =
             self.client.hgetall(self.keys.permit_owners()).await?;
-        Ok(map.into_iter().collect())
+        Ok(map
+            .into_iter()
+            .map(|(member, owner)| Holding {
+                member: Member::parse(member),
+                owner,
+            })
+            .collect())
     }
 }

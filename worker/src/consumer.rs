@@ -11,15 +11,19 @@
 //! entry (so an outage does not count towards dead-lettering), and the steps after a launch
 //! are retried until they go through.
 
+use std::time::Instant;
+
 use coderun_shared::queue::Entry;
 use coderun_shared::runs::{self, Change, Reason, RunStatus};
-use coderun_shared::semaphore::{Grant, LeaseSemaphore};
+use coderun_shared::semaphore::Grant;
 use coderun_shared::transient::Dependency;
 use fred::interfaces::ClientLike;
 use uuid::Uuid;
 
 use crate::context::Context;
 use crate::executor::LaunchError;
+use crate::metrics;
+use crate::permits::Reservation;
 use crate::resilience::classify;
 
 /// What one step did.
@@ -117,17 +121,15 @@ pub async fn process_next(ctx: &Context) -> anyhow::Result<Outcome> {
     if let Some(open) = paused(ctx).await {
         return Ok(Outcome::Paused(open));
     }
-    let reservation = LeaseSemaphore::reservation(&ctx.name);
-    let acquired = ctx
-        .semaphore
-        .acquire(&reservation, &ctx.name, ctx.reservation_ttl_ms())
+    let reserved = ctx
+        .permits
+        .reserve()
         .await
         .map_err(|e| noted(ctx, e.into()))?;
     ctx.resilience.success(Dependency::Redis);
-    match acquired {
-        Grant::Granted => {}
-        Grant::Full | Grant::HeldBy(_) => return Ok(Outcome::NoCapacity),
-    }
+    let Some(reservation) = reserved else {
+        return Ok(Outcome::NoCapacity);
+    };
     let read = ctx.queue.read_new(&ctx.reader, &ctx.name).await;
     let outcome = match read {
         Ok(Some(entry)) => handle_entry(ctx, &entry, Some(&reservation)).await,
@@ -142,11 +144,7 @@ pub async fn process_next(ctx: &Context) -> anyhow::Result<Outcome> {
             Err(noted(ctx, e.into()))
         }
     };
-    // A no-op once the reservation became the run's permit. If Redis is down the reservation
-    // simply expires (its TTL covers one read).
-    if let Err(e) = ctx.semaphore.release(&reservation).await {
-        tracing::debug!(error = %e, "cannot release the reservation; it expires by itself");
-    }
+    ctx.permits.cancel(reservation).await;
     outcome
 }
 
@@ -155,12 +153,13 @@ pub async fn process_next(ctx: &Context) -> anyhow::Result<Outcome> {
 pub async fn handle_entry(
     ctx: &Context,
     entry: &Entry,
-    reservation: Option<&str>,
+    reservation: Option<&Reservation>,
 ) -> anyhow::Result<Outcome> {
     let Some(run_id) = entry.run_id else {
         ctx.queue
             .dead_letter(entry, "the entry names no run")
             .await?;
+        metrics::dead_lettered();
         return Ok(Outcome::DeadLettered(entry.id.clone()));
     };
     let mut holds_permit = false;
@@ -173,7 +172,7 @@ pub async fn handle_entry(
             // The run stays queued: its permit goes back, and its entry is re-added (unless
             // Redis itself failed: then it stays pending and is claimed again later).
             ctx.resilience.failure(dep, &e);
-            if holds_permit && let Err(e) = ctx.semaphore.release(&run_id.to_string()).await {
+            if holds_permit && let Err(e) = ctx.permits.release(run_id).await {
                 tracing::debug!(%run_id, error = %e, "cannot give the permit back; it expires");
             }
             if dep != Dependency::Redis {
@@ -204,13 +203,13 @@ async fn hand_off(
     ctx: &Context,
     entry: &Entry,
     run_id: Uuid,
-    reservation: Option<&str>,
+    reservation: Option<&Reservation>,
     holds_permit: &mut bool,
 ) -> anyhow::Result<Outcome> {
     let run = match runs::get(&ctx.db, run_id).await? {
         Some(run) if run.status == RunStatus::Queued => run,
         other => {
-            // Stream entries are hints; Postgres is the truth (invariant 1).
+            // Stream entries are hints; Postgres is the truth.
             ctx.queue.ack(&entry.id).await?;
             let why = match other {
                 Some(run) => format!("run {run_id} is {}", run.status.as_str()),
@@ -226,7 +225,7 @@ async fn hand_off(
             .detail(&reason)
             .reason(Reason::DeadLettered);
         // Only a run still queued fails: a duplicate entry never touches a launched run.
-        runs::transition_from(
+        let failed = runs::transition_from(
             &ctx.db,
             run_id,
             &[RunStatus::Queued],
@@ -235,27 +234,19 @@ async fn hand_off(
         )
         .await?;
         ctx.queue.dead_letter(entry, &reason).await?;
+        metrics::dead_lettered();
+        if failed {
+            metrics::run_ended(RunStatus::Failed, Some(Reason::DeadLettered));
+        }
         return Ok(Outcome::DeadLettered(entry.id.clone()));
     }
 
-    let ttl = ctx.lease_ttl_ms(run.spec.limits.wall_seconds);
-    let grant = match reservation {
-        Some(reservation) => {
-            ctx.semaphore
-                .bind(reservation, run_id, &ctx.name, ttl)
-                .await?
-        }
-        None => {
-            ctx.semaphore
-                .acquire(&run_id.to_string(), &ctx.name, ttl)
-                .await?
-        }
-    };
-    match grant {
+    let wall = run.spec.limits.wall_seconds;
+    match ctx.permits.acquire(run_id, wall, reservation).await? {
         Grant::Granted => *holds_permit = true,
         Grant::Full => return Ok(Outcome::Deferred("no capacity for a claimed entry".into())),
         Grant::HeldBy(holder) => {
-            if crate::heartbeat::is_alive(ctx, &holder).await? {
+            if ctx.liveness.is_alive(&holder).await? {
                 // Another live worker holds this run: it may be mid hand-off, or this entry is
                 // a duplicate. Leave the entry pending; once the run has moved on it is skipped.
                 return Ok(Outcome::Deferred(format!(
@@ -263,8 +254,8 @@ async fn hand_off(
                 )));
             }
             match ctx
-                .semaphore
-                .take_over(run_id, &holder, &ctx.name, ttl, reservation)
+                .permits
+                .take_over(run_id, wall, Some(&holder), reservation)
                 .await?
             {
                 Grant::Granted => {
@@ -282,29 +273,35 @@ async fn hand_off(
     }
     crash_point(ctx, "after_permit");
 
-    match ctx.executor.launch(&run).await {
-        Ok(()) => {}
+    let kind = ctx.executor.kind();
+    let preparing = Instant::now();
+    let prepared = match ctx.executor.prepare(&run).await {
+        Ok(prepared) => prepared,
         Err(LaunchError::Retryable(why)) => {
             // Not launched: the permit goes back and the entry is re-added, so a busy or
             // briefly unreachable executor never counts towards dead-lettering.
-            ctx.semaphore.release(&run_id.to_string()).await?;
+            metrics::executor_error(kind, "launch_retryable");
+            ctx.permits.release(run_id).await?;
             requeue(ctx, entry, run_id).await;
             return Ok(Outcome::Deferred(why));
         }
         Err(LaunchError::Permanent(why)) => {
+            metrics::executor_error(kind, "launch_permanent");
             let change = Change::by(format!("worker:{}", ctx.name))
                 .detail(&why)
                 .reason(Reason::LaunchFailed);
-            runs::transition(&ctx.db, run_id, RunStatus::Failed, &change).await?;
-            ctx.semaphore.release(&run_id.to_string()).await?;
+            if runs::transition(&ctx.db, run_id, RunStatus::Failed, &change).await? {
+                metrics::run_ended(RunStatus::Failed, Some(Reason::LaunchFailed));
+            }
+            ctx.permits.release(run_id).await?;
             ctx.queue.ack(&entry.id).await?;
             return Ok(Outcome::Failed(run_id));
         }
-    }
+    };
 
     let change = Change {
         worker: Some(ctx.name.clone()),
-        executor: Some(ctx.executor.kind().to_owned()),
+        executor: Some(kind.as_str().to_owned()),
         ..Change::by(format!("worker:{}", ctx.name)).detail(format!("launched by {}", ctx.name))
     };
     // The execution exists now: from here on a transient failure is waited out, not undone
@@ -319,7 +316,7 @@ async fn hand_off(
     let dispatched = match dispatched {
         Ok(dispatched) => dispatched,
         Err(e) => {
-            ctx.executor.start(run_id, false).await;
+            prepared.discard().await;
             return Err(e);
         }
     };
@@ -331,9 +328,9 @@ async fn hand_off(
             })
             .await?;
         if matches!(now, Some(RunStatus::Canceled) | None) {
-            // Stopped while queued: it must never run (invariant 6).
-            ctx.executor.start(run_id, false).await;
-            ctx.semaphore.release(&run_id.to_string()).await?;
+            // Stop wins: a run canceled while queued never runs.
+            prepared.discard().await;
+            ctx.permits.release(run_id).await?;
             ctx.queue.ack(&entry.id).await?;
             return Ok(Outcome::Skipped(format!(
                 "run {run_id} was canceled before it started"
@@ -341,7 +338,9 @@ async fn hand_off(
         }
     }
     crash_point(ctx, "after_launch");
-    ctx.executor.start(run_id, true).await;
+    prepared.start().await;
+    let waited = (chrono::Utc::now() - run.queued_at).to_std().ok();
+    metrics::launched(kind, preparing.elapsed(), waited);
     // Unacknowledged, the entry would be claimed later and skipped (the run is dispatched).
     if let Err(e) = ctx.queue.ack(&entry.id).await {
         tracing::warn!(%run_id, error = %e, "cannot ack a launched run's entry; it will be skipped");

@@ -1,33 +1,17 @@
-//! The worker's small HTTP side, on `worker.http_bind` when set: `/metrics` (Prometheus: the
-//! circuit breakers' state among the rest) and `/readyz`, which answers 503 naming the
-//! dependencies whose breaker is open — while one is, this worker takes no new work.
-
-use std::sync::OnceLock;
+//! The worker's small HTTP side, on `worker.http_bind` when set: `/metrics` (Prometheus, every
+//! series of [`crate::metrics`] and the circuit breakers' state), `/healthz` (the process
+//! answers: its liveness probe) and `/readyz`, which answers 503 naming the dependencies whose
+//! breaker is open — while one is, this worker takes no new work.
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
-
-/// The process-wide recorder, installed on first use. Another recorder may be installed
-/// already (an embedding process, a test running the API beside workers): then this one renders
-/// nothing, which is still a valid exposition.
-fn handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
-}
 
 #[derive(Clone)]
 struct Http {
@@ -42,11 +26,12 @@ pub fn router(ctx: Context) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .with_state(Http {
             ctx,
-            metrics: handle(),
+            metrics: crate::metrics::handle(),
         })
 }
 
 async fn render_metrics(State(http): State<Http>) -> impl IntoResponse {
+    crate::metrics::sample(&http.ctx).await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         http.metrics.render(),
@@ -88,7 +73,7 @@ pub async fn serve(ctx: Context, shutdown: CancellationToken) {
             return;
         }
     };
-    tracing::info!(%bind, "serving /metrics and /readyz");
+    tracing::info!(%bind, "serving /metrics, /healthz and /readyz");
     let served = axum::serve(listener, router(ctx))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;

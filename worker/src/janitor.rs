@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use coderun_shared::semaphore::{Grant, LeaseSemaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{Outcome, handle_entry};
@@ -18,24 +17,21 @@ pub async fn claim_idle(ctx: &Context) -> anyhow::Result<Vec<Outcome>> {
         return Ok(outcomes);
     }
     for _ in 0..64 {
-        let reservation = LeaseSemaphore::reservation(&ctx.name);
-        if ctx
-            .semaphore
-            .acquire(&reservation, &ctx.name, ctx.reservation_ttl_ms())
-            .await?
-            != Grant::Granted
-        {
+        let Some(reservation) = ctx.permits.reserve().await? else {
             break;
-        }
+        };
         let claimed = ctx.queue.claim_idle(&ctx.name, 1).await;
         let outcome = match claimed {
             Ok(entries) => match entries.first() {
-                Some(entry) => Some(handle_entry(ctx, entry, Some(&reservation)).await),
+                Some(entry) => {
+                    crate::metrics::janitor_claimed(1);
+                    Some(handle_entry(ctx, entry, Some(&reservation)).await)
+                }
                 None => None,
             },
             Err(e) => Some(Err(e.into())),
         };
-        ctx.semaphore.release(&reservation).await?;
+        ctx.permits.cancel(reservation).await;
         match outcome {
             Some(outcome) => outcomes.push(outcome?),
             None => break,

@@ -2,12 +2,15 @@
 //! any may die at any moment; Postgres is the truth, the stream a hint, and the Redis lease
 //! semaphore the fleet's capacity.
 //!
-//! The flow: [`consumer`] (reserve a permit → read → launch → `dispatched` → ack) hands runs to an
-//! [`executor`]; the executor reports through the [`recorder`]; [`heartbeat`] keeps this worker
-//! and its permits alive; [`janitor`] claims entries idle on dead consumers; [`reconciler`]
-//! repairs lost entries and lost executions; [`stops`] carries stop requests to executions;
-//! [`resilience`] waits out outages of the dependencies (retries and circuit breakers).
-//! [`sweeper`] removes deleted and expired runs' objects from the bucket.
+//! The flow: [`consumer`] (reserve a permit → read → prepare → `dispatched` → start → ack) hands
+//! runs to an [`executor`]; the executor reports what its executions do to the [`supervisor`],
+//! which writes through the [`recorder`] and ends runs as [`ending`] maps them; [`permits`] is
+//! the whole life of a capacity permit; [`heartbeat`] keeps this worker and its permits alive
+//! and tells live workers from dead ones; [`janitor`] claims entries idle on dead consumers;
+//! [`reconciler`] repairs lost entries and lost executions; [`stops`] carries stop requests to
+//! executions; [`resilience`] waits out outages of the dependencies (retries and circuit
+//! breakers); [`sweeper`] removes deleted and expired runs' objects from the bucket;
+//! [`metrics`] and [`http`] show all of it to an operator.
 
 use std::future::Future;
 use std::time::Duration;
@@ -17,16 +20,20 @@ use tokio_util::sync::CancellationToken;
 pub mod cli;
 pub mod consumer;
 pub mod context;
+pub mod ending;
 pub mod executor;
 pub mod heartbeat;
 pub mod http;
 pub mod janitor;
 mod lines;
+pub mod metrics;
+pub mod permits;
 pub mod reconciler;
 pub mod recorder;
 pub mod resilience;
 pub mod sandbox;
 pub mod stops;
+pub mod supervisor;
 pub mod sweeper;
 
 pub use context::Context;
@@ -35,6 +42,9 @@ pub use context::Context;
 /// `shutdown_grace_seconds` for executions in flight, and leaves whatever remains to the
 /// fleet's reconcilers.
 pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // The recorder first, so the series registered next land in it.
+    metrics::handle();
+    metrics::register(ctx.executor.kind());
     ctx.queue.ensure_group().await?;
     heartbeat::beat(&ctx).await?;
     match janitor::recover_own(&ctx).await {
@@ -44,7 +54,7 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) -> anyhow::Re
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot re-read own pending entries"),
     }
-    tracing::info!(worker = %ctx.name, executor = ctx.executor.kind(), "worker consuming");
+    tracing::info!(worker = %ctx.name, executor = %ctx.executor.kind(), "worker consuming");
 
     let stop_background = CancellationToken::new();
     let background = [

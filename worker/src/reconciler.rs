@@ -1,22 +1,24 @@
 //! The reconciler repairs what crashes and lost messages leave behind, from Postgres (the
 //! truth): a queued run whose stream entry is gone is enqueued again; a launched run whose
-//! worker died (or lost its execution) is attempted again from the same snapshot while it has
+//! execution died with its worker is attempted again from the same snapshot while it has
 //! attempts left (`runs.max_attempts`), and then ends `executor_lost` — or `stopped` if it was
-//! being stopped — unless its executor adopts executions (Kubernetes Jobs outlive their worker),
-//! in which case it is lost only when its execution no longer exists (and ends at once); permits of finished runs
-//! and of dead workers' reservations are released. Every action is idempotent, so all workers
-//! may reconcile at once.
+//! being stopped; a run whose execution outlives its worker (a Job) is lost only when the
+//! execution itself no longer exists, and then ends at once. Permits of finished runs and of
+//! dead workers' reservations are released. Every action is idempotent, so all workers may
+//! reconcile at once.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use coderun_shared::runs::{self, Change, Reason, Run, RunStatus};
+use coderun_shared::semaphore::Member;
 use fred::prelude::*;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::context::Context;
-use crate::heartbeat;
+use crate::executor::Durability;
+use crate::metrics;
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -68,15 +70,24 @@ pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
             continue;
         };
         let launched_at = run.dispatched_at.unwrap_or(run.queued_at);
-        let adopted = ctx.executor.adopts() && run.executor.as_deref() == Some(ctx.executor.kind());
-        let lost = if adopted {
-            // The execution outlives its worker (a Job): lost only once it is gone, whoever
-            // launched it.
-            now - launched_at > HANDOFF_GRACE && ctx.executor.exists(run).await == Some(false)
-        } else if worker == ctx.name {
-            !ctx.executor.has(run.id) && now - launched_at > HANDOFF_GRACE
+        let ours = run.executor.as_deref() == Some(ctx.executor.kind().as_str());
+        let durability = if ours {
+            ctx.executor.durability()
         } else {
-            !heartbeat::is_alive(ctx, worker).await?
+            // Launched by another kind of executor (a fleet being switched over): only its
+            // worker's liveness can be judged from here.
+            Durability::DiesWithWorker
+        };
+        let adopted = durability == Durability::OutlivesWorker;
+        let lost = match durability {
+            // Lost only once the execution is gone, whoever launched it.
+            Durability::OutlivesWorker => {
+                now - launched_at > HANDOFF_GRACE && ctx.executor.exists(run).await == Some(false)
+            }
+            Durability::DiesWithWorker if worker == ctx.name => {
+                !ctx.executor.has(run.id) && now - launched_at > HANDOFF_GRACE
+            }
+            Durability::DiesWithWorker => !ctx.liveness.is_alive(worker).await?,
         };
         if !lost {
             continue;
@@ -93,7 +104,7 @@ pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
             ctx.executor.reap(run.id).await;
             let max = ctx.settings.runs.max_attempts;
             if let Some(attempt) = runs::reattempt(&ctx.db, run.id, max, &source, &detail).await? {
-                ctx.semaphore.release(&run.id.to_string()).await?;
+                ctx.permits.release(run.id).await?;
                 // The next attempt's log starts over at line 1.
                 let cleared: Result<(), _> = ctx.redis.del(ctx.keys.live_log(run.id)).await;
                 if let Err(e) = cleared {
@@ -108,48 +119,50 @@ pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
                 continue;
             }
         }
-        let ended = if run.status == RunStatus::Stopping {
-            let change = Change::by(source)
-                .detail(detail)
-                .reason(Reason::StoppedByUser);
-            runs::transition(&ctx.db, run.id, RunStatus::Stopped, &change).await?
-        } else {
-            let detail = if adopted {
-                detail
-            } else {
+        let (ended_as, reason, detail) = match (run.status, adopted) {
+            (RunStatus::Stopping, _) => (RunStatus::Stopped, Reason::StoppedByUser, detail),
+            (_, true) => (RunStatus::Failed, Reason::ExecutorLost, detail),
+            (_, false) => (
+                RunStatus::Failed,
+                Reason::ExecutorLost,
                 format!(
                     "{detail} (attempt {} of {})",
                     run.attempt, ctx.settings.runs.max_attempts
-                )
-            };
-            let change = Change::by(source)
-                .detail(detail)
-                .reason(Reason::ExecutorLost);
-            runs::transition(&ctx.db, run.id, RunStatus::Failed, &change).await?
+                ),
+            ),
         };
+        let change = Change::by(source).detail(detail).reason(reason);
+        let ended = runs::transition(&ctx.db, run.id, ended_as, &change).await?;
         if ended {
             tracing::warn!(run = %run.id, %worker, "ended a run whose execution was lost");
+            metrics::run_ended(ended_as, Some(reason));
             report.lost.push(run.id);
         }
         if !adopted {
             ctx.executor.reap(run.id).await;
         }
-        ctx.semaphore.release(&run.id.to_string()).await?;
+        ctx.permits.release(run.id).await?;
     }
 
-    for (member, owner) in ctx.semaphore.holders().await? {
-        let release = match member.parse::<Uuid>() {
-            Ok(run) => match runs::get(&ctx.db, run).await? {
+    for holding in ctx.permits.holders().await? {
+        let release = match holding.member {
+            Member::Run(run) => match runs::get(&ctx.db, run).await? {
                 Some(run) => run.status.is_terminal(),
                 None => true,
             },
-            Err(_) => owner != ctx.name && !heartbeat::is_alive(ctx, &owner).await?,
+            Member::Reservation(_) => {
+                holding.owner != ctx.name && !ctx.liveness.is_alive(&holding.owner).await?
+            }
         };
         if release {
-            ctx.semaphore.release(&member).await?;
-            report.released.push(member);
+            ctx.permits.release_stale(&holding.member).await?;
+            report.released.push(holding.member.key());
         }
     }
+    metrics::repaired("requeued", report.requeued.len());
+    metrics::repaired("reattempted", report.reattempted.len());
+    metrics::repaired("lost", report.lost.len());
+    metrics::repaired("released", report.released.len());
     Ok(report)
 }
 

@@ -1,8 +1,8 @@
-//! The recorder: where executors report what their executions do — phases into Postgres, log
-//! lines into the live log, the final log and outputs into S3 — and where the run's capacity
-//! permit is given back. Every write is idempotent, so several observers may report the same
-//! execution — and so each is retried through an outage of Postgres, Redis or S3 (the run
-//! waits in its phase) instead of being charged to the run.
+//! The recorder: the writes that follow a run's execution — phases into Postgres, log lines
+//! into the live log, the final log and outputs into S3, the end. Executors reach it through
+//! the [`Supervisor`](crate::supervisor::Supervisor). Every write is idempotent, so several
+//! observers may report the same execution — and so each is retried through an outage of
+//! Postgres, Redis or S3 (the run waits in its phase) instead of being charged to the run.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,31 +11,19 @@ use bytes::Bytes;
 use coderun_shared::livelog::LiveLog;
 use coderun_shared::logfile;
 use coderun_shared::objects::RunObjects;
-use coderun_shared::runs::{self, Change, OutputFile, Reason, RunStatus};
-use coderun_shared::semaphore::LeaseSemaphore;
+use coderun_shared::runs::{self, Change, OutputFile, RunStatus};
 use coderun_shared::storage::Storage;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::ending::Ending;
 use crate::resilience::Resilience;
-
-/// How an execution ended, as the executor saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ending {
-    pub status: RunStatus,
-    pub exit_code: Option<i32>,
-    pub reason: Option<Reason>,
-    pub detail: String,
-    pub log_bytes: Option<i64>,
-    pub log_truncated: bool,
-}
 
 #[derive(Clone)]
 pub struct Recorder {
     pub db: PgPool,
     pub storage: Storage,
     pub live_log: LiveLog,
-    pub semaphore: LeaseSemaphore,
     /// `worker:<name>`: the source written on every event.
     pub source: String,
     pub live_log_ttl_seconds: i64,
@@ -120,8 +108,8 @@ impl Recorder {
             .await
     }
 
-    /// Records the end (stop wins over a natural end), lets the live log expire and gives the
-    /// permit back. Returns the phase the run ended in, if this call ended it.
+    /// Records the end (stop wins over a natural end) and lets the live log expire. Returns the
+    /// phase the run ended in, if this call ended it.
     pub async fn finish(&self, run: Uuid, ending: Ending) -> anyhow::Result<Option<RunStatus>> {
         let change = Change {
             source: self.source.clone(),
@@ -142,11 +130,6 @@ impl Recorder {
         if let Err(e) = self.live_log.expire(run, self.live_log_ttl_seconds).await {
             tracing::warn!(%run, error = %e, "cannot set the live log's expiry");
         }
-        self.resilience
-            .retry("give the permit back", || async move {
-                Ok(self.semaphore.release(&run.to_string()).await?)
-            })
-            .await?;
         Ok(ended)
     }
 }

@@ -39,7 +39,7 @@ async fn three_workers_never_exceed_the_capacity_with_two_hundred_submissions() 
         tokio::spawn(async move {
             let mut samples = 0u32;
             while !done.load(Ordering::Relaxed) {
-                let permits = ctxs[0].semaphore.in_use().await.unwrap();
+                let permits = ctxs[0].permits.in_use().await.unwrap();
                 let live: u32 = ctxs.iter().map(|c| c.executor.live().len() as u32).sum();
                 let active: i64 = sqlx::query_scalar(
                     "SELECT count(*) FROM runs WHERE status IN ('dispatched', 'pending', 'running', 'stopping')",
@@ -52,7 +52,7 @@ async fn three_workers_never_exceed_the_capacity_with_two_hundred_submissions() 
                 max_db.fetch_max(active as u32, Ordering::Relaxed);
                 if live > CAPACITY {
                     let lists: Vec<_> = ctxs.iter().map(|c| c.executor.live()).collect();
-                    let holders = ctxs[0].semaphore.holders().await.unwrap();
+                    let holders = ctxs[0].permits.holders().await.unwrap();
                     let mut states = Vec::new();
                     for id in lists.iter().flatten() {
                         let events: Vec<(String, String)> = sqlx::query_as(

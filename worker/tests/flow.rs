@@ -557,3 +557,78 @@ async fn a_run_printing_a_million_empty_lines_costs_bounded_redis_memory() {
     assert!(last["lines"].as_array().unwrap().iter().all(|l| l == ""));
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn the_workers_metrics_show_the_operators_numbers_after_a_real_run() {
+    let p = platform(vec![]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let _worker = p.worker_process(
+        &format!(
+            "metrics-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ),
+        &[("CODERUN__WORKER__HTTP_BIND", bind.as_str())],
+    );
+    let id = p.submit_python("print('measured')\n", json!({})).await;
+    let run = p.wait_terminal(&id, T).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+
+    let base = format!("http://{bind}");
+    let http = reqwest::Client::new();
+    for probe in ["/healthz", "/readyz"] {
+        let status = http
+            .get(format!("{base}{probe}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200, "{probe}");
+    }
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in /metrics:\n{metrics}"))
+    };
+    // The run: launched once, by the local executor, and ended succeeded without a reason.
+    assert_eq!(value("worker_launches_total{executor=\"local\"}"), 1.0);
+    assert_eq!(
+        value("worker_runs_ended_total{status=\"succeeded\",reason=\"none\"}"),
+        1.0
+    );
+    assert!(value("worker_launch_duration_seconds_count{executor=\"local\"}") >= 1.0);
+    assert!(value("worker_start_delay_seconds_count{executor=\"local\"}") >= 1.0);
+    // The fleet, read at the scrape: nothing waits, the permit came back, the capacity is set.
+    assert_eq!(value("worker_stream_lag"), 0.0);
+    assert_eq!(value("worker_stream_pending"), 0.0);
+    assert_eq!(
+        value("worker_permits_capacity"),
+        f64::from(p.settings().capacity.default)
+    );
+    let held = value("worker_permits_held");
+    assert!(
+        held <= 1.0,
+        "only this worker's reservation may be held: {held}"
+    );
+    // The repairs, claims, dead letters and errors exist from the start, at zero here.
+    assert_eq!(value("worker_janitor_claims_total"), 0.0);
+    assert_eq!(value("worker_dead_letters_total"), 0.0);
+    assert_eq!(value("worker_reconciler_repairs_total{kind=\"lost\"}"), 0.0);
+    assert_eq!(
+        value("worker_executor_errors_total{executor=\"local\",kind=\"launch_permanent\"}"),
+        0.0
+    );
+}

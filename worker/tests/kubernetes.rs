@@ -464,7 +464,7 @@ async fn a_pod_printing_megabytes_without_a_newline_is_cut_at_the_cap_in_split_l
     );
     // The live log got the first MiB in lines of 64 KiB, as the local executor splits them.
     let run_id: Uuid = id.parse().unwrap();
-    let live = &worker.ctx.recorder.live_log;
+    let live = worker.ctx.supervisor.live_log();
     let len = live.len(run_id).await.unwrap();
     let lines = live.range(run_id, 1, len).await.unwrap();
     assert_eq!(lines.len(), 16);

@@ -3,7 +3,7 @@
 //! Like a Job's init container, it fetches the code bundle through a presigned URL (the
 //! sandbox never sees a credential), checks its sha256, unpacks it, fetches the run's datasets,
 //! then runs the program and reports phases, the live log, `log.txt`, the outputs and the
-//! ending through the recorder. One execution per run: a run it already has is not launched
+//! ending to the supervisor. One execution per run: a run it already has is not launched
 //! twice, and the run's lease (held by this worker) keeps other workers off it.
 
 use std::collections::HashMap;
@@ -13,17 +13,25 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coderun_shared::bundle;
-use coderun_shared::config::{LimitSettings, RunLimits};
-use coderun_shared::domain::FilePath;
-use coderun_shared::runs::{Reason, Run, RunStatus};
+use coderun_shared::config::{ExecutorKind, LimitSettings, RunLimits, Settings};
+use coderun_shared::runs::{Run, RunStatus};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::executor::{Executor, LaunchError};
-use crate::recorder::{Ending, Recorder};
+use crate::ending::{Ending, Termination};
+use crate::executor::environment::dataset_objects;
+use crate::executor::{Durability, Executor, LaunchError, Prepared, Start, Traits};
 use crate::sandbox::{
-    Limits, Sandbox, SandboxRequest, Termination, create_run_dir, remove_work_dir,
+    self, Limits, Sandbox, SandboxConfig, SandboxRequest, create_run_dir, remove_work_dir,
+};
+use crate::supervisor::Supervisor;
+
+/// Local programs die with their worker and wait for their start.
+const TRAITS: Traits = Traits {
+    kind: ExecutorKind::Local,
+    durability: Durability::DiesWithWorker,
+    start: Start::OnStart,
 };
 
 /// Lines sent to the live log in one round trip at most.
@@ -32,11 +40,10 @@ const LOG_BATCH: usize = 256;
 const LOG_FLUSH: Duration = Duration::from_millis(50);
 
 struct Execution {
-    go: Option<oneshot::Sender<bool>>,
     stop: CancellationToken,
     /// The program has ended; only recording and clean-up remain. A finished execution holds
     /// no capacity (it is not `live`) but is still this worker's (`has`), so the reconciler
-    /// leaves its run to the recorder.
+    /// leaves its run to the supervisor.
     finished: bool,
 }
 
@@ -44,7 +51,7 @@ struct Inner {
     sandbox: Arc<Sandbox>,
     /// Executions this worker runs at once at most (one sandbox uid each).
     slots: usize,
-    recorder: Recorder,
+    supervisor: Supervisor,
     http: reqwest::Client,
     work_root: PathBuf,
     runs: RunLimits,
@@ -57,11 +64,70 @@ pub struct LocalExecutor {
     inner: Arc<Inner>,
 }
 
+/// A local execution waiting for its go: its task holds the run's slot but runs nothing yet.
+struct Waiting {
+    /// `None` when the run was prepared before (the first preparation decides).
+    go: Option<oneshot::Sender<bool>>,
+}
+
+#[async_trait]
+impl Prepared for Waiting {
+    async fn start(self: Box<Self>) {
+        if let Some(go) = self.go {
+            let _ = go.send(true);
+        }
+    }
+
+    async fn discard(self: Box<Self>) {
+        if let Some(go) = self.go {
+            let _ = go.send(false);
+        }
+    }
+}
+
 impl LocalExecutor {
+    /// Builds the sandbox and the work folder: fails loudly when the sandbox cannot be built on
+    /// this host, rather than running code unconfined.
+    pub async fn build(settings: &Settings, supervisor: Supervisor) -> anyhow::Result<Self> {
+        let worker = &settings.worker;
+        let config = SandboxConfig {
+            uid_base: uid_base(worker.sandbox_uid_base, worker.local_slots, supervisor.me()),
+            uid_count: worker.local_slots,
+            cgroup_name: format!("coderun-{}", sanitize(supervisor.me())),
+            runtimes_dir: sandbox::runtimes_dir(&worker.runtimes_dir),
+            languages: settings
+                .languages
+                .iter()
+                .map(|(id, language)| (id.clone(), language.runtime.clone()))
+                .collect(),
+            ..SandboxConfig::default()
+        };
+        let sandbox = tokio::task::spawn_blocking(move || Sandbox::new(config))
+            .await?
+            .map_err(|e| anyhow::anyhow!("the local sandbox cannot be built on this host: {e}"))?;
+        let work_root = worker.work_dir.clone();
+        tokio::task::spawn_blocking(move || sandbox::create_work_root(&work_root))
+            .await?
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot create worker.work_dir {}: {e}",
+                    worker.work_dir.display()
+                )
+            })?;
+        Ok(Self::new(
+            Arc::new(sandbox),
+            worker.local_slots as usize,
+            supervisor,
+            worker.work_dir.clone(),
+            settings.runs.clone(),
+            settings.limits.clone(),
+        ))
+    }
+
     pub fn new(
         sandbox: Arc<Sandbox>,
         slots: usize,
-        recorder: Recorder,
+        supervisor: Supervisor,
         work_root: PathBuf,
         runs: RunLimits,
         paths: LimitSettings,
@@ -70,7 +136,7 @@ impl LocalExecutor {
             inner: Arc::new(Inner {
                 sandbox,
                 slots,
-                recorder,
+                supervisor,
                 // A stalled transfer fails (and is retried) rather than hanging the run.
                 http: reqwest::Client::builder()
                     .connect_timeout(Duration::from_secs(5))
@@ -86,16 +152,37 @@ impl LocalExecutor {
     }
 }
 
+/// Each worker on a host takes its own block of `slots` sandbox uids, chosen by its name, so
+/// two workers on one machine (almost surely) never hand the same uid to two runs.
+fn uid_base(base: u32, slots: u32, name: &str) -> u32 {
+    let hash = name.bytes().fold(2_166_136_261u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(16_777_619)
+    });
+    base + (hash % 1024) * slots
+}
+
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 #[async_trait]
 impl Executor for LocalExecutor {
-    fn kind(&self) -> &'static str {
-        "local"
+    fn traits(&self) -> Traits {
+        TRAITS
     }
 
-    async fn launch(&self, run: &Run) -> Result<(), LaunchError> {
+    async fn prepare(&self, run: &Run) -> Result<Box<dyn Prepared>, LaunchError> {
         let mut executions = self.inner.executions.lock().expect("executions lock");
         if executions.contains_key(&run.id) {
-            return Ok(());
+            return Ok(Box::new(Waiting { go: None }));
         }
         if executions.len() >= self.inner.slots {
             return Err(LaunchError::Retryable(format!(
@@ -108,7 +195,6 @@ impl Executor for LocalExecutor {
         executions.insert(
             run.id,
             Execution {
-                go: Some(go),
                 stop: stop.clone(),
                 finished: false,
             },
@@ -117,17 +203,7 @@ impl Executor for LocalExecutor {
         let inner = self.inner.clone();
         let run = run.clone();
         tokio::spawn(async move { inner.execute(run, wait, stop).await });
-        Ok(())
-    }
-
-    async fn start(&self, run_id: Uuid, go: bool) {
-        let sender = {
-            let mut executions = self.inner.executions.lock().expect("executions lock");
-            executions.get_mut(&run_id).and_then(|e| e.go.take())
-        };
-        if let Some(sender) = sender {
-            let _ = sender.send(go);
-        }
+        Ok(Box::new(Waiting { go: Some(go) }))
     }
 
     async fn stop(&self, run_id: Uuid) {
@@ -166,16 +242,7 @@ impl Executor for LocalExecutor {
         // Its folder (and the tmpfs holding the run's files, which holds memory) goes too,
         // unless this worker is executing it.
         if !self.has(run_id) {
-            let work_dir = self.inner.work_root.join(run_id.to_string());
-            match tokio::task::spawn_blocking(move || remove_work_dir(&work_dir)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(%run_id, error = %e, "cannot remove a lost run's work dir")
-                }
-                Err(e) => {
-                    tracing::warn!(%run_id, error = %e, "cannot remove a lost run's work dir")
-                }
-            }
+            remove_run_dir(self.inner.work_root.join(run_id.to_string()), run_id).await;
         }
     }
 
@@ -192,6 +259,17 @@ impl Executor for LocalExecutor {
         while busy() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// Removes a run's work folder (and unmounts its file system), logging what goes wrong.
+async fn remove_run_dir(dir: PathBuf, run: Uuid) {
+    let removed = tokio::task::spawn_blocking(move || remove_work_dir(&dir))
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r.map_err(anyhow::Error::from));
+    if let Err(e) = removed {
+        tracing::warn!(%run, error = %e, "cannot remove the run's work dir");
     }
 }
 
@@ -213,20 +291,10 @@ impl Inner {
                 Ok(_) => self.run_to_end(&run, &work_dir, &stop).await,
                 Err(e) => Err(e.context("creating the run's work dir")),
             };
-            let ending = match ending {
-                Ok(ending) => ending,
-                Err(e) => {
-                    tracing::error!(run = %run.id, error = ?e, "the run could not be executed");
-                    Ending {
-                        status: RunStatus::Failed,
-                        exit_code: None,
-                        reason: Some(Reason::LaunchFailed),
-                        detail: format!("{e:#}"),
-                        log_bytes: None,
-                        log_truncated: false,
-                    }
-                }
-            };
+            let ending = ending.unwrap_or_else(|e| {
+                tracing::error!(run = %run.id, error = ?e, "the run could not be executed");
+                Ending::from(Termination::LaunchFailed(format!("{e:#}")))
+            });
             if let Some(execution) = self
                 .executions
                 .lock()
@@ -235,20 +303,11 @@ impl Inner {
             {
                 execution.finished = true;
             }
-            if let Err(e) = self.recorder.finish(run.id, ending).await {
+            if let Err(e) = self.supervisor.finish(run.id, ending).await {
                 // The reconciler will find the run without an execution and end it.
                 tracing::error!(run = %run.id, error = ?e, "cannot record the end of the run");
             }
-            let dir = work_dir.clone();
-            match tokio::task::spawn_blocking(move || remove_work_dir(&dir)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(run = %run.id, error = %e, "cannot remove the run's work dir")
-                }
-                Err(e) => {
-                    tracing::warn!(run = %run.id, error = %e, "cannot remove the run's work dir")
-                }
-            }
+            remove_run_dir(work_dir, run.id).await;
         }
         self.executions
             .lock()
@@ -262,7 +321,7 @@ impl Inner {
         work_dir: &Path,
         stop: &CancellationToken,
     ) -> anyhow::Result<Ending> {
-        self.recorder
+        self.supervisor
             .phase(run.id, RunStatus::Pending, "fetching the code")
             .await?;
         // An earlier attempt of this run, lost with its worker, may have left its folder.
@@ -273,12 +332,16 @@ impl Inner {
         }
         let code_dir = work_dir.join("code");
         tokio::fs::create_dir_all(&code_dir).await?;
-        let resilience = &self.recorder.resilience;
+        let resilience = self.supervisor.resilience();
         // An outage of object storage is waited out here, the run pending; only a bundle that
         // is missing or does not match its checksum fails the run.
         let bytes = resilience
             .retry("fetch the code", || async move {
-                let url = self.recorder.storage.presigned_get(&run.code_key()).await?;
+                let url = self
+                    .supervisor
+                    .storage()
+                    .presigned_get(&run.code_key())
+                    .await?;
                 let response = self.http.get(url).send().await?.error_for_status()?;
                 Ok(response.bytes().await?)
             })
@@ -290,14 +353,14 @@ impl Inner {
             .retry("fetch the datasets", || self.fetch_datasets(run, work_dir))
             .await?;
         if stop.is_cancelled() {
-            return Ok(stopped_before_start());
+            return Ok(Termination::StoppedBeforeStart.into());
         }
 
-        self.recorder
+        self.supervisor
             .phase(run.id, RunStatus::Running, "program started")
             .await?;
         let (lines, receiver) = mpsc::channel(4 * LOG_BATCH);
-        let pump = tokio::spawn(pump_log(self.recorder.clone(), run.id, receiver));
+        let pump = tokio::spawn(pump_log(self.supervisor.clone(), run.id, receiver));
         let request = SandboxRequest {
             run_id: run.id,
             attempt: u32::try_from(run.attempt).unwrap_or(1),
@@ -312,7 +375,7 @@ impl Inner {
         let _ = pump.await;
         let outcome = outcome?;
 
-        self.recorder
+        self.supervisor
             .store_log(run.id, &work_dir.join("log.txt"))
             .await?;
         let sandbox = self.sandbox.clone();
@@ -331,66 +394,10 @@ impl Inner {
             .iter()
             .map(|f| (f.path.clone(), f.host_path.clone(), f.size))
             .collect();
-        self.recorder.store_outputs(run.id, &files).await?;
+        self.supervisor.store_outputs(run.id, &files).await?;
 
-        let (status, exit_code, reason, detail) = match outcome.termination {
-            Termination::Exited(0) => (
-                RunStatus::Succeeded,
-                Some(0),
-                None,
-                "exited with 0".to_owned(),
-            ),
-            Termination::Exited(code) => (
-                RunStatus::Failed,
-                Some(code),
-                None,
-                format!("exited with {code}"),
-            ),
-            Termination::OomKilled => (
-                RunStatus::Failed,
-                Some(137),
-                Some(Reason::OomKilled),
-                "killed: out of memory".into(),
-            ),
-            Termination::DeadlineExceeded => (
-                RunStatus::Failed,
-                None,
-                Some(Reason::DeadlineExceeded),
-                "killed: wall time exceeded".into(),
-            ),
-            Termination::OutputLimitExceeded => (
-                RunStatus::Failed,
-                None,
-                Some(Reason::OutputLimitExceeded),
-                "killed: log limit exceeded".into(),
-            ),
-            Termination::DiskLimitExceeded => (
-                RunStatus::Failed,
-                None,
-                Some(Reason::Evicted),
-                "disk limit exceeded: the run's files filled its disk budget".into(),
-            ),
-            Termination::Killed => (
-                RunStatus::Failed,
-                None,
-                Some(Reason::StoppedByUser),
-                "killed: stopped".into(),
-            ),
-            Termination::Signaled(signal) => (
-                RunStatus::Failed,
-                Some(128 + signal),
-                None,
-                format!("the sandbox died of signal {signal}"),
-            ),
-        };
-        Ok(Ending {
-            status,
-            exit_code,
-            reason,
-            detail,
-            log_bytes: Some(outcome.log_bytes as i64),
-            log_truncated: outcome.log_truncated,
-        })
+        Ok(Ending::from(termination(&outcome.termination))
+            .with_log(outcome.log_bytes, outcome.log_truncated))
     }
 
     /// Downloads each dataset's files into `work_dir/data/{name}`, read-only for the program.
@@ -399,23 +406,18 @@ impl Inner {
         run: &Run,
         work_dir: &Path,
     ) -> anyhow::Result<Vec<(String, PathBuf)>> {
+        let storage = self.supervisor.storage();
+        let objects = dataset_objects(storage, &run.datasets, &self.paths).await?;
         let mut mounted = Vec::new();
         for name in &run.datasets {
             let root = work_dir.join("data").join(name);
             tokio::fs::create_dir_all(&root).await?;
-            let prefix = format!("datasets/{name}/");
-            for (key, _) in self.recorder.storage.list(&prefix).await? {
-                // Object keys are not trusted as paths: the same rules as task files apply.
-                let Ok(path) = FilePath::parse(&key[prefix.len()..], &self.paths) else {
-                    tracing::warn!(%key, "skipping a dataset object whose key is not a safe path");
-                    continue;
-                };
-                let target = root.join(path.as_str());
+            for object in objects.iter().filter(|o| &o.dataset == name) {
+                let target = root.join(&object.path);
                 if let Some(parent) = target.parent() {
                     tokio::fs::create_dir_all(parent).await?;
                 }
-                let bytes = self.recorder.storage.get(&key).await?;
-                tokio::fs::write(&target, bytes).await?;
+                tokio::fs::write(&target, storage.get(&object.key).await?).await?;
             }
             mounted.push((name.clone(), root));
         }
@@ -423,19 +425,22 @@ impl Inner {
     }
 }
 
-fn stopped_before_start() -> Ending {
-    Ending {
-        status: RunStatus::Failed,
-        exit_code: None,
-        reason: Some(Reason::StoppedByUser),
-        detail: "stopped before the program started".into(),
-        log_bytes: Some(0),
-        log_truncated: false,
+/// What the sandbox saw, in the terms every executor reports.
+fn termination(sandboxed: &sandbox::Termination) -> Termination {
+    use sandbox::Termination as S;
+    match *sandboxed {
+        S::Exited(code) => Termination::Exited(code),
+        S::OomKilled => Termination::OomKilled,
+        S::DeadlineExceeded => Termination::DeadlineExceeded,
+        S::OutputLimitExceeded => Termination::OutputLimitExceeded,
+        S::DiskLimitExceeded => Termination::DiskLimitExceeded,
+        S::Killed => Termination::Stopped,
+        S::Signaled(signal) => Termination::SandboxSignaled(signal),
     }
 }
 
 /// Forwards the program's lines to the live log in batches, numbering them from 1.
-async fn pump_log(recorder: Recorder, run: Uuid, mut lines: mpsc::Receiver<String>) -> u64 {
+async fn pump_log(supervisor: Supervisor, run: Uuid, mut lines: mpsc::Receiver<String>) -> u64 {
     let mut next = 1u64;
     let mut batch = Vec::with_capacity(LOG_BATCH);
     loop {
@@ -451,7 +456,7 @@ async fn pump_log(recorder: Recorder, run: Uuid, mut lines: mpsc::Receiver<Strin
                 Ok(None) | Err(_) => break,
             }
         }
-        if let Err(e) = recorder.log_lines(run, next, &batch).await {
+        if let Err(e) = supervisor.log_lines(run, next, &batch).await {
             tracing::warn!(%run, error = %e, "cannot append to the live log");
         }
         next += batch.len() as u64;

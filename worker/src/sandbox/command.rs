@@ -24,6 +24,8 @@ use std::path::PathBuf;
 use uuid::Uuid;
 
 use super::runtime::Runtime;
+use crate::executor::environment::RunEnvironment;
+
 use super::{CODE_PATH, DATA_DIR, Limits, OUTPUT_DIR, SandboxConfig};
 
 /// Exit code of the first process when it cannot join the run's cgroup.
@@ -165,18 +167,12 @@ impl Launch<'_> {
                 &"--clearenv",
             ],
         );
-        let run_id = self.run_id.to_string();
-        let attempt = self.attempt.to_string();
-        for (k, v) in [
-            ("CODE_PATH", CODE_PATH),
-            ("OUTPUT_DIR", OUTPUT_DIR),
-            ("DATA_DIR", DATA_DIR),
-            ("RUN_ID", run_id.as_str()),
-            ("RUN_ATTEMPT", attempt.as_str()),
+        let promised = RunEnvironment::new(self.run_id, self.attempt).vars();
+        for (k, v) in promised.iter().map(|(k, v)| (*k, v.as_str())).chain([
             ("HOME", "/tmp"),
             ("PATH", self.config.path_env.as_str()),
             ("LANG", "C.UTF-8"),
-        ] {
+        ]) {
             push(&mut a, &[&"--setenv", &k, &v]);
         }
         for (k, v) in self.runtime.env(&self.limits) {

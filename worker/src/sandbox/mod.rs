@@ -51,12 +51,8 @@ use cgroup::{Cgroups, RunCgroup};
 use command::{Identity, Launch};
 use uids::UidPool;
 
-/// Where the program finds its files inside the sandbox (`$CODE_PATH`, its working directory).
-pub const CODE_PATH: &str = "/code";
-/// Where the program may write files to be collected (`$OUTPUT_DIR`).
-pub const OUTPUT_DIR: &str = "/output";
-/// Where datasets are mounted read-only, one folder per dataset (`$DATA_DIR/{name}`).
-pub const DATA_DIR: &str = "/data";
+/// The run environment's mount points, shared with every executor.
+pub use crate::executor::environment::{CODE_PATH, DATA_DIR, OUTPUT_DIR};
 /// The log file the sandbox writes in the run's work dir.
 pub const LOG_FILE: &str = "log.txt";
 /// The folder of the run's work dir where its file system (a tmpfs when the worker is root)

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use coderun_shared::config::Settings;
+use coderun_shared::semaphore::Member;
 use coderun_tests::app::{TestApp, spawn_app_with};
 use coderun_worker::Context;
 use coderun_worker::sandbox::{ensure_built, runtimes_dir};
@@ -319,13 +320,13 @@ impl Drop for WorkerProcess {
 
 /// The permits held by runs (an idle worker also holds a reservation while it reads).
 pub async fn run_permits(ctx: &Context) -> Vec<String> {
-    ctx.semaphore
+    ctx.permits
         .holders()
         .await
         .unwrap()
         .into_iter()
-        .map(|(member, _)| member)
-        .filter(|member| member.parse::<Uuid>().is_ok())
+        .filter(|h| matches!(h.member, Member::Run(_)))
+        .map(|h| h.member.key())
         .collect()
 }
 

@@ -1,7 +1,7 @@
 //! The Job a run gets: one pure function from the run, the settings and the presigned URLs to
 //! a typed `batch/v1` Job, snapshot-tested.
 //!
-//! The rule it keeps (invariant 7): the pod gets nothing it was not given. No credential of any
+//! The rule it keeps: the pod gets nothing it was not given. No credential of any
 //! kind — code, datasets and outputs move through presigned URLs of single objects — no
 //! service-account token, no service links, the Pod Security "restricted" profile, requests =
 //! limits from the run's spec, `emptyDir`s with a `sizeLimit` for everything writable, and a
@@ -21,6 +21,8 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use uuid::Uuid;
 
+use crate::executor::environment::RunEnvironment;
+
 /// Every object coderun creates carries this label; the watchers select on it.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "coderun");
 pub const RUN_ID: &str = "coderun.dev/run-id";
@@ -36,10 +38,7 @@ pub const FETCH: &str = "fetch";
 /// The native sidecar uploading `$OUTPUT_DIR` once the program has ended.
 pub const OUTPUTS: &str = "outputs";
 
-/// Where things are inside the pod (the run environment of the design).
-pub const CODE_PATH: &str = "/code";
-pub const OUTPUT_DIR: &str = "/output";
-pub const DATA_DIR: &str = "/data";
+pub use crate::executor::environment::{CODE_PATH, DATA_DIR, OUTPUT_DIR};
 
 /// The unprivileged uid and gid everything in the pod runs as (`nobody`).
 const NOBODY: i64 = 65534;
@@ -64,7 +63,7 @@ pub struct DatasetFile {
 }
 
 /// `run-<uuid>`: 40 characters, a DNS-1123 label, and the same for every attempt to launch
-/// the run, so a second create answers 409 (invariant 3).
+/// the run, so a second create answers 409: one execution per run attempt.
 pub fn job_name(run: Uuid) -> String {
     format!("run-{run}")
 }
@@ -201,15 +200,12 @@ pub fn build(run: &Run, settings: &KubernetesSettings, urls: &JobUrls) -> Job {
         image_pull_policy: Some("IfNotPresent".to_owned()),
         command: Some(vec!["sh".to_owned(), "-c".to_owned(), run.command.clone()]),
         working_dir: Some(CODE_PATH.to_owned()),
-        env: env(&[
-            ("CODE_PATH", CODE_PATH),
-            ("OUTPUT_DIR", OUTPUT_DIR),
-            ("DATA_DIR", DATA_DIR),
-            ("RUN_ID", &run.id.to_string()),
-            ("RUN_ATTEMPT", &run.attempt.to_string()),
-            ("HOME", "/tmp"),
-            ("TMPDIR", "/tmp"),
-        ]),
+        env: env(&RunEnvironment::new(run.id, run.attempt)
+            .vars()
+            .iter()
+            .map(|(name, value)| (*name, value.as_str()))
+            .chain([("HOME", "/tmp"), ("TMPDIR", "/tmp")])
+            .collect::<Vec<_>>()),
         volume_mounts: Some(vec![
             mount("code", CODE_PATH, false),
             mount("output", OUTPUT_DIR, false),

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::job::MAIN;
 use crate::lines::{LineSplitter, MAX_LINE_BYTES};
-use crate::recorder::Recorder;
+use crate::supervisor::Supervisor;
 
 /// Lines sent to the live log in one round trip at most.
 const BATCH: usize = 256;
@@ -43,14 +43,14 @@ pub struct StreamState {
 pub async fn follow(
     pods: Api<Pod>,
     pod: String,
-    recorder: Recorder,
+    supervisor: Supervisor,
     run: Uuid,
     cap: u64,
     state: Arc<StreamState>,
     changed: Arc<Notify>,
 ) {
     // Lines the live log holds already (from this worker before a reconnect, or another).
-    let mut written = match recorder.live_log.len(run).await {
+    let mut written = match supervisor.live_log().len(run).await {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(%run, error = %e, "cannot read the live log's length");
@@ -66,7 +66,7 @@ pub async fn follow(
         };
         let result = async {
             let reader = pods.log_stream(&pod, &params).await?;
-            pump(reader, &recorder, run, &mut written, cap).await
+            pump(reader, &supervisor, run, &mut written, cap).await
         }
         .await;
         match result {
@@ -101,7 +101,7 @@ trait LineSink: Sync {
 }
 
 #[async_trait]
-impl LineSink for Recorder {
+impl LineSink for Supervisor {
     async fn append(&self, run: Uuid, first: u64, lines: &[String]) -> anyhow::Result<()> {
         self.log_lines(run, first, lines).await
     }
@@ -198,16 +198,17 @@ pub async fn read_all(pods: &Api<Pod>, pod: &str, cap: u64) -> kube::Result<(Vec
 
 /// The live log as a file's bytes (when the pod's own log is gone), cut at `cap`.
 pub async fn from_live_log(
-    recorder: &Recorder,
+    supervisor: &Supervisor,
     run: Uuid,
     cap: u64,
 ) -> anyhow::Result<(Vec<u8>, bool)> {
-    let len = recorder.live_log.len(run).await?;
+    let live_log = supervisor.live_log();
+    let len = live_log.len(run).await?;
     let mut log = Vec::new();
     let mut from = 1;
     while from <= len {
         let to = (from + 999).min(len);
-        for line in recorder.live_log.range(run, from, to).await? {
+        for line in live_log.range(run, from, to).await? {
             log.extend_from_slice(line.as_bytes());
             log.push(b'\n');
         }

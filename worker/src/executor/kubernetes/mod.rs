@@ -1,26 +1,29 @@
 //! `KubernetesExecutor`: one `batch/v1` Job per run in a dedicated namespace.
 //!
-//! - **Launch** creates the Job ([`job::build`]) through a client-side rate limit; the name
-//!   derives from the run id, so 409 AlreadyExists means "already launched" (invariant 3).
-//! - **Observe**: every worker watches all of coderun's Jobs and Pods ([`watch`]) and records
-//!   their phases through the idempotent recorder, so several replicas watching at once agree.
-//!   The work only one should do — following the log, storing `log.txt` and the outputs,
-//!   finishing, giving up on an image — falls to the holder of the run's capacity permit, and
-//!   passes to another worker (compare-and-swap on the permit) when that holder dies: a Job
-//!   outlives its worker and is adopted, never run twice.
+//! - **Prepare** creates the Job ([`job::build`]) through a client-side rate limit; the name
+//!   derives from the run id, so 409 AlreadyExists means "already launched" — one execution
+//!   per run attempt. A Job runs from its creation: starting it is a no-op, discarding it
+//!   deletes it.
+//! - **Observe**: every worker reflects all of coderun's Jobs and Pods into `kube::runtime`
+//!   stores (`watch`); one task per run (`actor`) reports their phases to the supervisor
+//!   (idempotent), so several replicas watching at once agree. The work only one should do —
+//!   following the log (`logs`), storing `log.txt` and the outputs, finishing (`finish`),
+//!   giving up on an image — falls to the holder of the run's capacity permit (`ownership`),
+//!   and passes to another worker (compare-and-swap on the permit) when that holder dies: a
+//!   Job outlives its worker and is adopted, never run twice.
 //! - **Stop** deletes the Job, always with a propagation policy (`Background`), from
 //!   whichever worker hears of the stop.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use coderun_shared::config::{KubernetesSettings, LimitSettings, RunLimits, Settings};
-use coderun_shared::domain::FilePath;
+use coderun_shared::config::{
+    ExecutorKind, KubernetesSettings, LimitSettings, RunLimits, Settings,
+};
 use coderun_shared::objects::RunObjects;
-use coderun_shared::redis::Keys;
 use coderun_shared::runs::Run;
 use coderun_shared::storage::Storage;
 use coderun_shared::transient::Dependency;
@@ -32,34 +35,35 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::executor::{Executor, LaunchError};
-use crate::recorder::Recorder;
+use crate::executor::environment::dataset_objects;
+use crate::executor::{Durability, Executor, LaunchError, Prepared, Start, Traits};
+use crate::supervisor::Supervisor;
 
+mod actor;
+mod finish;
 pub mod job;
 pub mod limiter;
 pub mod logs;
 pub mod observe;
 pub mod outputs;
+mod ownership;
 pub mod presign;
 mod watch;
 
 use limiter::RateLimiter;
+use ownership::Ownership;
 use presign::Presigner;
-use watch::{Cache, Owners};
+use watch::{Stores, Writers};
+/// Jobs outlive their worker and run from their creation.
+const TRAITS: Traits = Traits {
+    kind: ExecutorKind::Kubernetes,
+    durability: Durability::OutlivesWorker,
+    start: Start::OnCreate,
+};
 
-/// The executor's name, on runs and in `worker.executor`.
-pub const KIND: &str = "kubernetes";
 /// A create the API server has not answered by then is retried later (and a create that did
 /// land meanwhile answers 409 next time: launched).
 const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What the executor needs besides the kube client.
-pub struct Parts {
-    pub name: String,
-    pub recorder: Recorder,
-    pub redis: fred::prelude::Client,
-    pub keys: Keys,
-}
 
 #[derive(Clone)]
 pub struct KubernetesExecutor {
@@ -67,31 +71,26 @@ pub struct KubernetesExecutor {
 }
 
 pub(crate) struct Inner {
-    /// This worker's name: the owner written on permits.
-    me: String,
     settings: KubernetesSettings,
     runs: RunLimits,
     paths: LimitSettings,
-    lease_grace_seconds: u64,
     jobs: Api<Job>,
     pods: Api<Pod>,
-    recorder: Recorder,
-    redis: fred::prelude::Client,
-    keys: Keys,
+    supervisor: Supervisor,
     presigner: Presigner,
     limiter: RateLimiter,
-    /// coderun's Jobs by run, as the watcher last saw them.
-    job_cache: Mutex<Cache<Job>>,
-    /// The newest Pod of each run.
-    pod_cache: Mutex<Cache<Pod>>,
-    /// The Job watcher has listed every Job since it last (re)started.
+    /// coderun's Jobs and Pods as the reflectors last saw them.
+    stores: Stores,
+    /// The stores' write halves, until the watch loop takes them.
+    writers: Mutex<Option<Writers>>,
+    /// The Job reflector has listed every Job since it last (re)started.
     synced: AtomicBool,
     /// One task per run being observed, woken when anything about its run changes.
     actors: Mutex<HashMap<Uuid, Arc<tokio::sync::Notify>>>,
     /// Runs seen ended: no task is started for them again (pruned after the Job TTL).
     done: Mutex<HashMap<Uuid, tokio::time::Instant>>,
     /// Who holds which permit, and which holders are alive: refreshed every tick.
-    owners: RwLock<Owners>,
+    ownership: Ownership,
     /// Runs being finished now (log, outputs, end): what `drain` waits for.
     finishing: AtomicUsize,
 }
@@ -99,7 +98,7 @@ pub(crate) struct Inner {
 impl KubernetesExecutor {
     /// Connects to the API server and checks that the namespace's Jobs can be listed: start-up
     /// fails loudly rather than consuming runs it cannot launch.
-    pub async fn connect(settings: &Settings, parts: Parts) -> anyhow::Result<Self> {
+    pub async fn connect(settings: &Settings, supervisor: Supervisor) -> anyhow::Result<Self> {
         let k8s = &settings.kubernetes;
         let client = client(k8s).await?;
         let jobs: Api<Job> = Api::namespaced(client.clone(), &k8s.namespace);
@@ -115,26 +114,23 @@ impl KubernetesExecutor {
                     source_of(k8s)
                 )
             })?;
+        let (stores, writers) = watch::stores(&k8s.namespace);
         Ok(Self {
             inner: Arc::new(Inner {
-                me: parts.name,
                 settings: k8s.clone(),
                 runs: settings.runs.clone(),
                 paths: settings.limits.clone(),
-                lease_grace_seconds: settings.capacity.lease_grace_seconds,
                 jobs,
                 pods,
-                recorder: parts.recorder,
-                redis: parts.redis,
-                keys: parts.keys,
+                supervisor,
                 presigner: Presigner::new(&settings.storage),
                 limiter: RateLimiter::new(k8s.creates_per_second),
-                job_cache: Mutex::new(Cache::default()),
-                pod_cache: Mutex::new(Cache::default()),
+                stores,
+                writers: Mutex::new(Some(writers)),
                 synced: AtomicBool::new(false),
                 actors: Mutex::new(HashMap::new()),
                 done: Mutex::new(HashMap::new()),
-                owners: RwLock::new(Owners::default()),
+                ownership: Ownership::default(),
                 finishing: AtomicUsize::new(0),
             }),
         })
@@ -178,11 +174,6 @@ fn source_of(settings: &KubernetesSettings) -> String {
 }
 
 impl Inner {
-    /// The permit TTL of a run: as the consumer sets it.
-    fn lease_ttl_ms(&self, run: &Run) -> u64 {
-        (u64::from(run.spec.limits.wall_seconds) + self.lease_grace_seconds) * 1000
-    }
-
     /// Deletes the run's Job and, through `Background` propagation, its Pods. A Job already
     /// gone is fine.
     async fn delete_job(&self, run: Uuid) -> kube::Result<()> {
@@ -218,20 +209,12 @@ pub async fn job_urls(
     let code = presigner.get(&run.code_key(), short).await?;
     let outputs = presigner.put(&outputs_key(run.id), long).await?;
     let mut datasets = Vec::new();
-    for name in &run.datasets {
-        let prefix = format!("datasets/{name}/");
-        for (key, size) in storage.list(&prefix).await? {
-            // Object keys are not trusted as paths: the rules of task files apply.
-            let Ok(path) = FilePath::parse(&key[prefix.len()..], paths) else {
-                tracing::warn!(%key, "skipping a dataset object whose key is not a safe path");
-                continue;
-            };
-            datasets.push(job::DatasetFile {
-                path: format!("{name}/{}", path.as_str()),
-                url: presigner.get(&key, short).await?,
-                size,
-            });
-        }
+    for object in dataset_objects(storage, &run.datasets, paths).await? {
+        datasets.push(job::DatasetFile {
+            path: format!("{}/{}", object.dataset, object.path),
+            url: presigner.get(&object.key, short).await?,
+            size: object.size,
+        });
     }
     Ok(job::JobUrls {
         code,
@@ -245,36 +228,57 @@ pub fn outputs_key(run: Uuid) -> String {
     RunObjects::new(run).outputs_archive()
 }
 
+/// A created Job: it runs already.
+struct Created {
+    inner: Arc<Inner>,
+    run: Uuid,
+}
+
 #[async_trait]
-impl Executor for KubernetesExecutor {
-    fn kind(&self) -> &'static str {
-        KIND
+impl Prepared for Created {
+    async fn start(self: Box<Self>) {}
+
+    async fn discard(self: Box<Self>) {
+        self.inner.stop(self.run).await;
+    }
+}
+
+impl Inner {
+    async fn stop(&self, run_id: Uuid) {
+        match self.delete_job(run_id).await {
+            Ok(()) => tracing::info!(run = %run_id, "deleted the Job (stop)"),
+            Err(e) => {
+                // The stop sweep tries again.
+                crate::metrics::executor_error(ExecutorKind::Kubernetes, "stop");
+                tracing::warn!(run = %run_id, error = %e, "cannot delete the Job")
+            }
+        }
     }
 
-    async fn launch(&self, run: &Run) -> Result<(), LaunchError> {
-        let inner = &self.inner;
+    /// Creates the run's Job; one that exists already was launched before.
+    async fn create(&self, run: &Run) -> Result<(), LaunchError> {
+        let resilience = self.supervisor.resilience();
         let urls = job_urls(
-            &inner.presigner,
-            &inner.recorder.storage,
-            &inner.settings,
-            &inner.paths,
+            &self.presigner,
+            self.supervisor.storage(),
+            &self.settings,
+            &self.paths,
             run,
         )
         .await
         .map_err(|e| {
             if let Some(dep) = crate::resilience::classify(&e) {
-                inner.recorder.resilience.failure(dep, &e);
+                resilience.failure(dep, &e);
             }
             LaunchError::Retryable(format!("cannot presign the run's URLs: {e:#}"))
         })?;
-        let job = job::build(run, &inner.settings, &urls);
-        inner.limiter.until_ready().await;
+        let job = job::build(run, &self.settings, &urls);
+        self.limiter.until_ready().await;
         let created = tokio::time::timeout(
             CREATE_TIMEOUT,
-            inner.jobs.create(&PostParams::default(), &job),
+            self.jobs.create(&PostParams::default(), &job),
         )
         .await;
-        let resilience = &inner.recorder.resilience;
         match &created {
             Ok(Ok(_)) => resilience.success(Dependency::Kubernetes),
             Ok(Err(e)) if crate::resilience::kube_is_transient(e) => {
@@ -306,21 +310,24 @@ impl Executor for KubernetesExecutor {
             ))),
         }
     }
+}
 
-    async fn start(&self, run_id: Uuid, go: bool) {
-        // A Job starts when it is created; a canceled run's Job is deleted before its program
-        // gets anywhere (the fetch step comes first).
-        if !go {
-            self.stop(run_id).await;
-        }
+#[async_trait]
+impl Executor for KubernetesExecutor {
+    async fn prepare(&self, run: &Run) -> Result<Box<dyn Prepared>, LaunchError> {
+        self.inner.create(run).await?;
+        Ok(Box::new(Created {
+            inner: self.inner.clone(),
+            run: run.id,
+        }))
+    }
+
+    fn traits(&self) -> Traits {
+        TRAITS
     }
 
     async fn stop(&self, run_id: Uuid) {
-        match self.inner.delete_job(run_id).await {
-            Ok(()) => tracing::info!(run = %run_id, "deleted the Job (stop)"),
-            // The stop sweep tries again.
-            Err(e) => tracing::warn!(run = %run_id, error = %e, "cannot delete the Job"),
-        }
+        self.inner.stop(run_id).await;
     }
 
     /// Every run whose Job is active, whichever worker launched it: every worker renews their
@@ -338,10 +345,6 @@ impl Executor for KubernetesExecutor {
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    fn adopts(&self) -> bool {
-        true
     }
 
     async fn probe(&self) -> anyhow::Result<()> {

@@ -1,15 +1,17 @@
-//! Reading a run's phase from its Job and Pod: a pure function, so every signal of the design
-//! (Kubernetes Job signals in FACTS) has a unit test.
+//! Reading a run's phase from its Job and Pod: a pure function, so every signal Kubernetes
+//! gives about a Job (deadline, eviction, OOM, exit code, image pulls) has a unit test. What
+//! the run's status and reason become is decided once for every executor, in
+//! [`crate::ending`].
 //!
 //! Precedence when several signals are present: the Job's `DeadlineExceeded` (read from the
 //! Job, never the Pod), then eviction (the Pod's reason `Evicted` or a `DisruptionTarget`
 //! condition), then the main container's `OOMKilled`, then its exit code.
 
-use coderun_shared::runs::{Reason, RunStatus};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
 use super::job::{FETCH, MAIN};
+use crate::ending::Termination;
 
 /// Waiting reasons of a container whose image cannot be had.
 const PULL_FAILURES: [&str; 5] = [
@@ -31,68 +33,10 @@ pub enum Observation {
     /// The program runs.
     Running,
     /// The execution is over.
-    Ended(End),
+    Ended(Termination),
     /// The Pod failed but the Job has no verdict yet: its condition, which alone tells a
     /// deadline from a failure, is normally a moment away.
-    Failing(End),
-}
-
-/// How an execution ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum End {
-    Exited(i32),
-    OomKilled,
-    DeadlineExceeded,
-    Evicted(String),
-    /// The fetch step failed: the program never started.
-    FetchFailed(String),
-    /// The Job failed and no Pod tells why.
-    Failed(String),
-}
-
-impl End {
-    /// The run's end: status, exit code, reason, detail.
-    pub fn outcome(&self) -> (RunStatus, Option<i32>, Option<Reason>, String) {
-        match self {
-            End::Exited(0) => (RunStatus::Succeeded, Some(0), None, "exited with 0".into()),
-            End::Exited(code) => (
-                RunStatus::Failed,
-                Some(*code),
-                None,
-                format!("exited with {code}"),
-            ),
-            End::OomKilled => (
-                RunStatus::Failed,
-                Some(137),
-                Some(Reason::OomKilled),
-                "killed: out of memory".into(),
-            ),
-            End::DeadlineExceeded => (
-                RunStatus::Failed,
-                None,
-                Some(Reason::DeadlineExceeded),
-                "killed: wall time exceeded".into(),
-            ),
-            End::Evicted(why) => (
-                RunStatus::Failed,
-                None,
-                Some(Reason::Evicted),
-                format!("evicted: {why}"),
-            ),
-            End::FetchFailed(why) => (
-                RunStatus::Failed,
-                None,
-                Some(Reason::LaunchFailed),
-                format!("fetching the code or datasets failed: {why}"),
-            ),
-            End::Failed(why) => (
-                RunStatus::Failed,
-                None,
-                Some(Reason::ExecutorLost),
-                format!("the Job failed: {why}"),
-            ),
-        }
-    }
+    Failing(Termination),
 }
 
 /// The run's state from its Job and (newest) Pod.
@@ -100,20 +44,20 @@ pub fn observe(job: &Job, pod: Option<&Pod>) -> Observation {
     if let Some(reason) = job_failed(job)
         && reason == "DeadlineExceeded"
     {
-        return Observation::Ended(End::DeadlineExceeded);
+        return Observation::Ended(Termination::DeadlineExceeded);
     }
     let Some(pod) = pod else {
         return match (job_failed(job), job_complete(job)) {
-            (Some(reason), _) => Observation::Ended(End::Failed(reason)),
-            (None, true) => Observation::Ended(End::Exited(0)),
+            (Some(reason), _) => Observation::Ended(Termination::ExecutionFailed(reason)),
+            (None, true) => Observation::Ended(Termination::Exited(0)),
             (None, false) => Observation::Waiting,
         };
     };
     let status = pod.status.clone().unwrap_or_default();
     let verdict = job_failed(job).is_some();
-    let end = || eviction(pod).map_or_else(|| failure(pod), End::Evicted);
+    let end = || eviction(pod).map_or_else(|| failure(pod), Termination::Evicted);
     match status.phase.as_deref().unwrap_or("Pending") {
-        "Succeeded" => Observation::Ended(End::Exited(0)),
+        "Succeeded" => Observation::Ended(Termination::Exited(0)),
         "Failed" if verdict => Observation::Ended(end()),
         "Failed" => Observation::Failing(end()),
         _ if verdict => Observation::Ended(end()),
@@ -184,10 +128,10 @@ fn main_status(pod: &Pod) -> Option<&ContainerStatus> {
 }
 
 /// Why a failed Pod failed.
-fn failure(pod: &Pod) -> End {
+fn failure(pod: &Pod) -> Termination {
     let status = pod.status.as_ref();
     if status.and_then(|s| s.reason.as_deref()) == Some("DeadlineExceeded") {
-        return End::DeadlineExceeded;
+        return Termination::DeadlineExceeded;
     }
     let terminated = main_status(pod)
         .and_then(|c| c.state.as_ref())
@@ -199,9 +143,9 @@ fn failure(pod: &Pod) -> End {
         });
     if let Some(terminated) = terminated {
         if terminated.reason.as_deref() == Some("OOMKilled") {
-            return End::OomKilled;
+            return Termination::OomKilled;
         }
-        return End::Exited(terminated.exit_code);
+        return Termination::Exited(terminated.exit_code);
     }
     let fetch = status
         .and_then(|s| s.init_container_statuses.as_ref())
@@ -210,7 +154,7 @@ fn failure(pod: &Pod) -> End {
         .and_then(|s| s.terminated.as_ref())
         .filter(|t| t.exit_code != 0);
     if let Some(fetch) = fetch {
-        return End::FetchFailed(format!(
+        return Termination::FetchFailed(format!(
             "exit code {}{}",
             fetch.exit_code,
             fetch
@@ -220,7 +164,7 @@ fn failure(pod: &Pod) -> End {
                 .unwrap_or_default()
         ));
     }
-    End::Failed(
+    Termination::ExecutionFailed(
         status
             .and_then(|s| s.message.clone().or_else(|| s.reason.clone()))
             .unwrap_or_else(|| "the pod failed before the program started".into()),
@@ -247,6 +191,8 @@ fn pull_failure(pod: &Pod) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ending::Ending;
+    use coderun_shared::runs::{Reason, RunStatus};
     use serde_json::json;
 
     fn job(conditions: serde_json::Value) -> Job {
@@ -309,15 +255,21 @@ mod tests {
             pod(json!({"phase": "Succeeded", "containerStatuses": terminated("Completed", 0)}));
         assert_eq!(
             observe(&job(json!([])), Some(&ok)),
-            Observation::Ended(End::Exited(0))
+            Observation::Ended(Termination::Exited(0))
         );
         let failed = pod(json!({"phase": "Failed", "containerStatuses": terminated("Error", 3)}));
         assert_eq!(
             observe(&failed_job(), Some(&failed)),
-            Observation::Ended(End::Exited(3))
+            Observation::Ended(Termination::Exited(3))
         );
-        assert_eq!(End::Exited(3).outcome().0, RunStatus::Failed);
-        assert_eq!(End::Exited(0).outcome().0, RunStatus::Succeeded);
+        assert_eq!(
+            Ending::from(Termination::Exited(3)).status,
+            RunStatus::Failed
+        );
+        assert_eq!(
+            Ending::from(Termination::Exited(0)).status,
+            RunStatus::Succeeded
+        );
     }
 
     #[test]
@@ -325,9 +277,12 @@ mod tests {
         let p = pod(json!({"phase": "Failed", "containerStatuses": terminated("OOMKilled", 137)}));
         assert_eq!(
             observe(&failed_job(), Some(&p)),
-            Observation::Ended(End::OomKilled)
+            Observation::Ended(Termination::OomKilled)
         );
-        assert_eq!(End::OomKilled.outcome().2, Some(Reason::OomKilled));
+        assert_eq!(
+            Ending::from(Termination::OomKilled).reason,
+            Some(Reason::OomKilled)
+        );
     }
 
     #[test]
@@ -336,14 +291,17 @@ mod tests {
         let killed = pod(json!({"phase": "Failed", "containerStatuses": terminated("Error", 137)}));
         assert_eq!(
             observe(&j, Some(&killed)),
-            Observation::Ended(End::DeadlineExceeded)
+            Observation::Ended(Termination::DeadlineExceeded)
         );
         let running = pod(json!({"phase": "Running"}));
         assert_eq!(
             observe(&j, Some(&running)),
-            Observation::Ended(End::DeadlineExceeded)
+            Observation::Ended(Termination::DeadlineExceeded)
         );
-        assert_eq!(observe(&j, None), Observation::Ended(End::DeadlineExceeded));
+        assert_eq!(
+            observe(&j, None),
+            Observation::Ended(Termination::DeadlineExceeded)
+        );
     }
 
     #[test]
@@ -353,7 +311,7 @@ mod tests {
             "message": "ephemeral-storage usage exceeds the limit"}));
         assert_eq!(
             observe(&j, Some(&evicted)),
-            Observation::Ended(End::Evicted(
+            Observation::Ended(Termination::Evicted(
                 "ephemeral-storage usage exceeds the limit".into()
             ))
         );
@@ -363,7 +321,7 @@ mod tests {
                             "reason": "PreemptionByScheduler"}]}));
         assert_eq!(
             observe(&j, Some(&disrupted)),
-            Observation::Ended(End::Evicted("PreemptionByScheduler".into()))
+            Observation::Ended(Termination::Evicted("PreemptionByScheduler".into()))
         );
         // Still running while being disrupted: not over yet.
         let going = pod(json!({"phase": "Running",
@@ -380,8 +338,8 @@ mod tests {
             Observation::Ended(end) => end,
             other => panic!("{other:?}"),
         };
-        assert_eq!(end, End::FetchFailed("exit code 22".into()));
-        assert_eq!(end.outcome().2, Some(Reason::LaunchFailed));
+        assert_eq!(end, Termination::FetchFailed("exit code 22".into()));
+        assert_eq!(Ending::from(end).reason, Some(Reason::LaunchFailed));
     }
 
     #[test]
@@ -389,24 +347,27 @@ mod tests {
         let killed = pod(json!({"phase": "Failed", "containerStatuses": terminated("Error", 137)}));
         assert_eq!(
             observe(&job(json!([])), Some(&killed)),
-            Observation::Failing(End::Exited(137))
+            Observation::Failing(Termination::Exited(137))
         );
         let evicted = pod(json!({"phase": "Failed", "reason": "Evicted", "message": "disk"}));
         assert_eq!(
             observe(&job(json!([])), Some(&evicted)),
-            Observation::Failing(End::Evicted("disk".into()))
+            Observation::Failing(Termination::Evicted("disk".into()))
         );
     }
 
     #[test]
     fn a_finished_job_whose_pod_is_gone_still_ends() {
         let complete = job(json!([{"type": "Complete", "status": "True"}]));
-        assert_eq!(observe(&complete, None), Observation::Ended(End::Exited(0)));
+        assert_eq!(
+            observe(&complete, None),
+            Observation::Ended(Termination::Exited(0))
+        );
         let failed =
             job(json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]));
         assert_eq!(
             observe(&failed, None),
-            Observation::Ended(End::Failed("BackoffLimitExceeded".into()))
+            Observation::Ended(Termination::ExecutionFailed("BackoffLimitExceeded".into()))
         );
         assert!(job_finished(&failed) && job_finished(&complete));
         assert!(!job_finished(&job(json!([]))));

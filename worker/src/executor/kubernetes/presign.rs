@@ -1,6 +1,6 @@
 //! Presigned URLs for the objects a Job moves — the code bundle and dataset objects (GET) and
 //! the outputs archive (PUT) — with lifetimes of the executor's choosing, so the pod never
-//! holds a credential (invariant 7).
+//! holds a credential: untrusted code gets no storage credentials.
 
 use std::time::Duration;
 

@@ -1,0 +1,105 @@
+//! The run environment: what every program finds, whichever executor runs it — its code in
+//! `$CODE_PATH` (its working directory), a writable `$OUTPUT_DIR` whose files are collected,
+//! read-only datasets under `$DATA_DIR/{name}`, its run id and attempt. Both executors build
+//! their variables and mount points from here, so they cannot drift apart.
+
+use coderun_shared::config::LimitSettings;
+use coderun_shared::domain::FilePath;
+use coderun_shared::storage::Storage;
+use uuid::Uuid;
+
+/// Where the program finds its files (`$CODE_PATH`), and its working directory.
+pub const CODE_PATH: &str = "/code";
+/// Where the program may write files to be collected (`$OUTPUT_DIR`).
+pub const OUTPUT_DIR: &str = "/output";
+/// Where datasets are mounted read-only, one folder per dataset (`$DATA_DIR/{name}`).
+pub const DATA_DIR: &str = "/data";
+
+/// The variables of one run attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunEnvironment {
+    pub run_id: Uuid,
+    /// 1 for the first attempt; more when an attempt was lost with its worker.
+    pub attempt: i64,
+}
+
+impl RunEnvironment {
+    pub fn new(run_id: Uuid, attempt: impl Into<i64>) -> Self {
+        Self {
+            run_id,
+            attempt: attempt.into(),
+        }
+    }
+
+    /// `(name, value)` of every variable the program is promised, in a fixed order.
+    pub fn vars(&self) -> [(&'static str, String); 5] {
+        [
+            ("CODE_PATH", CODE_PATH.to_owned()),
+            ("OUTPUT_DIR", OUTPUT_DIR.to_owned()),
+            ("DATA_DIR", DATA_DIR.to_owned()),
+            ("RUN_ID", self.run_id.to_string()),
+            ("RUN_ATTEMPT", self.attempt.to_string()),
+        ]
+    }
+}
+
+/// One object of a dataset a run mounts, at `$DATA_DIR/{dataset}/{path}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetObject {
+    pub dataset: String,
+    /// Inside the dataset, already validated as a safe relative path.
+    pub path: String,
+    /// Its object key in the bucket.
+    pub key: String,
+    pub size: u64,
+}
+
+/// Every object of `datasets`, in listing order. Object keys are not trusted as paths: the
+/// rules of task files apply, and an object whose key breaks them is left out.
+pub async fn dataset_objects(
+    storage: &Storage,
+    datasets: &[String],
+    paths: &LimitSettings,
+) -> anyhow::Result<Vec<DatasetObject>> {
+    let mut objects = Vec::new();
+    for name in datasets {
+        let prefix = format!("datasets/{name}/");
+        for (key, size) in storage.list(&prefix).await? {
+            let Ok(path) = FilePath::parse(&key[prefix.len()..], paths) else {
+                tracing::warn!(%key, "skipping a dataset object whose key is not a safe path");
+                continue;
+            };
+            objects.push(DatasetObject {
+                dataset: name.clone(),
+                path: path.as_str().to_owned(),
+                key,
+                size,
+            });
+        }
+    }
+    Ok(objects)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_promised_variable_is_there_once() {
+        let id = Uuid::new_v4();
+        let vars = RunEnvironment::new(id, 2).vars();
+        let names: Vec<_> = vars.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            names,
+            [
+                "CODE_PATH",
+                "OUTPUT_DIR",
+                "DATA_DIR",
+                "RUN_ID",
+                "RUN_ATTEMPT"
+            ]
+        );
+        assert_eq!(vars[3].1, id.to_string());
+        assert_eq!(vars[4].1, "2");
+    }
+}
