@@ -32,7 +32,7 @@ api_host="127.0.0.1:8080"
 api_base="http://$api_host/api/v1"
 ready_url="http://$api_host/readyz"
 # The worker's consumer name: stable across restarts, so a restarted worker first finishes the
-# stream entries it had taken (DESIGN.md, "Consumer names are stable").
+# stream entries it had taken (its pending entries are read again under the same name).
 worker_name="${CODERUN__WORKER__NAME:-dev-worker}"
 
 log() { echo "dev: $*"; }

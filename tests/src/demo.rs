@@ -8,7 +8,7 @@
 //! presigned URLs, and exits non-zero unless the run succeeded. Ctrl-C stops the run (a second
 //! Ctrl-C leaves at once).
 //!
-//! It speaks only the HTTP API of DESIGN.md ("HTTP API v1", "Shapes"), as any client would.
+//! It speaks only the public HTTP API (`/api/v1`, documented by its OpenAPI document), as any client would.
 
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};

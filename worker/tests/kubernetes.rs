@@ -163,7 +163,7 @@ async fn a_run_goes_from_submit_through_its_job_to_succeeded_with_its_log_and_ou
         .submit_python("print('hello')\n", json!({"datasets": ["iris"]}))
         .await;
 
-    // The Job holds everything the design asks for.
+    // The Job holds every part a run's Job must have.
     let job = job_for(&kube, &id).await;
     let name = job_of(&id);
     assert_eq!(job.metadata.name.as_deref(), Some(name.as_str()));

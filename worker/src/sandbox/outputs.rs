@@ -1,9 +1,10 @@
 //! Collecting what the program wrote under `$OUTPUT_DIR`, on the host side.
 //!
-//! The rule it keeps (Judge0 CVE-2024-28185/-28189): the host never follows a path the
-//! sandbox could have planted. Symlinks are skipped and never followed, files with more than
-//! one hard link are skipped, anything that is neither a regular file nor a folder is
-//! skipped, and every file is opened with `O_NOFOLLOW` and checked to be the very inode that
+//! The rule it keeps: the host never follows a path the sandbox could have planted, so a
+//! planted link cannot make it read or write elsewhere. Symlinks are skipped and never
+//! followed, files with more than one hard link are skipped, anything that is neither a
+//! regular file nor a folder is skipped, and every file is opened with `O_NOFOLLOW` and
+//! checked to be the very inode that
 //! was listed. Folders are only entered after an `lstat` said they are real folders.
 
 use std::fs::{File, OpenOptions};

@@ -1,5 +1,5 @@
 //! The sandbox against real programs: each test runs code through bubblewrap, a real cgroup
-//! and a real uid, and proves one containment promise of design invariant 7.
+//! and a real uid, and proves one containment promise: the program gets nothing it was not given.
 //!
 //! The rule they keep: they need root, bubblewrap and a writable memory cgroup. Not root:
 //! each test prints why and returns. Root but the preflight fails: every test fails with the

@@ -1,7 +1,7 @@
 //! The outputs archive the pod uploaded (`runs/{id}/outputs.tar.gz`), unpacked on the worker.
 //!
-//! The archive was made inside the sandbox, so nothing in it is trusted (Judge0's
-//! CVE-2024-28185/-28189): only regular files are taken; links, devices and anything else are
+//! The archive was made inside the sandbox, so nothing in it is trusted (a planted
+//! link or device must not reach the worker's files): only regular files are taken; links, devices and anything else are
 //! skipped; every path must be a safe relative path (no `..`, no absolute path, no control
 //! character — the rules of task files); files are created fresh (`create_new`) in a new,
 //! private folder the worker made, so nothing can point outside it; and the count and bytes
