@@ -213,7 +213,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }
 
     // The worker's preflight wants every language's runtime built (cached after the first).
-    if settings.worker.executor == "local" {
+    if settings.worker.executor == coderun_shared::config::ExecutorKind::Local {
         let mut runtimes: Vec<&str> = settings
             .languages
             .values()

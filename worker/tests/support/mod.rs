@@ -22,7 +22,7 @@ use uuid::Uuid;
 /// process; `infra/runtimes/build.py` reuses its cache after the first build).
 pub fn ensure_runtimes(settings: &Settings) {
     static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    if settings.worker.executor != "local" {
+    if settings.worker.executor != coderun_shared::config::ExecutorKind::Local {
         return;
     }
     let result = BUILT.get_or_init(|| {
