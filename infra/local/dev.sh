@@ -196,7 +196,10 @@ if ! "$fbin" migrate </dev/null >>"$flog" 2>&1; then
 fi
 log "starting coderun-functions on $api_host (log: $flog)"
 # Own session: Ctrl-C reaches only this script, which then stops the server in order.
-setsid "$fbin" </dev/null >>"$flog" 2>&1 &
+# glibc's allocator is held to two arenas and a fixed mmap threshold, so the multi-MiB buffers
+# of archiving and snapshotting a task go back to the system when freed (docs/decisions.md,
+# "The API's allocator"); the same variables are set in infra/k8s and infra/sam.
+setsid env MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=1048576 "$fbin" </dev/null >>"$flog" 2>&1 &
 fpid=$!
 echo "$fpid" >"$fpidfile"
 
