@@ -22,7 +22,7 @@ demo *args:
     started=0
     bash infra/local/dev.sh --status >/dev/null 2>&1 || started=1
     bash infra/local/dev.sh --detach
-    cargo build --quiet -p coderun-tests --bin coderun-demo
+    cargo build --quiet --workspace --bin coderun-demo
     target="${CARGO_TARGET_DIR:-target}"
     rc=0
     "$target/debug/coderun-demo" {{args}} || rc=$?
@@ -42,23 +42,22 @@ test:
     if [[ -f web/test.sh ]]; then bash web/test.sh; fi
     bash infra/validate.sh
 
-# Benchmark the platform (started in the background unless it runs, then stopped again).
+# Benchmark the platform (started in the background unless it runs, then stopped again); one
+# table of every figure beside its floor at the end, and a JSON copy under the target dir's
+# bench/. `just bench --suite runs --quick` for everyday use.
 bench *args:
     #!/usr/bin/env bash
     set -euo pipefail
+    # Everything in one optimised build of the whole workspace, so nothing compiles twice.
+    cargo build --release --workspace --bins
     if ! bash infra/local/dev.sh --status >/dev/null 2>&1; then
-        # Optimised binaries, and per-user limits high enough for the submission burst.
         export CODERUN_BUILD_PROFILE=release
-        export CODERUN__LIMITS__MAX_TASKS_PER_USER=100000
-        export CODERUN__RUNS__MAX_ACTIVE_PER_USER=100000
         bash infra/local/dev.sh --detach
         trap 'bash infra/local/dev.sh --stop' EXIT
     fi
     # The web suite measures the app in headless Chromium (web/bench/web.mjs) instead.
     if [[ " {{args}} " == *" --suite web "* ]]; then node web/bench/web.mjs --base-url http://127.0.0.1:8080; exit; fi
-    # The kubernetes suite starts worker processes: the release coderun-worker beside the bench.
-    cargo build --release -p coderun-worker --bin coderun-worker
-    cargo run --release -p coderun-tests --bin coderun-bench -- --base-url http://127.0.0.1:8080 {{args}}
+    "${CARGO_TARGET_DIR:-target}/release/coderun-bench" --base-url http://127.0.0.1:8080 {{args}}
 
 # Build (or reuse from the cache) the language runtimes the local sandbox runs programs in:
 # one root filesystem per recipe of infra/runtimes/ (all of them, or the ones named), rebuilt

@@ -38,7 +38,10 @@ if ! grep -q '^web_dir' "$repo/shared/src/defaults.toml"; then
     exit 0
 fi
 target="${CARGO_TARGET_DIR:-$repo/target}"
-(cd "$repo" && cargo build --quiet -p coderun-tests --bin coderun-e2e-stack)
+# Built as the workspace's tests build it (with their dev-dependencies' features, e.g. tokio's
+# test-util): after `cargo test --workspace` this compiles nothing, where a plain `cargo build`
+# of the binary would compile the async stack a second time with other features.
+(cd "$repo" && cargo test --quiet --workspace --no-run)
 export CODERUN_E2E_STACK="$target/debug/coderun-e2e-stack"
 export E2E_WEB_DIR="$web/dist"
 unset E2E_BASE_URL

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{Value, json};
 
+use crate::bench_table::{Floor, Table, Target};
+
 #[derive(clap::Parser, Debug)]
 #[command(name = "coderun-bench")]
 pub struct Options {
@@ -31,12 +33,16 @@ pub struct Options {
     /// The Redis key prefix of the stack.
     #[arg(long, default_value = "coderun")]
     pub redis_prefix: String,
-    /// Submissions in the burst.
-    #[arg(long, default_value_t = 20_000)]
-    pub burst: usize,
-    /// Concurrent clients of the burst.
-    #[arg(long, default_value_t = 200)]
-    pub burst_clients: usize,
+    /// Submissions in the burst (5 per student); default 20,000, or 2,000 with `--quick`.
+    #[arg(long)]
+    pub burst: Option<usize>,
+    /// Concurrent clients of the burst; default 200, or 100 with `--quick`.
+    #[arg(long)]
+    pub burst_clients: Option<usize>,
+    /// Smaller loads and shorter scenarios for everyday use (`--suite runs --quick` takes
+    /// under two minutes); the figures are noisier.
+    #[arg(long)]
+    pub quick: bool,
     /// The worker's pid file (for its resident memory).
     #[arg(long, default_value = ".local/run/worker.pid")]
     pub worker_pid_file: String,
@@ -70,6 +76,27 @@ pub struct Options {
     /// Size of each of its files (the default file limit).
     #[arg(long, default_value_t = 10)]
     pub memory_file_mib: usize,
+}
+
+impl Options {
+    pub fn burst(&self) -> usize {
+        self.burst
+            .unwrap_or(if self.quick { 2_000 } else { 20_000 })
+    }
+
+    pub fn burst_clients(&self) -> usize {
+        self.burst_clients
+            .unwrap_or(if self.quick { 100 } else { 200 })
+    }
+
+    /// Seconds each scenario of the files suite runs.
+    fn scenario_seconds(&self) -> u64 {
+        if self.quick {
+            self.seconds.min(3)
+        } else {
+            self.seconds
+        }
+    }
 }
 
 /// What one scenario measured.
@@ -175,28 +202,51 @@ pub(crate) async fn post(
     Ok(body)
 }
 
+/// Runs the chosen suites, then prints the one table of every figure and saves its JSON copy.
+/// A suite that fails is reported and the others still run; the exit status says it failed.
 pub async fn run(options: Options) -> anyhow::Result<()> {
-    if options.suite == "files" || options.suite == "all" {
-        files_suite(&options).await?;
+    let started_at = chrono::Utc::now();
+    let table = Table::default();
+    let wanted = |name: &str| options.suite == name || options.suite == "all";
+    let mut failures = Vec::new();
+    if wanted("files") {
+        if let Err(e) = files_suite(&options, &table).await {
+            failures.push(format!("files: {e:#}"));
+        }
     }
-    if options.suite == "runs" || options.suite == "all" {
-        crate::bench_runs::run(&options).await?;
+    if wanted("runs") {
+        if let Err(e) = crate::bench_runs::run(&options, &table).await {
+            failures.push(format!("runs: {e:#}"));
+        }
     }
-    if options.suite == "kubernetes" || options.suite == "all" {
-        crate::bench_kube::run(&options).await?;
+    if wanted("kubernetes") {
+        if let Err(e) = crate::bench_kube::run(&options, &table).await {
+            failures.push(format!("kubernetes: {e:#}"));
+        }
     }
-    if options.suite == "memory" || options.suite == "all" {
-        crate::bench_memory::run(&options).await?;
+    if wanted("memory") {
+        if let Err(e) = crate::bench_memory::run(&options, &table).await {
+            failures.push(format!("memory: {e:#}"));
+        }
     }
     // Last: its floods leave the API's hash buffers allocated and would distort the others.
-    if options.suite == "login" || options.suite == "all" {
-        crate::bench_login::run(&options).await?;
+    if wanted("login") {
+        if let Err(e) = crate::bench_login::run(&options, &table).await {
+            failures.push(format!("login: {e:#}"));
+        }
     }
+    let saved = table.finish(started_at, options.quick)?;
+    println!("coderun-bench: figures saved to {}", saved.display());
+    for failure in &failures {
+        eprintln!("coderun-bench: suite failed: {failure}");
+    }
+    anyhow::ensure!(failures.is_empty(), "{} suite(s) failed", failures.len());
     Ok(())
 }
 
-/// Saving a 4 KiB file and reading a task's tree at `clients` concurrent clients.
-async fn files_suite(options: &Options) -> anyhow::Result<()> {
+/// Saving a 4 KiB file and reading a task's tree at `clients` concurrent clients, beside a bare
+/// one-row insert through an HTTP server at the same client count.
+async fn files_suite(options: &Options, table: &Table) -> anyhow::Result<()> {
     let base = options.base_url.trim_end_matches('/').to_owned();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(options.clients * 2)
@@ -263,9 +313,44 @@ async fn files_suite(options: &Options) -> anyhow::Result<()> {
             async move { request.send().await.is_ok_and(|r| r.status().is_success()) }
         }
     };
-    println!(
-        "{}",
-        scenario("save a 4 KiB file", options.clients, options.seconds, save).await
+    let saved = scenario(
+        "save a 4 KiB file",
+        options.clients,
+        options.scenario_seconds(),
+        save,
+    )
+    .await;
+    // The API's pool size as the local stack configures it.
+    let pool_size =
+        coderun_shared::config::Settings::with_overrides([("local_stack", "true".to_owned())])?
+            .database
+            .max_connections;
+    let floor = crate::bench_floors::insert(
+        &options.database_url,
+        pool_size,
+        options.clients,
+        saved.ok.max(1000),
+    )
+    .await?;
+    let note = format!(
+        "{} clients, {} s: {:.0} saves/s, p50 {:.2} ms, {} failed",
+        options.clients,
+        options.scenario_seconds(),
+        saved.ok as f64 / saved.elapsed.as_secs_f64(),
+        saved.p50.as_secs_f64() * 1e3,
+        saved.failed
+    );
+    table.record(
+        "files",
+        "save a 4 KiB file p99",
+        saved.p99.as_secs_f64() * 1e3,
+        "ms",
+        Some(Target::at_most(20.0)),
+        Some(Floor {
+            what: "bare insert via HTTP".into(),
+            value: floor.p99.as_secs_f64() * 1e3,
+        }),
+        note,
     );
 
     let tree = {
@@ -283,9 +368,26 @@ async fn files_suite(options: &Options) -> anyhow::Result<()> {
             }
         }
     };
-    println!(
-        "{}",
-        scenario("read a task's tree", options.clients, options.seconds, tree).await
+    let read = scenario(
+        "read a task's tree",
+        options.clients,
+        options.scenario_seconds(),
+        tree,
+    )
+    .await;
+    table.record(
+        "files",
+        "read a task's tree p99",
+        read.p99.as_secs_f64() * 1e3,
+        "ms",
+        None,
+        None,
+        format!(
+            "{:.0} reads/s, p50 {:.2} ms, {} failed",
+            read.ok as f64 / read.elapsed.as_secs_f64(),
+            read.p50.as_secs_f64() * 1e3,
+            read.failed
+        ),
     );
 
     for id in &tasks {

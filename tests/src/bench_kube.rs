@@ -36,6 +36,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::bench::Options;
+use crate::bench_table::{Floor, Table, Target};
 use crate::kube::{NAMESPACE as NS, StandIn};
 
 /// Deletes every key matching ARGV[1]; returns how many.
@@ -45,7 +46,7 @@ for _, k in ipairs(redis.call('KEYS', ARGV[1])) do n = n + redis.call('DEL', k) 
 return n
 "#;
 
-pub async fn run(options: &Options) -> anyhow::Result<()> {
+pub async fn run(options: &Options, table: &Table) -> anyhow::Result<()> {
     let worker = std::env::current_exe()?
         .parent()
         .context("the bench binary's folder")?
@@ -61,12 +62,12 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
         options.kube_replicas,
         worker.display()
     );
-    launches(options, &worker).await?;
-    memory(options, &worker).await
+    launches(options, table, &worker).await?;
+    memory(options, table, &worker).await
 }
 
 /// `kube_launches` runs launched by `kube_replicas` workers.
-async fn launches(options: &Options, worker: &Path) -> anyhow::Result<()> {
+async fn launches(options: &Options, table: &Table, worker: &Path) -> anyhow::Result<()> {
     let n = options.kube_launches;
     let scenario = Scenario::start(options, worker, options.kube_replicas, n).await?;
     let result = async {
@@ -81,20 +82,34 @@ async fn launches(options: &Options, worker: &Path) -> anyhow::Result<()> {
         )
         .fetch_all(&scenario.pool)
         .await?;
-        println!(
-            "{:<28} {:>8.0} launches/s   {n} Jobs in {:.2} s ({} workers, capacity {n}; enqueued in {:.2} s; target >= 1000/s)",
-            "k8s launches",
-            jobs as f64 / elapsed.as_secs_f64(),
-            elapsed.as_secs_f64(),
-            options.kube_replicas,
-            enqueued.as_secs_f64()
-        );
         let spread: Vec<String> = per_worker.iter().map(|(_, c)| c.to_string()).collect();
-        println!(
-            "{:<28} Job creates {creates}, Jobs {jobs}, runs {n}: {}   (per worker: {})",
-            "  no duplicate Job?",
-            if creates == n && jobs == n { "yes" } else { "NO" },
-            spread.join(" / ")
+        let floor = raw_creates(n, 64).await?;
+        table.record(
+            "kubernetes",
+            "launches/s",
+            jobs as f64 / elapsed.as_secs_f64(),
+            "launches/s",
+            Some(Target::at_least(1000.0)),
+            Some(Floor {
+                what: "bare Job creates on the stand-in, 64 at once".into(),
+                value: floor,
+            }),
+            format!(
+                "{n} Jobs in {:.2} s, {} workers, capacity {n}, enqueued in {:.2} s; per worker {}",
+                elapsed.as_secs_f64(),
+                options.kube_replicas,
+                enqueued.as_secs_f64(),
+                spread.join(" / ")
+            ),
+        );
+        table.record(
+            "kubernetes",
+            "Jobs created twice or missing",
+            (creates as f64 - n as f64).abs() + (jobs as f64 - n as f64).abs(),
+            "Jobs",
+            Some(Target::at_most(0.0)),
+            None,
+            format!("Job creates {creates}, Jobs {jobs}, runs {n}"),
         );
         anyhow::Ok(())
     }
@@ -104,7 +119,7 @@ async fn launches(options: &Options, worker: &Path) -> anyhow::Result<()> {
 }
 
 /// One worker's resident memory while it watches `kube_watched` running Jobs.
-async fn memory(options: &Options, worker: &Path) -> anyhow::Result<()> {
+async fn memory(options: &Options, table: &Table, worker: &Path) -> anyhow::Result<()> {
     let n = options.kube_watched;
     let scenario = Scenario::start(options, worker, 1, n).await?;
     let result = async {
@@ -149,16 +164,64 @@ async fn memory(options: &Options, worker: &Path) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let now = rss_mib(pid)?;
-        println!(
-            "{:<28} idle {idle:.1} MiB, peak {peak:.1} MiB, {now:.1} MiB after 5 s, with {running} of {n} Jobs running ({:.1} s after the first enqueue; target <= 64 MiB)",
-            "k8s worker resident memory",
-            waited.as_secs_f64()
+        table.record(
+            "kubernetes",
+            "worker resident memory, 1,000 Jobs",
+            peak,
+            "MiB",
+            Some(Target::at_most(64.0)),
+            Some(Floor {
+                what: "the same worker idle".into(),
+                value: idle,
+            }),
+            format!(
+                "peak; {now:.1} MiB after 5 s, {running} of {n} Jobs running {:.1} s after the first enqueue",
+                waited.as_secs_f64()
+            ),
         );
         anyhow::Ok(())
     }
     .await;
     scenario.stop().await;
     result
+}
+
+/// Floor of the launch rate: `n` minimal Jobs created straight on a fresh stand-in (no worker,
+/// no queue, no database), `concurrency` at once; creates per second.
+async fn raw_creates(n: usize, concurrency: usize) -> anyhow::Result<f64> {
+    let kube = StandIn::start().await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency * 2)
+        .build()?;
+    let url = format!("{}/apis/batch/v1/namespaces/{NS}/jobs", kube.url());
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let job = serde_json::json!({
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {"name": format!("floor-{i}"), "labels": {"app": "floor"}},
+                "spec": {"backoffLimit": 0, "template": {"spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "main", "image": "python:3.12-slim"}]
+                }}}
+            });
+            let request = client.post(&url).bearer_auth("stand-in-token").json(&job);
+            async move {
+                let response = request.send().await?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "floor Job create: {} {}",
+                    response.status(),
+                    response.text().await.unwrap_or_default()
+                );
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
 /// VmRSS of `pid`, in MiB.

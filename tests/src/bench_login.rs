@@ -20,6 +20,7 @@ use fred::prelude::*;
 use serde_json::json;
 
 use crate::bench::{Options, post};
+use crate::bench_table::{Floor, Table};
 
 /// `VmRSS` and `VmHWM` of `pid`, in MiB.
 fn memory(pid: u32) -> anyhow::Result<(f64, f64)> {
@@ -105,6 +106,39 @@ impl std::fmt::Display for Flood {
     }
 }
 
+impl Flood {
+    /// Its answer rate and the API's peak resident memory beside the idle API.
+    fn record(&self, table: &Table) {
+        let answered: u64 = self.statuses.values().sum();
+        let summary: Vec<String> = self
+            .statuses
+            .iter()
+            .map(|(status, n)| format!("{status}: {n}"))
+            .collect();
+        table.record(
+            "login",
+            &format!("{}: answers/s", self.name),
+            answered as f64 / self.elapsed.as_secs_f64(),
+            "req/s",
+            None,
+            None,
+            format!("{}; transport errors {}", summary.join(", "), self.errors),
+        );
+        table.record(
+            "login",
+            &format!("{}: API peak resident", self.name),
+            self.peak_rss.max(self.hwm),
+            "MiB",
+            None,
+            Some(Floor {
+                what: "the same API idle".into(),
+                value: self.idle_rss,
+            }),
+            format!("{:.0} MiB 5 s after", self.after_rss),
+        );
+    }
+}
+
 /// `clients` loops of logins against `base` for `seconds`, `credentials(client, i)` choosing
 /// each one, watching the resident memory of process `pid`.
 pub async fn flood(
@@ -186,7 +220,7 @@ pub async fn flood(
     })
 }
 
-pub async fn run(options: &Options) -> anyhow::Result<()> {
+pub async fn run(options: &Options, table: &Table) -> anyhow::Result<()> {
     let base = options.base_url.trim_end_matches('/').to_owned();
     let pid: u32 = std::fs::read_to_string(&options.functions_pid_file)
         .with_context(|| {
@@ -244,6 +278,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
             .await?
         };
         println!("{correct}");
+        correct.record(table);
         clear_counters(&redis, &options.redis_prefix).await?;
         let wrong = {
             let names = names.clone();
@@ -266,6 +301,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
             .await?
         };
         println!("{wrong}");
+        wrong.record(table);
         anyhow::Ok(())
     }
     .await;

@@ -14,6 +14,7 @@ use anyhow::Context;
 use serde_json::json;
 
 use crate::bench::{Options, post};
+use crate::bench_table::{Floor, Table, Target};
 
 const MIB: f64 = 1024.0 * 1024.0;
 const TARGET_MIB: f64 = 128.0;
@@ -86,7 +87,7 @@ fn text(bytes: usize, seed: u64) -> String {
     out
 }
 
-pub async fn run(options: &Options) -> anyhow::Result<()> {
+pub async fn run(options: &Options, table: &Table) -> anyhow::Result<()> {
     let base = options.base_url.trim_end_matches('/').to_owned();
     let pid: u32 = std::fs::read_to_string(&options.functions_pid_file)
         .with_context(|| {
@@ -176,6 +177,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     report(
+        table,
         "archive",
         pid,
         exact,
@@ -201,6 +203,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
     .await?;
     let elapsed = started.elapsed();
     report(
+        table,
         "submit",
         pid,
         exact,
@@ -242,6 +245,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
 }
 
 fn report(
+    table: &Table,
     step: &str,
     pid: u32,
     exact: bool,
@@ -264,6 +268,18 @@ fn report(
         } else {
             "NOT met"
         },
+    );
+    table.record(
+        "memory",
+        &format!("API resident memory: {step}"),
+        peak_mib,
+        "MiB",
+        Some(Target::at_most(TARGET_MIB)),
+        Some(Floor {
+            what: "the same API idle".into(),
+            value: idle as f64 / MIB,
+        }),
+        format!("{how}; {what}"),
     );
     Ok(())
 }

@@ -1,21 +1,30 @@
-//! The runs benchmarks of `just bench`, against the local stack with its worker:
+//! The runs benchmarks of `just bench`, against the local stack with its worker, each figure
+//! recorded in the [`Table`] beside its floor ([`crate::bench_floors`]):
 //!
-//! 1. a burst of submissions from many concurrent clients while the fleet is paused (capacity
-//!    0 through the run-time override), counting 202s and 429s and checking that every
-//!    accepted run exists and is queued — none lost;
-//! 2. stream entry → launch latency with capacity free (the `queued` → `dispatched` events);
-//! 3. submit → `succeeded` of hello-world Python, beside a bare `python3 -c pass`;
-//! 4. the worker's resident memory with 100 runs in flight.
+//! 1. stream entry → launch latency with capacity free (the `queued` → `dispatched` events),
+//!    beside a bare XADD → XREADGROUP → UPDATE hand-off;
+//! 2. submit → `succeeded` of hello-world Python, beside bubblewrap starting `python3 -c pass`
+//!    with a run's mounts;
+//! 3. the worker's resident memory with 100 runs in flight (20 with `--quick`);
+//! 4. a class's burst while the fleet is paused (capacity 0 through the run-time override):
+//!    `burst / 5` students with 5 tasks each — the default per-user limits —, from
+//!    `burst_clients` clients, beside `redis-benchmark` XADD and a bare one-row insert through
+//!    an HTTP server, counting 202s and 429s and checking that every accepted run is queued
+//!    with one stream entry — none lost.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use coderun_shared::auth::Authenticator;
+use coderun_shared::config::Settings;
+use coderun_shared::domain::{Description, FilePath, Language, Role, TaskName, Username};
+use coderun_shared::{db, tasks, users};
 use fred::prelude::*;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
 use crate::bench::{Options, percentile, post};
+use crate::bench_table::{Floor, Table, Target};
 
 struct Api {
     client: reqwest::Client,
@@ -45,62 +54,6 @@ impl Api {
         let body: Value = response.json().await.unwrap_or(Value::Null);
         anyhow::ensure!(status.is_success(), "GET {path}: {status} {body}");
         Ok(body)
-    }
-
-    /// A new student with a random name; returns their token.
-    async fn student(&self, admin: &str) -> anyhow::Result<String> {
-        let username = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-        post(
-            &self.client,
-            format!("{}/api/v1/users", self.base),
-            Some(admin),
-            json!({"username": username, "password": "bench-password", "role": "student"}),
-        )
-        .await?;
-        self.login(&username, "bench-password").await
-    }
-
-    /// Creates `count` Python tasks (8 at a time) whose main file is `code`.
-    async fn tasks(&self, token: &str, count: usize, code: &str) -> anyhow::Result<Vec<String>> {
-        let gate = Arc::new(Semaphore::new(8));
-        let mut handles = Vec::new();
-        for i in 0..count {
-            let (client, base, token, code, gate) = (
-                self.client.clone(),
-                self.base.clone(),
-                token.to_owned(),
-                code.to_owned(),
-                gate.clone(),
-            );
-            handles.push(tokio::spawn(async move {
-                let _permit = gate.acquire().await?;
-                let task = post(
-                    &client,
-                    format!("{base}/api/v1/tasks"),
-                    Some(&token),
-                    json!({"name": format!("bench {i}"), "language": "python"}),
-                )
-                .await?;
-                let id = task["id"].as_str().context("task without id")?.to_owned();
-                let saved = client
-                    .put(format!("{base}/api/v1/tasks/{id}/files/main.py"))
-                    .bearer_auth(&token)
-                    .body(code)
-                    .send()
-                    .await?;
-                anyhow::ensure!(
-                    saved.status().is_success(),
-                    "save main.py: {}",
-                    saved.status()
-                );
-                anyhow::Ok(id)
-            }));
-        }
-        let mut ids = Vec::new();
-        for handle in handles {
-            ids.push(handle.await??);
-        }
-        Ok(ids)
     }
 
     async fn submit(
@@ -159,10 +112,10 @@ fn event_at(run: &Value, phase: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         .ok()
 }
 
-pub async fn run(options: &Options) -> anyhow::Result<()> {
+pub async fn run(options: &Options, table: &Table) -> anyhow::Result<()> {
     let api = Api {
         client: reqwest::Client::builder()
-            .pool_max_idle_per_host(options.burst_clients * 2)
+            .pool_max_idle_per_host(options.burst_clients() * 2)
             .build()?,
         base: options.base_url.trim_end_matches('/').to_owned(),
     };
@@ -173,63 +126,149 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
         .context("connect to the local stack's Redis")?;
     let capacity_key = format!("{}:capacity", options.redis_prefix);
     let admin = api.login("admin", &options.admin_password).await?;
+    let class = Class::connect(options).await?;
 
-    // The burst last: its 20,000 canceled runs leave entries the fleet must skip through
-    // afterwards, which would distort the latencies.
+    // The burst last: its canceled runs leave entries the fleet must skip through afterwards,
+    // which would distort the latencies.
     let result = async {
-        latency(&api, &admin).await?;
-        memory(options, &api, &redis, &capacity_key, &admin).await?;
-        burst(options, &api, &redis, &capacity_key, &admin).await
+        latency(options, table, &api, &class).await?;
+        memory(options, table, &api, &redis, &capacity_key, &class).await?;
+        burst(options, table, &api, &redis, &capacity_key, &class).await
     }
     .await;
     // Whatever happened, give the fleet its configured capacity back.
     let _: Result<(), _> = redis.del(&capacity_key).await;
+    let _ = admin;
     result
 }
 
-/// Submissions from `burst_clients` clients while the fleet is paused.
+/// Students and their tasks, written straight to the stack's Postgres with the shared library
+/// and given tokens signed with the stack's key: thousands of Argon2 logins would take minutes
+/// and trip the login limits, and only the measured requests need to cross the API.
+struct Class {
+    pool: sqlx::PgPool,
+    settings: Settings,
+    auth: Authenticator,
+}
+
+/// One student of the class: their token and their tasks' ids.
+struct Student {
+    token: String,
+    tasks: Vec<String>,
+}
+
+impl Class {
+    async fn connect(options: &Options) -> anyhow::Result<Self> {
+        // The local stack's settings: its signing key and limits are the defaults.
+        let settings = Settings::with_overrides([
+            ("local_stack", "true".to_owned()),
+            ("database.url", options.database_url.clone()),
+        ])?;
+        let pool = db::connect(&settings.database)
+            .await
+            .context("connect to the local stack's Postgres (--database-url)")?;
+        let auth = Authenticator::new(&settings.auth)?;
+        Ok(Self {
+            pool,
+            settings,
+            auth,
+        })
+    }
+
+    /// `students` new students with `tasks` Python tasks each whose main file is `code` (with
+    /// `{n}` replaced by a number unique in the class, when it appears).
+    async fn students(
+        &self,
+        students: usize,
+        tasks: usize,
+        code: &str,
+    ) -> anyhow::Result<Vec<Student>> {
+        let class = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let s = &self.settings;
+        let main = FilePath::parse("main.py", &s.limits).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let language = Language::parse("python", &s.languages)
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?
+            .0;
+        futures::stream::iter(0..students)
+            .map(|u| {
+                let (pool, main, language) = (self.pool.clone(), main.clone(), language.clone());
+                let username = format!("bench-{class}-{u}");
+                async move {
+                    let name = Username::parse(&username).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                    let user = users::create(&pool, &name, "!bench", Role::Student).await?;
+                    let (token, _) = self.auth.issue(user.id, Role::Student)?;
+                    let mut ids = Vec::with_capacity(tasks);
+                    for t in 0..tasks {
+                        let task = tasks::create(
+                            &pool,
+                            tasks::NewTask {
+                                owner_id: user.id,
+                                name: TaskName::parse(&format!("bench {t}"))
+                                    .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+                                language: language.clone(),
+                                description: Description::parse("")
+                                    .map_err(|e| anyhow::anyhow!("{e:?}"))?,
+                                main_file: main.clone(),
+                                files: vec![(
+                                    main.clone(),
+                                    code.replace("{n}", &(u * tasks + t).to_string()),
+                                )],
+                            },
+                            s.limits.max_tasks_per_user,
+                        )
+                        .await?;
+                        ids.push(task.id.to_string());
+                    }
+                    anyhow::Ok(Student { token, tasks: ids })
+                }
+            })
+            .buffered(16)
+            .try_collect()
+            .await
+    }
+}
+
+/// A class submitting at once while the fleet is paused: `burst / 5` students with 5 tasks each
+/// (the default `runs.max_active_per_user`), spread over `burst_clients` clients.
 async fn burst(
     options: &Options,
+    table: &Table,
     api: &Api,
     redis: &Client,
     capacity_key: &str,
-    admin: &str,
+    class: &Class,
 ) -> anyhow::Result<()> {
-    let per_user = 10usize;
-    let users = options.burst_clients.div_ceil(per_user);
-    let per_client = options.burst.div_ceil(options.burst_clients);
+    let per_student = 5usize;
+    let clients_count = options.burst_clients();
+    let students_count = options.burst().div_ceil(per_student);
     println!(
-        "runs: preparing {} tasks for a burst of {} submissions from {} clients …",
-        per_client * options.burst_clients,
-        options.burst,
-        options.burst_clients
+        "runs: a class of {students_count} students with {per_student} tasks each, submitting \
+         from {clients_count} clients …"
     );
-    let mut clients = Vec::new();
-    for _ in 0..users {
-        let token = api.student(admin).await?;
-        let tasks = api.tasks(&token, per_user * per_client, "print('burst')\n").await.context(
-            "creating the burst's tasks (start the stack through `just bench`, which raises the per-user limits)",
-        )?;
-        for chunk in tasks.chunks(per_client) {
-            clients.push((token.clone(), chunk.to_vec()));
+    let students = class
+        .students(students_count, per_student, "print('burst')\n")
+        .await?;
+    let mut clients: Vec<Vec<(String, String)>> = vec![Vec::new(); clients_count];
+    for (i, student) in students.iter().enumerate() {
+        for task in &student.tasks {
+            clients[i % clients_count].push((student.token.clone(), task.clone()));
         }
     }
-    clients.truncate(options.burst_clients);
     let stream_key = format!("{}:runs", options.redis_prefix);
     let before: u64 = redis.xlen(&stream_key).await?;
     let _: () = redis.set(capacity_key, 0, None, None, false).await?;
 
     let started = Instant::now();
     let mut handles = Vec::new();
-    for (token, tasks) in clients {
+    for submissions in clients {
         let (client, base) = (api.client.clone(), api.base.clone());
         handles.push(tokio::spawn(async move {
             let api = Api { client, base };
             let mut results = Vec::new();
-            for task in tasks {
+            for (token, task) in submissions {
                 let t = Instant::now();
                 let outcome = api.submit(&token, &task, json!({})).await;
-                results.push((t.elapsed(), outcome.ok(), token.clone()));
+                results.push((t.elapsed(), outcome.ok(), token));
             }
             results
         }));
@@ -248,71 +287,120 @@ async fn burst(
     }
     let elapsed = started.elapsed();
     latencies.sort();
-    println!(
-        "{:<28} {:>8.0} req/s   p50 {:>6.2} ms   p99 {:>6.2} ms   202 {}   429 {}   other {}",
-        "submit (burst)",
-        latencies.len() as f64 / elapsed.as_secs_f64(),
+    let submitted = latencies.len();
+
+    // None lost: every accepted run exists, is queued, and has its stream entry.
+    let after: u64 = redis.xlen(&stream_key).await?;
+    let ids: Vec<uuid::Uuid> = accepted
+        .iter()
+        .filter_map(|(_, id)| id.parse().ok())
+        .collect();
+    let queued: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM runs WHERE id = ANY($1) AND status = 'queued'")
+            .bind(&ids)
+            .fetch_one(&class.pool)
+            .await?;
+    let entries = after.saturating_sub(before);
+
+    // The floors, at the same connection count.
+    let xadd = crate::bench_floors::xadd(
+        &options.redis_url,
+        &options.redis_prefix,
+        clients_count,
+        submitted.max(10_000),
+    )
+    .await?;
+    let insert = crate::bench_floors::insert(
+        &options.database_url,
+        class.settings.database.max_connections,
+        clients_count,
+        submitted,
+    )
+    .await?;
+    let note = format!(
+        "{submitted} submissions from {clients_count} clients in {:.1} s: {} accepted (202), \
+         {throttled} throttled (429), {other} other; {queued} found queued, {entries} new stream entries",
+        elapsed.as_secs_f64(),
+        accepted.len()
+    );
+    table.record(
+        "runs",
+        "burst: submissions/s",
+        submitted as f64 / elapsed.as_secs_f64(),
+        "req/s",
+        Some(Target::at_least(1000.0)),
+        Some(Floor {
+            what: format!("bare insert via HTTP; XADD {:.0}/s", xadd.per_second),
+            value: insert.per_second,
+        }),
+        note,
+    );
+    table.record(
+        "runs",
+        "burst: submit p50",
         ms(percentile(&latencies, 50.0)),
+        "ms",
+        None,
+        Some(Floor {
+            what: "bare insert via HTTP".into(),
+            value: ms(insert.p50),
+        }),
+        "",
+    );
+    table.record(
+        "runs",
+        "burst: submit p99",
         ms(percentile(&latencies, 99.0)),
-        accepted.len(),
-        throttled,
-        other
+        "ms",
+        Some(Target::at_most(250.0)),
+        Some(Floor {
+            what: "bare insert via HTTP".into(),
+            value: ms(insert.p99),
+        }),
+        "",
+    );
+    table.record(
+        "runs",
+        "burst: runs lost",
+        (accepted.len() as f64 - queued as f64).max(0.0) + (accepted.len() as f64 - entries as f64).abs(),
+        "runs",
+        Some(Target::at_most(0.0)),
+        None,
+        "accepted runs not found queued, plus any difference between accepted runs and new stream entries",
     );
 
-    // None lost: every accepted run exists, is still queued, and has its stream entry.
-    let after: u64 = redis.xlen(&stream_key).await?;
-    let gate = Arc::new(Semaphore::new(64));
-    let mut checks = Vec::new();
-    for (token, id) in &accepted {
-        let (client, base, token, id, gate) = (
-            api.client.clone(),
-            api.base.clone(),
-            token.clone(),
-            id.clone(),
-            gate.clone(),
-        );
-        checks.push(tokio::spawn(async move {
-            let _permit = gate.acquire().await?;
-            let api = Api { client, base };
-            let run = api.get(&format!("/api/v1/runs/{id}"), &token).await?;
-            // Cancel it: the burst only measures admission.
-            let _ = api
+    // Cancel them: the burst only measures admission.
+    futures::stream::iter(accepted)
+        .map(|(token, id)| {
+            let request = api
                 .client
                 .post(format!("{}/api/v1/runs/{id}/stop", api.base))
-                .bearer_auth(&token)
-                .send()
-                .await?;
-            anyhow::Ok(run["status"] == "queued")
-        }));
-    }
-    let mut queued = 0;
-    for check in checks {
-        queued += usize::from(check.await??);
-    }
-    println!(
-        "{:<28} {} of {} accepted runs found queued, {} new stream entries; other answers {}",
-        "  none lost?",
-        queued,
-        accepted.len(),
-        after.saturating_sub(before),
-        other
-    );
+                .bearer_auth(token);
+            async move { request.send().await.map(|_| ()) }
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<()>>()
+        .await?;
     let _: () = redis.del(capacity_key).await?;
     Ok(())
 }
 
-/// Entry → launch latency, and submit → succeeded beside a bare interpreter start.
-async fn latency(api: &Api, admin: &str) -> anyhow::Result<()> {
-    let token = api.student(admin).await?;
-    let rounds = 40;
-    let tasks = api.tasks(&token, rounds, "print('hello, world')\n").await?;
+/// Entry → launch latency, and submit → succeeded of hello-world Python beside the bare sandbox.
+async fn latency(options: &Options, table: &Table, api: &Api, class: &Class) -> anyhow::Result<()> {
+    let rounds = if options.quick { 15 } else { 40 };
+    let student = class
+        .students(1, rounds, "print('hello, world')\n")
+        .await?
+        .pop()
+        .context("no student")?;
+    let token = &student.token;
     let (mut to_launch, mut to_success, mut client_seen) = (Vec::new(), Vec::new(), Vec::new());
-    for task in &tasks {
+    for task in &student.tasks {
         let t = Instant::now();
-        let (status, id) = api.submit(&token, task, json!({})).await?;
+        let (status, id) = api.submit(token, task, json!({})).await?;
         anyhow::ensure!(status == 202, "submit answered {status}");
         let run = api
-            .wait_terminal(&token, &id.context("no run id")?, Duration::from_secs(60))
+            .wait_terminal(token, &id.context("no run id")?, Duration::from_secs(60))
             .await?;
         client_seen.push(t.elapsed());
         anyhow::ensure!(
@@ -331,48 +419,78 @@ async fn latency(api: &Api, admin: &str) -> anyhow::Result<()> {
     for v in [&mut to_launch, &mut to_success, &mut client_seen] {
         v.sort();
     }
-    let mut bare = Vec::new();
-    for _ in 0..20 {
-        let t = Instant::now();
-        let status = tokio::process::Command::new("python3")
-            .args(["-c", "pass"])
-            .status()
-            .await?;
-        anyhow::ensure!(status.success(), "python3 -c pass failed");
-        bare.push(t.elapsed());
-    }
-    bare.sort();
-    println!(
-        "{:<28} p50 {:>6.2} ms   p99 {:>6.2} ms   ({rounds} runs, capacity free)",
-        "entry -> launch",
+    let handoff = crate::bench_floors::handoff(
+        &options.redis_url,
+        &options.redis_prefix,
+        &options.database_url,
+        rounds,
+    )
+    .await?;
+    let runtimes = coderun_worker::sandbox::runtimes_dir(&class.settings.worker.runtimes_dir);
+    let bare = crate::bench_floors::sandbox(&runtimes, 20).await?;
+    let note = format!("{rounds} runs one after another, capacity free");
+    table.record(
+        "runs",
+        "entry -> launch p50",
         ms(percentile(&to_launch, 50.0)),
-        ms(percentile(&to_launch, 99.0))
+        "ms",
+        Some(Target::at_most(2.0)),
+        Some(Floor {
+            what: "XADD -> XREADGROUP -> UPDATE".into(),
+            value: ms(handoff.p50),
+        }),
+        note.clone(),
     );
-    let p50 = percentile(&to_success, 50.0);
-    let bare50 = percentile(&bare, 50.0);
-    println!(
-        "{:<28} p50 {:>6.2} ms   p99 {:>6.2} ms   (as the client saw it: p50 {:.2} ms)",
-        "submit -> succeeded",
-        ms(p50),
+    table.record(
+        "runs",
+        "entry -> launch p99",
+        ms(percentile(&to_launch, 99.0)),
+        "ms",
+        Some(Target::at_most(10.0)),
+        Some(Floor {
+            what: "XADD -> XREADGROUP -> UPDATE".into(),
+            value: ms(handoff.p99),
+        }),
+        "",
+    );
+    table.record(
+        "runs",
+        "hello world: submit -> succeeded p50",
+        ms(percentile(&to_success, 50.0)),
+        "ms",
+        Some(Target::floor_times(2.0)),
+        Some(Floor {
+            what: "bwrap + python3 -c pass".into(),
+            value: ms(bare.p50),
+        }),
+        format!(
+            "{note}; from the queued event to finished_at; as the client saw it p50 {:.1} ms",
+            ms(percentile(&client_seen, 50.0))
+        ),
+    );
+    table.record(
+        "runs",
+        "hello world: submit -> succeeded p99",
         ms(percentile(&to_success, 99.0)),
-        ms(percentile(&client_seen, 50.0))
-    );
-    println!(
-        "{:<28} p50 {:>6.2} ms   ratio {:.2}x",
-        "bare python3 -c pass",
-        ms(bare50),
-        p50.as_secs_f64() / bare50.as_secs_f64()
+        "ms",
+        None,
+        Some(Floor {
+            what: "bwrap + python3 -c pass".into(),
+            value: ms(bare.p99),
+        }),
+        "",
     );
     Ok(())
 }
 
-/// The worker's resident memory with 100 runs in flight.
+/// The worker's resident memory with runs in flight (100, or 20 with `--quick`).
 async fn memory(
     options: &Options,
+    table: &Table,
     api: &Api,
     redis: &Client,
     capacity_key: &str,
-    admin: &str,
+    class: &Class,
 ) -> anyhow::Result<()> {
     let pid = std::fs::read_to_string(&options.worker_pid_file)
         .with_context(|| format!("read the worker's pid from {}", options.worker_pid_file))?;
@@ -389,30 +507,33 @@ async fn memory(
             .parse::<u64>()?
             / 1024)
     };
-    let in_flight = 100;
+    let (in_flight, sleep) = if options.quick { (20, 6) } else { (100, 20) };
     let _: () = redis
         .set(capacity_key, in_flight, None, None, false)
         .await?;
-    let token = api.student(admin).await?;
-    let tasks = api
-        .tasks(&token, in_flight, "import time\ntime.sleep(20)\n")
+    // Five runs each: the default `runs.max_active_per_user`.
+    let students = class
+        .students(
+            in_flight / 5,
+            5,
+            &format!("import time\ntime.sleep({sleep})\n"),
+        )
         .await?;
     let idle = rss()?;
     let mut ids = Vec::new();
-    for task in &tasks {
-        let (status, id) = api.submit(&token, task, json!({})).await?;
-        anyhow::ensure!(
-            status == 202,
-            "submit answered {status} (raise runs.max_active_per_user)"
-        );
-        ids.push(id.context("no id")?);
+    for student in &students {
+        for task in &student.tasks {
+            let (status, id) = api.submit(&student.token, task, json!({})).await?;
+            anyhow::ensure!(status == 202, "submit answered {status}");
+            ids.push((student.token.clone(), id.context("no id")?));
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut peak, mut running) = (0, 0);
     while Instant::now() < deadline {
         running = 0;
-        for id in &ids {
-            if api.get(&format!("/api/v1/runs/{id}"), &token).await?["status"] == "running" {
+        for (token, id) in &ids {
+            if api.get(&format!("/api/v1/runs/{id}"), token).await?["status"] == "running" {
                 running += 1;
             }
         }
@@ -426,15 +547,23 @@ async fn memory(
         peak = peak.max(rss()?);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!(
-        "{:<28} idle {idle} MiB, peak {peak} MiB with {running} of {in_flight} runs running",
-        "worker resident memory"
+    table.record(
+        "runs",
+        "local worker resident memory",
+        peak as f64,
+        "MiB",
+        None,
+        Some(Floor {
+            what: "the same worker idle".into(),
+            value: idle as f64,
+        }),
+        format!("peak with {running} of {in_flight} runs running"),
     );
-    for id in &ids {
+    for (token, id) in &ids {
         let _ = api
             .client
             .post(format!("{}/api/v1/runs/{id}/stop", api.base))
-            .bearer_auth(&token)
+            .bearer_auth(token)
             .send()
             .await?;
     }

@@ -4,10 +4,12 @@
 
 pub mod app;
 pub mod bench;
+pub mod bench_floors;
 pub mod bench_kube;
 pub mod bench_login;
 pub mod bench_memory;
 pub mod bench_runs;
+pub mod bench_table;
 pub mod demo;
 pub mod e2e_stack;
 pub mod kube;

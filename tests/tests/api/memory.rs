@@ -67,7 +67,8 @@ async fn the_api_process_stays_small_while_it_archives_and_submits_a_large_task(
         "--memory-task-mib",
         &mib,
     ]);
-    let result = coderun_tests::bench_memory::run(&options).await;
+    let table = coderun_tests::bench_table::Table::default();
+    let result = coderun_tests::bench_memory::run(&options, &table).await;
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_file(&pid_file);
