@@ -114,6 +114,8 @@ pub struct QueueSettings {
     pub max_deliveries: u64,
     pub claim_idle_ms: u64,
     pub block_ms: u64,
+    /// Entries one worker reads (and hands off together) at most per XREADGROUP.
+    pub read_batch: u32,
     pub trim_after_hours: u64,
 }
 
@@ -189,7 +191,8 @@ pub struct WorkerSettings {
     pub local_slots: u32,
     pub sandbox_uid_base: u32,
     pub shutdown_grace_seconds: u64,
-    /// Fault injection for tests (`after_permit`, `after_launch`); empty otherwise.
+    /// Fault injection for tests (`after_permit`, `amid_launches`, `before_dispatched`,
+    /// `after_launch`, `before_ack`); empty otherwise.
     pub crash_at: String,
     /// Where the worker serves `/metrics` and `/readyz`; empty: nowhere.
     pub http_bind: String,

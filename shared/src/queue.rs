@@ -119,15 +119,23 @@ impl RunQueue {
         }
     }
 
-    /// Reads one new entry for `consumer`, blocking up to `block_ms`. Call it on a client of
-    /// its own: a blocking read stalls every other command on its connection.
-    pub async fn read_new(&self, reader: &Client, consumer: &str) -> Result<Option<Entry>, Error> {
+    /// Reads up to `count` new entries for `consumer` — if `block`, waiting up to `block_ms` for
+    /// the first (an empty answer: none arrived). Call it on a client of its own: a blocking
+    /// read stalls every other command on its connection. Entries come in stream order, each
+    /// delivered for the first time.
+    pub async fn read_new(
+        &self,
+        reader: &Client,
+        consumer: &str,
+        count: u64,
+        block: bool,
+    ) -> Result<Vec<Entry>, Error> {
         let reply: Value = reader
             .xreadgroup(
                 &self.settings.group,
                 consumer,
-                Some(1),
-                Some(self.settings.block_ms),
+                Some(count.max(1)),
+                block.then_some(self.settings.block_ms),
                 false,
                 self.keys.stream(),
                 ">",
@@ -135,15 +143,15 @@ impl RunQueue {
             .await?;
         // A read that times out answers nil.
         if reply.is_null() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let response: HashMap<String, Vec<(String, HashMap<String, String>)>> =
             reply.into_xread_response()?;
         Ok(response
             .into_values()
             .flatten()
-            .next()
-            .map(|(id, fields)| Entry::from_fields(id, fields)))
+            .map(|(id, fields)| Entry::from_fields(id, fields))
+            .collect())
     }
 
     /// The entries delivered to `consumer` and not yet acknowledged: what a restarted
@@ -171,6 +179,16 @@ impl RunQueue {
     pub async fn ack(&self, id: &str) -> Result<(), Error> {
         self.client
             .xack::<(), _, _, _>(self.keys.stream(), &self.settings.group, id)
+            .await
+    }
+
+    /// Acknowledges every entry of `ids` in one XACK (none: no call).
+    pub async fn ack_all(&self, ids: &[String]) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.client
+            .xack::<(), _, _, _>(self.keys.stream(), &self.settings.group, ids.to_vec())
             .await
     }
 

@@ -373,6 +373,16 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Run>, sqlx::Error> {
     select_runs!("WHERE id = $1", id).fetch_optional(pool).await
 }
 
+/// The runs of `ids` that exist, in no particular order: one query for a batch.
+pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Run>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    select_runs!("WHERE id = ANY($1)", ids)
+        .fetch_all(pool)
+        .await
+}
+
 /// [`get`] inside a transaction.
 async fn get_in(conn: &mut PgConnection, id: Uuid) -> Result<Option<Run>, sqlx::Error> {
     select_runs!("WHERE id = $1", id).fetch_optional(conn).await
@@ -555,6 +565,54 @@ pub async fn transition_from(
     .fetch_optional(pool)
     .await?;
     Ok(moved.is_some())
+}
+
+/// [`transition`] for every run of `ids` in one statement (one event each, with the same
+/// `change`); returns the runs that moved.
+pub async fn transition_many(
+    pool: &PgPool,
+    ids: &[Uuid],
+    to: RunStatus,
+    change: &Change,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sources = RunStatus::names(to.sources());
+    sqlx::query_scalar!(
+        "WITH moved AS (
+            UPDATE runs SET
+                status = $2,
+                reason = coalesce($4, reason),
+                exit_code = coalesce($5, exit_code),
+                worker = coalesce($6, worker),
+                executor = coalesce($7, executor),
+                log_bytes = coalesce($8, log_bytes),
+                log_truncated = log_truncated OR $9,
+                dispatched_at = CASE WHEN $2 = $12 THEN now() ELSE dispatched_at END,
+                started_at = CASE WHEN $2 = $13 THEN coalesce(started_at, now()) ELSE started_at END,
+                finished_at = CASE WHEN $2 = ANY($14) THEN now() ELSE finished_at END
+            WHERE id = ANY($1) AND status = ANY($3)
+            RETURNING id)
+         INSERT INTO run_events (run_id, phase, source, detail)
+         SELECT id, $2, $10, $11 FROM moved RETURNING run_id AS \"run_id!\"",
+        ids,
+        to.as_str(),
+        &sources,
+        change.reason.map(Reason::as_str),
+        change.exit_code,
+        change.worker.as_deref(),
+        change.executor.as_deref(),
+        change.log_bytes,
+        change.log_truncated,
+        change.source,
+        change.detail,
+        Dispatched.as_str(),
+        Running.as_str(),
+        &RunStatus::names(&RunStatus::TERMINAL),
+    )
+    .fetch_all(pool)
+    .await
 }
 
 /// Records the end of an execution: `to` (succeeded or failed) — unless the run is being

@@ -47,24 +47,54 @@ hold(ARGV[1], ARGV[2], ARGV[3])
 return 'ok'
 "#;
 
-/// ARGV: reservation, run, owner, ttl_ms, default capacity. The reservation's seat becomes the
-/// run's; when another worker holds the run, the reservation is kept and its holder named.
+/// `bind(reservation, run, owner, ttl_ms, default capacity)`: the reservation's seat becomes
+/// the run's; when another worker holds the run, the reservation is kept and its holder named.
+const BIND_FN: &str = r#"
+local function bind(reservation, run, owner, ttl, default)
+  if redis.call('ZSCORE', KEYS[1], run) then
+    local holder = redis.call('HGET', KEYS[2], run) or ''
+    if holder ~= owner then return 'held:' .. holder end
+    drop(reservation)
+    hold(run, owner, ttl)
+    return 'ok'
+  end
+  if redis.call('ZSCORE', KEYS[1], reservation) then
+    drop(reservation)
+    hold(run, owner, ttl)
+    return 'ok'
+  end
+  if redis.call('ZCARD', KEYS[1]) >= capacity(default) then return 'full' end
+  hold(run, owner, ttl)
+  return 'ok'
+end
+"#;
+
+/// ARGV: reservation, run, owner, ttl_ms, default capacity.
 const BIND: &str = r#"
-if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
-  local holder = redis.call('HGET', KEYS[2], ARGV[2]) or ''
-  if holder ~= ARGV[3] then return 'held:' .. holder end
-  drop(ARGV[1])
-  hold(ARGV[2], ARGV[3], ARGV[4])
-  return 'ok'
+return bind(ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+"#;
+
+/// ARGV: owner, default capacity, then (reservation, run, ttl_ms) per run: [`BIND`] for each,
+/// in order, in one call. Returns one answer per run.
+const BIND_MANY: &str = r#"
+local out = {}
+for i = 3, #ARGV, 3 do
+  table.insert(out, bind(ARGV[i], ARGV[i + 1], ARGV[1], ARGV[i + 2], ARGV[2]))
 end
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  drop(ARGV[1])
-  hold(ARGV[2], ARGV[3], ARGV[4])
-  return 'ok'
+return out
+"#;
+
+/// ARGV: token prefix, owner, ttl_ms, wanted, default capacity. Holds up to `wanted` seats —
+/// as many as are free — as reservations `<prefix>:<i>`, and returns their names.
+const RESERVE_MANY: &str = r#"
+local n = math.min(tonumber(ARGV[4]), capacity(ARGV[5]) - redis.call('ZCARD', KEYS[1]))
+local out = {}
+for i = 1, n do
+  local member = ARGV[1] .. ':' .. i
+  hold(member, ARGV[2], ARGV[3])
+  table.insert(out, member)
 end
-if redis.call('ZCARD', KEYS[1]) >= capacity(ARGV[5]) then return 'full' end
-hold(ARGV[2], ARGV[3], ARGV[4])
-return 'ok'
+return out
 "#;
 
 /// ARGV: run, expected holder, new owner, ttl_ms, reservation to give up ('' for none).
@@ -90,9 +120,25 @@ hold(ARGV[1], ARGV[2], ARGV[3])
 return 'ok'
 "#;
 
-/// ARGV: member.
+/// ARGV: owner, ttl_ms, then members: [`RENEW`] for each, in one call. Returns one answer per
+/// member.
+const RENEW_MANY: &str = r#"
+local out = {}
+for i = 3, #ARGV do
+  local holder = redis.call('HGET', KEYS[2], ARGV[i])
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) and holder and holder ~= ARGV[1] then
+    table.insert(out, 'held:' .. holder)
+  else
+    hold(ARGV[i], ARGV[1], ARGV[2])
+    table.insert(out, 'ok')
+  end
+end
+return out
+"#;
+
+/// ARGV: members (any number).
 const RELEASE: &str = r#"
-drop(ARGV[1])
+for i = 1, #ARGV do drop(ARGV[i]) end
 return 'ok'
 "#;
 
@@ -158,8 +204,11 @@ pub struct LeaseSemaphore {
     default_capacity: u32,
     acquire: Script,
     bind: Script,
+    bind_many: Script,
+    reserve_many: Script,
     takeover: Script,
     renew: Script,
+    renew_many: Script,
     release: Script,
     count: Script,
 }
@@ -172,9 +221,12 @@ impl LeaseSemaphore {
             keys,
             default_capacity,
             acquire: script(ACQUIRE),
-            bind: script(BIND),
+            bind: Script::from_lua(format!("{PRELUDE}{BIND_FN}{BIND}")),
+            bind_many: Script::from_lua(format!("{PRELUDE}{BIND_FN}{BIND_MANY}")),
+            reserve_many: script(RESERVE_MANY),
             takeover: script(TAKEOVER),
             renew: script(RENEW),
+            renew_many: script(RENEW_MANY),
             release: script(RELEASE),
             count: script(COUNT),
         }
@@ -228,6 +280,47 @@ impl LeaseSemaphore {
         Ok(grant(self.call(&self.bind, args).await?))
     }
 
+    /// Holds up to `wanted` free seats for `owner` for `ttl_ms` in one call: reservations named
+    /// `<prefix>:<i>`; none when every permit is taken.
+    pub async fn reserve_many(
+        &self,
+        prefix: &str,
+        owner: &str,
+        ttl_ms: u64,
+        wanted: u32,
+    ) -> Result<Vec<String>, Error> {
+        let args = vec![
+            prefix.into(),
+            owner.into(),
+            ttl_ms.to_string(),
+            wanted.to_string(),
+            self.default_capacity.to_string(),
+        ];
+        self.reserve_many
+            .evalsha_with_reload(&self.client, self.script_keys(), args)
+            .await
+    }
+
+    /// [`Self::bind`] for each `(reservation, run, ttl_ms)`, in order, in one call.
+    pub async fn bind_many(
+        &self,
+        owner: &str,
+        binds: &[(&str, Uuid, u64)],
+    ) -> Result<Vec<Grant>, Error> {
+        if binds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec![owner.to_owned(), self.default_capacity.to_string()];
+        for (reservation, run, ttl) in binds {
+            args.extend([(*reservation).to_owned(), run.to_string(), ttl.to_string()]);
+        }
+        let replies: Vec<String> = self
+            .bind_many
+            .evalsha_with_reload(&self.client, self.script_keys(), args)
+            .await?;
+        Ok(replies.into_iter().map(grant).collect())
+    }
+
     /// Takes over `run`'s permit from `dead_holder`, giving up `reservation` if any.
     pub async fn take_over(
         &self,
@@ -258,11 +351,38 @@ impl LeaseSemaphore {
         ))
     }
 
+    /// [`Self::renew`] for each of `members`, in one call.
+    pub async fn renew_many(
+        &self,
+        members: &[String],
+        owner: &str,
+        ttl_ms: u64,
+    ) -> Result<Vec<Grant>, Error> {
+        if members.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = vec![owner.to_owned(), ttl_ms.to_string()];
+        args.extend(members.iter().cloned());
+        let replies: Vec<String> = self
+            .renew_many
+            .evalsha_with_reload(&self.client, self.script_keys(), args)
+            .await?;
+        Ok(replies.into_iter().map(grant).collect())
+    }
+
     /// Gives the permit back; releasing a permit nobody holds is a no-op.
     pub async fn release(&self, member: &str) -> Result<(), Error> {
         self.call(&self.release, vec![member.into()])
             .await
             .map(|_| ())
+    }
+
+    /// Gives every permit of `members` back in one call (none: no call).
+    pub async fn release_many(&self, members: &[String]) -> Result<(), Error> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        self.call(&self.release, members.to_vec()).await.map(|_| ())
     }
 
     /// Permits held now (expired ones excluded).

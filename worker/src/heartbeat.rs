@@ -78,9 +78,7 @@ pub async fn beat(ctx: &Context) -> anyhow::Result<()> {
     ctx.liveness
         .beat(&ctx.name, ctx.settings.worker.heartbeat_ttl_seconds)
         .await?;
-    for run in ctx.executor.live() {
-        ctx.permits.renew(run).await?;
-    }
+    ctx.permits.renew_many(&ctx.executor.live()).await?;
     Ok(())
 }
 

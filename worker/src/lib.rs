@@ -2,7 +2,7 @@
 //! any may die at any moment; Postgres is the truth, the stream a hint, and the Redis lease
 //! semaphore the fleet's capacity.
 //!
-//! The flow: [`consumer`] (reserve a permit → read → prepare → `dispatched` → start → ack) hands
+//! The flow: [`consumer`] (reserve permits → read a batch → prepare → `dispatched` → start → ack) hands
 //! runs to an [`executor`]; the executor reports what its executions do to the [`supervisor`],
 //! which writes through the [`recorder`] and ends runs as [`ending`] maps them; [`permits`] is
 //! the whole life of a capacity permit; [`heartbeat`] keeps this worker and its permits alive
@@ -74,15 +74,17 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) -> anyhow::Re
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            outcome = consumer::process_next(&ctx) => match outcome {
-                Ok(consumer::Outcome::NoCapacity | consumer::Outcome::Paused(_)) => {
+            step = consumer::process_next(&ctx) => match step {
+                Ok(consumer::Step::NoCapacity | consumer::Step::Paused(_)) => {
                     tokio::select! {
                         _ = &mut shutdown => break,
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                     }
                 }
-                Ok(consumer::Outcome::Idle) => {}
-                Ok(outcome) => tracing::debug!(?outcome, "handled an entry"),
+                Ok(consumer::Step::Idle) => {}
+                Ok(consumer::Step::Handled(outcomes)) => {
+                    tracing::debug!(?outcomes, "handled a batch of entries")
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "consuming failed; retrying shortly");
                     tokio::time::sleep(Duration::from_millis(500)).await;

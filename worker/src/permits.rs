@@ -73,6 +73,46 @@ impl Permits {
         Ok((grant == Grant::Granted).then_some(Reservation(token)))
     }
 
+    /// Reserves up to `wanted` seats in one call — as many as are free; none when every permit
+    /// is taken.
+    pub async fn reserve_many(&self, wanted: u32) -> Result<Vec<Reservation>, Error> {
+        let prefix = LeaseSemaphore::reservation(&self.owner);
+        Ok(self
+            .semaphore
+            .reserve_many(&prefix, &self.owner, self.reservation_ttl_ms, wanted)
+            .await?
+            .into_iter()
+            .map(Reservation)
+            .collect())
+    }
+
+    /// Gives reservations back in one call, as [`Self::cancel`] does each.
+    pub async fn cancel_many(&self, reservations: Vec<Reservation>) {
+        let tokens: Vec<String> = reservations.into_iter().map(|r| r.0).collect();
+        if let Err(e) = self.semaphore.release_many(&tokens).await {
+            tracing::debug!(error = %e, "cannot release the reservations; they expire by themselves");
+        }
+    }
+
+    /// [`Self::acquire`] with a reservation for each `(run, wall_seconds, reservation)`, in
+    /// one call; one grant per run, in order.
+    pub async fn acquire_many(
+        &self,
+        runs: &[(Uuid, u32, &Reservation)],
+    ) -> Result<Vec<Grant>, Error> {
+        let binds: Vec<(&str, Uuid, u64)> = runs
+            .iter()
+            .map(|(run, wall, reservation)| (reservation.token(), *run, self.lease_ttl_ms(*wall)))
+            .collect();
+        self.semaphore.bind_many(&self.owner, &binds).await
+    }
+
+    /// Gives the permits of `runs` back in one call.
+    pub async fn release_many(&self, runs: &[Uuid]) -> Result<(), Error> {
+        let members: Vec<String> = runs.iter().map(Uuid::to_string).collect();
+        self.semaphore.release_many(&members).await
+    }
+
     /// Gives a reservation back — a no-op once it became a run's permit. If Redis cannot be
     /// reached the seat simply expires.
     pub async fn cancel(&self, reservation: Reservation) {
@@ -136,6 +176,19 @@ impl Permits {
                 self.lease_ttl_ms(self.longest_wall_seconds),
             )
             .await
+    }
+
+    /// [`Self::renew`] for each of `runs`, in one call per 512 runs (a call blocks Redis while
+    /// it runs, so none holds it for long).
+    pub async fn renew_many(&self, runs: &[Uuid]) -> Result<(), Error> {
+        let ttl = self.lease_ttl_ms(self.longest_wall_seconds);
+        for chunk in runs.chunks(512) {
+            let members: Vec<String> = chunk.iter().map(Uuid::to_string).collect();
+            self.semaphore
+                .renew_many(&members, &self.owner, ttl)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Gives the permit of `run` back; a permit nobody holds is a no-op.

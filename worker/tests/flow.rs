@@ -400,11 +400,11 @@ async fn a_read_that_times_out_is_idle_not_an_error() {
     let queue = &p.app.state.queue;
     queue.ensure_group().await.unwrap();
     let started = std::time::Instant::now();
-    let entry = queue
-        .read_new(&p.app.state.redis, "idle-consumer")
+    let entries = queue
+        .read_new(&p.app.state.redis, "idle-consumer", 8, true)
         .await
         .unwrap();
-    assert_eq!(entry, None);
+    assert_eq!(entries, []);
     assert!(
         started.elapsed() >= Duration::from_millis(150),
         "the read blocked for block_ms"
