@@ -596,7 +596,8 @@ impl Datasets<'_> {
     /// The dataset's id, for a staff write.
     async fn writable(&self, actor: &Actor, name: &str) -> Result<Uuid, Error> {
         staff(actor)?;
-        DatasetName::parse(name)?;
+        // A name that breaks the rules names no dataset: 404, as for a read.
+        DatasetName::parse(name).map_err(|_| not_found(name))?;
         Ok(self.row(name).await?.ok_or_else(|| not_found(name))?.id)
     }
 
