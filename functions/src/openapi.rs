@@ -66,8 +66,8 @@ impl Modify for BearerAuth {
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// Operations whose body may be left out entirely: an empty submission takes every default,
-/// an empty file save stores an empty file.
-const OPTIONAL_BODIES: [&str; 2] = ["submit_run", "save_file"];
+/// an empty file save (of a task or a dataset draft) stores an empty file.
+const OPTIONAL_BODIES: [&str; 3] = ["submit_run", "save_file", "put_dataset_file"];
 
 /// Operations that touch no dependency, hence never answer 503.
 const WITHOUT_DEPENDENCIES: [&str; 3] = ["/healthz", "/metrics", "/api/v1/openapi.json"];

@@ -40,7 +40,10 @@ pub fn router(limits: &LimitSettings) -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(Actions::openapi())
         .routes(routes!(list_datasets, create_dataset))
         .routes(routes!(get_dataset, delete_dataset))
-        .route("/api/v1/datasets/{name}", post(dataset_action))
+        .route(
+            "/api/v1/datasets/{name}",
+            post(dataset_action).fallback(other_method),
+        )
         .routes(
             routes!(put_dataset_file, delete_dataset_file).layer(DefaultBodyLimit::max(file_limit)),
         )
@@ -138,6 +141,16 @@ pub async fn delete_dataset(
     }
     store(&state).delete(&caller.actor(), &name).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Any other method on `…/{name}` or `…/{name}:publish`: 405 with the methods the one the
+/// caller meant answers (the router would list both routes' methods).
+async fn other_method(Path(target): Path<String>) -> Response {
+    if target.ends_with(":publish") {
+        method_not_allowed("POST")
+    } else {
+        method_not_allowed("GET, HEAD, DELETE")
+    }
 }
 
 /// `POST /datasets/{name}:publish`.
@@ -241,9 +254,24 @@ pub struct CreateUpload {
     /// Where the file goes in the draft.
     pub path: String,
     /// Its exact size in bytes.
+    #[serde(deserialize_with = "whole_number")]
     pub size: u64,
     /// Its sha256, hex: checked when the upload is completed.
     pub sha256: String,
+}
+
+/// A non-negative whole number, also when a client writes it as `67900.0`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let number = serde_json::Number::deserialize(d)?;
+    number
+        .as_u64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+                .map(|f| f as u64)
+        })
+        .ok_or_else(|| serde::de::Error::custom("size must be a whole number of bytes"))
 }
 
 /// Starts a multipart upload of a file of any size into the draft (teachers and admins): PUT
