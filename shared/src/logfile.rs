@@ -50,16 +50,14 @@ pub fn index(log: &[u8]) -> Vec<u8> {
 pub async fn store(storage: &Storage, run_id: Uuid, log: Bytes) -> Result<(), Error> {
     let objects = RunObjects::new(run_id);
     let idx = index(&log);
-    storage
-        .put(&objects.log(), log, "text/plain; charset=utf-8")
-        .await?;
-    storage
-        .put(
-            &objects.log_index(),
-            Bytes::from(idx),
-            "application/octet-stream",
-        )
-        .await
+    // Both at once: the run ends only after both are stored, so no reader sees one without
+    // the other.
+    let (log_key, index_key) = (objects.log(), objects.log_index());
+    tokio::try_join!(
+        storage.put(&log_key, log, "text/plain; charset=utf-8"),
+        storage.put(&index_key, Bytes::from(idx), "application/octet-stream"),
+    )?;
+    Ok(())
 }
 
 /// Some lines of a stored log.

@@ -19,6 +19,9 @@ use uuid::Uuid;
 use crate::ending::Ending;
 use crate::resilience::Resilience;
 
+/// Output files uploaded at once (each is read whole; the outputs' total is bounded).
+const OUTPUTS_AT_ONCE: usize = 4;
+
 #[derive(Clone)]
 pub struct Recorder {
     pub db: PgPool,
@@ -74,36 +77,50 @@ impl Recorder {
             .await
     }
 
-    /// Stores each output file under the run's `output/` and lists them on the run.
+    /// Stores each output file under the run's `output/` (a few at once) and lists them on
+    /// the run.
     pub async fn store_outputs(
         &self,
         run: Uuid,
         files: &[(String, std::path::PathBuf, u64)],
     ) -> anyhow::Result<()> {
-        let mut recorded = Vec::with_capacity(files.len());
-        for (path, host_path, size) in files {
-            let bytes = &Bytes::from(tokio::fs::read(host_path).await?);
-            self.resilience
-                .retry("store an output file", || async move {
-                    self.storage
-                        .put(
-                            &RunObjects::new(run).output(path),
-                            bytes.clone(),
-                            "application/octet-stream",
-                        )
-                        .await?;
-                    Ok(())
-                })
-                .await?;
-            recorded.push(OutputFile {
+        if files.is_empty() {
+            return Ok(());
+        }
+        for some in files.chunks(OUTPUTS_AT_ONCE) {
+            let stores: Vec<_> = some
+                .iter()
+                .map(|(path, host_path, _)| self.store_output(run, path, host_path))
+                .collect();
+            futures::future::try_join_all(stores).await?;
+        }
+        let recorded: Vec<OutputFile> = files
+            .iter()
+            .map(|(path, _, size)| OutputFile {
                 path: path.clone(),
                 size: *size as i64,
-            });
-        }
+            })
+            .collect();
         let recorded = &recorded;
         self.resilience
             .retry("list the outputs", || async move {
                 Ok(runs::record_outputs(&self.db, run, recorded).await?)
+            })
+            .await
+    }
+
+    async fn store_output(&self, run: Uuid, path: &str, host_path: &Path) -> anyhow::Result<()> {
+        let bytes = &Bytes::from(tokio::fs::read(host_path).await?);
+        self.resilience
+            .retry("store an output file", || async move {
+                self.storage
+                    .put(
+                        &RunObjects::new(run).output(path),
+                        bytes.clone(),
+                        "application/octet-stream",
+                    )
+                    .await?;
+                Ok(())
             })
             .await
     }

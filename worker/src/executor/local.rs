@@ -6,12 +6,13 @@
 //! ending to the supervisor. One execution per run: a run it already has is not launched
 //! twice, and the run's lease (held by this worker) keeps other workers off it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use coderun_shared::bundle;
 use coderun_shared::config::{ExecutorKind, LimitSettings, RunLimits, Settings};
 use coderun_shared::runs::{Run, RunStatus};
@@ -38,6 +39,9 @@ const TRAITS: Traits = Traits {
 const LOG_BATCH: usize = 256;
 /// How long the log pump waits to fill a batch.
 const LOG_FLUSH: Duration = Duration::from_millis(50);
+/// Bytes of recent code bundles a worker keeps, and the largest bundle it keeps.
+const BUNDLE_CACHE_BYTES: usize = 8 * 1024 * 1024;
+const BUNDLE_CACHE_ENTRY_BYTES: usize = 256 * 1024;
 
 struct Execution {
     stop: CancellationToken,
@@ -59,6 +63,9 @@ struct Inner {
     executions: Mutex<HashMap<Uuid, Execution>>,
     /// Dataset versions, fetched once per worker and mounted read-only into every run.
     datasets: DatasetCache,
+    /// Recent code bundles by sha256: a class submitting the same starter code, or a retry,
+    /// is not fetched again.
+    bundles: BundleCache,
 }
 
 #[derive(Clone)]
@@ -157,6 +164,7 @@ impl LocalExecutor {
                 runs,
                 paths,
                 executions: Mutex::new(HashMap::new()),
+                bundles: BundleCache::new(BUNDLE_CACHE_BYTES, BUNDLE_CACHE_ENTRY_BYTES),
             }),
         }
     }
@@ -331,9 +339,7 @@ impl Inner {
         work_dir: &Path,
         stop: &CancellationToken,
     ) -> anyhow::Result<Ending> {
-        self.supervisor
-            .phase(run.id, RunStatus::Pending, "fetching the code")
-            .await?;
+        let mut stages = Stages::new(run.id);
         // An earlier attempt of this run, lost with its worker, may have left its folder.
         match tokio::fs::remove_dir_all(work_dir).await {
             Ok(()) => {}
@@ -342,33 +348,28 @@ impl Inner {
         }
         let code_dir = work_dir.join("code");
         tokio::fs::create_dir_all(&code_dir).await?;
-        let resilience = self.supervisor.resilience();
-        // An outage of object storage is waited out here, the run pending; only a bundle that
-        // is missing or does not match its checksum fails the run.
-        let bytes = resilience
-            .retry("fetch the code", || async move {
-                let url = self
-                    .supervisor
-                    .storage()
-                    .presigned_get_internal(&run.code_key())
-                    .await?;
-                let response = self.http.get(url).send().await?.error_for_status()?;
-                Ok(response.bytes().await?)
-            })
-            .await?;
-        let (sha, max) = (run.code_sha256.clone(), self.paths.max_task_bytes);
-        let into = code_dir.clone();
-        tokio::task::spawn_blocking(move || bundle::extract(&bytes, &sha, &into, max)).await??;
-        let datasets = resilience
-            .retry("fetch the datasets", || self.fetch_datasets(run, work_dir))
-            .await?;
+        // `pending` is written while the code is fetched (and unpacked): the phase says what
+        // happens, and its round trip to Postgres costs the run nothing. `running` waits for
+        // it, so the events keep their order.
+        let pending = self
+            .supervisor
+            .phase(run.id, RunStatus::Pending, "fetching the code");
+        let (pending, code) = tokio::join!(pending, self.fetch_code(run, &code_dir));
+        pending?;
+        code?;
+        stages.mark("pending + code");
+        let datasets = if run.datasets.is_empty() {
+            Vec::new()
+        } else {
+            let resilience = self.supervisor.resilience();
+            resilience
+                .retry("fetch the datasets", || self.fetch_datasets(run, work_dir))
+                .await?
+        };
         if stop.is_cancelled() {
             return Ok(Termination::StoppedBeforeStart.into());
         }
 
-        self.supervisor
-            .phase(run.id, RunStatus::Running, "program started")
-            .await?;
         let (lines, receiver) = mpsc::channel(4 * LOG_BATCH);
         let pump = tokio::spawn(pump_log(self.supervisor.clone(), run.id, receiver));
         let request = SandboxRequest {
@@ -381,33 +382,82 @@ impl Inner {
             limits: Limits::from(&run.spec.limits),
             log_max_bytes: self.runs.log_max_bytes,
         };
-        let outcome = self.sandbox.run(request, lines, stop.clone()).await;
+        // `running` is written while the sandbox is set up (its file system, cgroup, files);
+        // the program starts only once it is recorded.
+        let running = async {
+            self.supervisor
+                .phase(run.id, RunStatus::Running, "program started")
+                .await
+                .map(|_| ())
+        };
+        let outcome = self
+            .sandbox
+            .run_after(request, lines, stop.clone(), running)
+            .await;
         let _ = pump.await;
         let outcome = outcome?;
+        stages.mark("running + sandbox");
 
-        self.supervisor
-            .store_log(run.id, &work_dir.join("log.txt"))
-            .await?;
-        let sandbox = self.sandbox.clone();
-        let (dir, files, bytes, paths) = (
-            work_dir.to_owned(),
-            self.runs.output_max_files as usize,
-            self.runs.output_max_bytes,
-            self.paths.clone(),
-        );
-        let collected = tokio::task::spawn_blocking(move || {
-            sandbox.collect_outputs(&dir, files, bytes, &paths)
-        })
-        .await??;
-        let files: Vec<(String, PathBuf, u64)> = collected
-            .files
-            .iter()
-            .map(|f| (f.path.clone(), f.host_path.clone(), f.size))
-            .collect();
-        self.supervisor.store_outputs(run.id, &files).await?;
+        // The log and the outputs are stored at once.
+        let log_file = work_dir.join("log.txt");
+        let log = self.supervisor.store_log(run.id, &log_file);
+        let outputs = async {
+            let sandbox = self.sandbox.clone();
+            let (dir, files, bytes, paths) = (
+                work_dir.to_owned(),
+                self.runs.output_max_files as usize,
+                self.runs.output_max_bytes,
+                self.paths.clone(),
+            );
+            let collected = tokio::task::spawn_blocking(move || {
+                sandbox.collect_outputs(&dir, files, bytes, &paths)
+            })
+            .await??;
+            let files: Vec<(String, PathBuf, u64)> = collected
+                .files
+                .iter()
+                .map(|f| (f.path.clone(), f.host_path.clone(), f.size))
+                .collect();
+            self.supervisor.store_outputs(run.id, &files).await
+        };
+        let (log, outputs) = tokio::join!(log, outputs);
+        log?;
+        outputs?;
+        stages.mark("log + outputs");
+        stages.done();
 
         Ok(Ending::from(termination(&outcome.termination))
             .with_log(outcome.log_bytes, outcome.log_truncated))
+    }
+
+    /// Puts the run's code, checked against its sha256, in `code_dir`: from this worker's
+    /// cache of recent bundles when it holds it, else fetched through a presigned URL. An
+    /// outage of object storage is waited out here, the run pending; only a bundle that is
+    /// missing or does not match its checksum fails the run.
+    async fn fetch_code(&self, run: &Run, code_dir: &Path) -> anyhow::Result<()> {
+        let bytes = match self.bundles.get(&run.code_sha256) {
+            Some(bytes) => bytes,
+            None => {
+                self.supervisor
+                    .resilience()
+                    .retry("fetch the code", || async move {
+                        let url = self
+                            .supervisor
+                            .storage()
+                            .presigned_get_internal(&run.code_key())
+                            .await?;
+                        let response = self.http.get(url).send().await?.error_for_status()?;
+                        Ok(response.bytes().await?)
+                    })
+                    .await?
+            }
+        };
+        let (sha, max) = (run.code_sha256.clone(), self.paths.max_task_bytes);
+        let (into, checked) = (code_dir.to_owned(), bytes.clone());
+        tokio::task::spawn_blocking(move || bundle::extract(&checked, &sha, &into, max)).await??;
+        // Only a bundle that matched its sha256 is kept.
+        self.bundles.put(&run.code_sha256, bytes);
+        Ok(())
     }
 
     /// The host folder of each dataset version the run names, from the worker's cache
@@ -424,6 +474,84 @@ impl Inner {
             mounted.push((mount.name, dir));
         }
         Ok(mounted)
+    }
+}
+
+/// Recent code bundles by sha256, at most `max_bytes` of them (the oldest go first), none larger
+/// than `max_entry`. A bundle is checked against its sha256 every time it is unpacked.
+struct BundleCache {
+    max_bytes: usize,
+    max_entry: usize,
+    held: Mutex<(VecDeque<(String, Bytes)>, usize)>,
+}
+
+impl BundleCache {
+    fn new(max_bytes: usize, max_entry: usize) -> Self {
+        Self {
+            max_bytes,
+            max_entry,
+            held: Mutex::new((VecDeque::new(), 0)),
+        }
+    }
+
+    fn get(&self, sha256: &str) -> Option<Bytes> {
+        let held = self.held.lock().expect("bundle cache lock");
+        held.0
+            .iter()
+            .find(|(sha, _)| sha == sha256)
+            .map(|(_, bytes)| bytes.clone())
+    }
+
+    fn put(&self, sha256: &str, bytes: Bytes) {
+        if bytes.len() > self.max_entry {
+            return;
+        }
+        let mut held = self.held.lock().expect("bundle cache lock");
+        let (entries, total) = &mut *held;
+        if entries.iter().any(|(sha, _)| sha == sha256) {
+            return;
+        }
+        *total += bytes.len();
+        entries.push_back((sha256.to_owned(), bytes));
+        while *total > self.max_bytes {
+            match entries.pop_front() {
+                Some((_, old)) => *total -= old.len(),
+                None => break,
+            }
+        }
+    }
+}
+
+/// How long each stage of a local run took, logged at its end (debug): the breakdown of a run's
+/// latency.
+struct Stages {
+    run: Uuid,
+    last: std::time::Instant,
+    took: Vec<(&'static str, Duration)>,
+}
+
+impl Stages {
+    fn new(run: Uuid) -> Self {
+        Self {
+            run,
+            last: std::time::Instant::now(),
+            took: Vec::with_capacity(4),
+        }
+    }
+
+    fn mark(&mut self, stage: &'static str) {
+        let now = std::time::Instant::now();
+        self.took.push((stage, now - self.last));
+        self.last = now;
+    }
+
+    fn done(&self) {
+        let stages: Vec<String> = self
+            .took
+            .iter()
+            .map(|(stage, took)| format!("{stage} {:.2} ms", took.as_secs_f64() * 1e3))
+            .collect();
+        tracing::debug!(run = %self.run, stages = %stages.join(", "), "local run stages");
     }
 }
 
@@ -465,4 +593,27 @@ async fn pump_log(supervisor: Supervisor, run: Uuid, mut lines: mpsc::Receiver<S
         batch.clear();
     }
     next - 1
+}
+
+#[cfg(test)]
+mod bundle_cache {
+    use super::*;
+
+    #[test]
+    fn the_cache_keeps_recent_bundles_within_its_budget_and_none_too_large() {
+        let cache = BundleCache::new(10, 4);
+        cache.put("a", Bytes::from_static(b"aaaa"));
+        cache.put("b", Bytes::from_static(b"bbbb"));
+        cache.put("huge", Bytes::from_static(b"hhhhh"));
+        assert_eq!(cache.get("a").as_deref(), Some(&b"aaaa"[..]));
+        assert!(cache.get("huge").is_none());
+        // A third bundle passes the budget: the oldest goes.
+        cache.put("c", Bytes::from_static(b"cccc"));
+        assert!(cache.get("a").is_none());
+        assert_eq!(cache.get("b").as_deref(), Some(&b"bbbb"[..]));
+        assert_eq!(cache.get("c").as_deref(), Some(&b"cccc"[..]));
+        // Putting one it holds changes nothing.
+        cache.put("b", Bytes::from_static(b"bbbb"));
+        assert_eq!(cache.held.lock().unwrap().1, 8);
+    }
 }

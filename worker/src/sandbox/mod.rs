@@ -168,6 +168,9 @@ pub enum SandboxError {
     /// The code alone is larger than the run's disk budget: the program never ran.
     #[error("the code does not fit in the run's disk budget of {0} MiB")]
     CodeTooLarge(u32),
+    /// What the program had to wait for failed: it never ran.
+    #[error("the program was not started: {0}")]
+    NotReady(String),
 }
 
 impl SandboxError {
@@ -278,6 +281,19 @@ impl Sandbox {
         log: mpsc::Sender<String>,
         stop: CancellationToken,
     ) -> Result<SandboxOutcome, SandboxError> {
+        self.run_after(request, log, stop, async { Ok(()) }).await
+    }
+
+    /// [`run`](Self::run), the program started only once `ready` has completed — which runs
+    /// while the run's folder, file system and files are prepared (the executor records the
+    /// `running` phase meanwhile). When `ready` fails the program never starts.
+    pub async fn run_after(
+        &self,
+        request: SandboxRequest,
+        log: mpsc::Sender<String>,
+        stop: CancellationToken,
+        ready: impl Future<Output = anyhow::Result<()>>,
+    ) -> Result<SandboxOutcome, SandboxError> {
         validate(&request)?;
         self.runtime_of(&request)?;
         let lease = match &self.uids {
@@ -321,14 +337,23 @@ impl Sandbox {
             let fs = self.fs_spec(&request.limits);
             let filters = self.filters.clone();
             let worker = (self.worker_uid, self.worker_gid);
-            tokio::task::spawn_blocking(move || {
-                layout.prepare(uid, gid, run_id, worker, fs, &filters)
-            })
-            .await
-            .map_err(|e| SandboxError::Io {
+            let preparing = layout.clone();
+            let prepared = tokio::task::spawn_blocking(move || {
+                preparing.prepare(uid, gid, run_id, worker, fs, &filters)
+            });
+            let (prepared, ready) = tokio::join!(prepared, ready);
+            let prepared = prepared.map_err(|e| SandboxError::Io {
                 context: "preparing the work dir".into(),
                 source: std::io::Error::other(e),
-            })??;
+            });
+            prepared??;
+            if let Err(e) = ready {
+                // The folder is the run's uid's now: it goes back to the worker before the
+                // uid is free again.
+                let (layout, uid, gid) = (layout.clone(), self.worker_uid, self.worker_gid);
+                let _ = tokio::task::spawn_blocking(move || layout.restore(uid, gid)).await;
+                return Err(SandboxError::NotReady(format!("{e:#}")));
+            }
         }
 
         let cgroup = self

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::AsyncReadExt;
+use futures::AsyncBufReadExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::LogParams;
@@ -107,12 +107,13 @@ impl LineSink for Supervisor {
     }
 }
 
-/// Reads one log stream (which starts at the container's start) in chunks, splits it into
+/// Reads one log stream (which starts at the container's start) chunk by chunk as the HTTP body
+/// brings them, splits it into
 /// lines, skips the first `written` (already in the live log) and appends the rest in batches.
 /// Past `cap` bytes of the stream it stops reading; the lines before the cap are kept (the
 /// last one cut at the cap, as `log.txt` is).
 async fn pump(
-    reader: impl futures::AsyncRead + Unpin,
+    reader: impl futures::AsyncBufRead + Unpin,
     sink: &impl LineSink,
     run: Uuid,
     written: &mut u64,
@@ -120,11 +121,12 @@ async fn pump(
 ) -> anyhow::Result<Pump> {
     let mut seen = 0u64;
     let mut bytes = 0u64;
-    let mut batch: Vec<String> = Vec::with_capacity(BATCH);
+    // Grows with what one flush carries, not reserved up front: a thousand followers of quiet
+    // programs hold next to nothing.
+    let mut batch: Vec<String> = Vec::new();
     let mut flush_at = tokio::time::Instant::now() + FLUSH;
     let mut reader = reader;
     let mut splitter = LineSplitter::new(MAX_LINE_BYTES);
-    let mut chunk = vec![0u8; 64 * 1024];
     let mut take = |line: Vec<u8>, batch: &mut Vec<String>, written: u64| {
         seen += 1;
         if seen > written + batch.len() as u64 {
@@ -136,27 +138,31 @@ async fn pump(
         }
     };
     let outcome = loop {
-        // Dropping a pending read loses nothing, so a flush may interrupt it.
-        let read = tokio::time::timeout_at(flush_at, reader.read(&mut chunk)).await;
+        // The reader's own buffer (the HTTP body's current chunk) is read in place: no buffer of
+        // our own per follower. Dropping a pending fill loses nothing, so a flush may
+        // interrupt it.
+        let read = tokio::time::timeout_at(flush_at, reader.fill_buf()).await;
         match read {
             Err(_) => {} // time to flush
             Ok(Err(e)) => {
                 flush(sink, run, written, &mut batch).await;
                 return Err(e.into());
             }
-            Ok(Ok(0)) => {
+            Ok(Ok([])) => {
                 if let Some(rest) = splitter.finish() {
                     take(rest, &mut batch, *written);
                 }
                 break Pump::Ended;
             }
-            Ok(Ok(n)) => {
+            Ok(Ok(chunk)) => {
+                let n = chunk.len();
                 let room = cap.saturating_sub(bytes);
                 let kept = (n as u64).min(room) as usize;
                 bytes += kept as u64;
                 for line in splitter.push(&chunk[..kept]) {
                     take(line, &mut batch, *written);
                 }
+                reader.consume_unpin(n);
                 if kept < n {
                     if let Some(rest) = splitter.finish() {
                         take(rest, &mut batch, *written);
@@ -183,6 +189,8 @@ async fn flush(sink: &impl LineSink, run: Uuid, written: &mut u64, batch: &mut V
         Err(e) => tracing::warn!(%run, error = %e, "cannot append to the live log"),
     }
     batch.clear();
+    // A burst of output does not keep its batch's room for the rest of the run.
+    batch.shrink_to(BATCH / 16);
 }
 
 /// The whole log of the main container, cut at `cap` bytes: `(log, truncated)`.
@@ -270,7 +278,8 @@ mod tests {
         let mut reader = Endless { served: 0 };
         let mut written = 0;
         let cap = 1024 * 1024;
-        let outcome = pump(&mut reader, &sink, Uuid::nil(), &mut written, cap)
+        let buffered = futures::io::BufReader::with_capacity(64 * 1024, &mut reader);
+        let outcome = pump(buffered, &sink, Uuid::nil(), &mut written, cap)
             .await
             .unwrap();
         assert_eq!(outcome, Pump::OverCap);

@@ -6,6 +6,12 @@
 //! whole at `InitDone`: deletions that happened in the gap show as absence — so after every
 //! re-list, runs active in Postgres whose Job is absent are judged.
 //!
+//! The stores hold trimmed objects ([`trim_job`], [`trim_pod`]): what the watch and the
+//! actors read — names, labels, timestamps, the Job's conditions, the Pod's phase and container
+//! states — and not the specs (the pod template, its presigned URLs and scripts), managed
+//! fields or annotations, which made up most of each object and so most of a worker's memory
+//! with a thousand Jobs running.
+//!
 //! Each run being observed has one task (an [`Actor`](super::actor::Actor)) that re-reads its
 //! run's Job and Pod from the stores whenever either changes, and every tick (ownership moves,
 //! image-pull timeouts).
@@ -19,8 +25,9 @@ use chrono::Utc;
 use coderun_shared::config::ExecutorKind;
 use coderun_shared::runs::RunStatus;
 use futures::StreamExt;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::batch::v1::{Job, JobStatus};
+use k8s_openapi::api::core::v1::{Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
@@ -108,6 +115,66 @@ impl Stores {
     }
 }
 
+/// The object metadata the watch and the actors read: name, namespace, uid, labels (the run id),
+/// creation and deletion timestamps.
+fn trim_meta(meta: &mut ObjectMeta) {
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.owner_references = None;
+    meta.finalizers = None;
+    meta.generate_name = None;
+}
+
+/// A Job as the stores keep it: its metadata and its conditions (the verdict).
+pub(super) fn trim_job(job: &mut Job) {
+    trim_meta(&mut job.metadata);
+    job.spec = None;
+    if let Some(status) = job.status.as_mut() {
+        let conditions = status.conditions.take();
+        *status = JobStatus {
+            conditions,
+            ..JobStatus::default()
+        };
+        for condition in status.conditions.iter_mut().flatten() {
+            condition.message = None;
+        }
+    }
+}
+
+/// A Pod as the stores keep it: its metadata, phase, reason, message, conditions and container
+/// states (which tell the run's phase, its exit code, an OOM kill, an eviction, an image that
+/// cannot be pulled).
+pub(super) fn trim_pod(pod: &mut Pod) {
+    trim_meta(&mut pod.metadata);
+    pod.spec = None;
+    if let Some(status) = pod.status.as_mut() {
+        let trimmed = PodStatus {
+            phase: status.phase.take(),
+            reason: status.reason.take(),
+            message: status.message.take(),
+            conditions: status.conditions.take(),
+            container_statuses: status.container_statuses.take(),
+            init_container_statuses: status.init_container_statuses.take(),
+            ..PodStatus::default()
+        };
+        *status = trimmed;
+        let containers = status
+            .container_statuses
+            .iter_mut()
+            .chain(status.init_container_statuses.iter_mut())
+            .flatten();
+        for container in containers {
+            container.image_id = String::new();
+            container.container_id = None;
+            container.resources = None;
+            container.volume_mounts = None;
+            container.allocated_resources = None;
+            container.allocated_resources_status = None;
+            container.user = None;
+        }
+    }
+}
+
 impl Inner {
     /// Watches until `shutdown`; then every actor stops too.
     pub(super) async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
@@ -118,12 +185,16 @@ impl Inner {
         let config = watcher::Config::default().labels(job::SELECTOR);
         let mut jobs = reflector::reflector(
             writers.jobs,
-            watcher(self.jobs.clone(), config.clone()).default_backoff(),
+            watcher(self.jobs.clone(), config.clone())
+                .modify(trim_job)
+                .default_backoff(),
         )
         .boxed();
         let mut pods = reflector::reflector(
             writers.pods,
-            watcher(self.pods.clone(), config).default_backoff(),
+            watcher(self.pods.clone(), config)
+                .modify(trim_pod)
+                .default_backoff(),
         )
         .boxed();
         let mut tick = tokio::time::interval(TICK);
@@ -325,6 +396,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::executor::kubernetes::observe::observe;
     use serde_json::json;
 
     fn labelled<K: serde::de::DeserializeOwned>(name: &str, run: Uuid, created: &str) -> K {
@@ -363,5 +435,144 @@ mod tests {
         assert!(stores.job(run).is_some());
         writers.jobs.apply_watcher_event(&watcher::Event::InitDone);
         assert!(stores.job(run).is_none());
+    }
+
+    /// A Job as the API server holds it: the built Job (its pod template with the presigned
+    /// URLs and scripts), managed fields, annotations and `status`.
+    fn served_job(run: Uuid, conditions: serde_json::Value) -> Job {
+        let mut sample = job::sample_run();
+        sample.id = run;
+        let built = job::build(
+            &sample,
+            &coderun_shared::config::Settings::with_overrides([("local_stack", "true".to_owned())])
+                .unwrap()
+                .kubernetes,
+            &job::sample_urls(&sample),
+        );
+        let mut value = serde_json::to_value(built).unwrap();
+        value["metadata"]["namespace"] = json!("jobs");
+        value["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+        value["metadata"]["uid"] = json!("0d6c7e0a-0000-0000-0000-000000000001");
+        value["metadata"]["annotations"] = json!({"batch.kubernetes.io/job-tracking": ""});
+        value["metadata"]["managedFields"] = json!([{
+            "manager": "coderun-worker", "operation": "Update", "apiVersion": "batch/v1",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:template": {}}}
+        }]);
+        value["status"] = json!({"active": 1, "startTime": "2026-01-01T00:00:01Z",
+            "ready": 0, "uncountedTerminatedPods": {}, "conditions": conditions});
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// The Job's Pod as the API server holds it, with `status`.
+    fn served_pod(job: &Job, status: serde_json::Value) -> Pod {
+        let template = job.spec.as_ref().unwrap().template.clone();
+        let mut meta = template.metadata.unwrap_or_default();
+        meta.name = Some(format!("{}-abcde", job.metadata.name.as_deref().unwrap()));
+        meta.namespace = Some("jobs".into());
+        meta.creation_timestamp = job.metadata.creation_timestamp.clone();
+        meta.deletion_timestamp = job.metadata.deletion_timestamp.clone();
+        meta.managed_fields = job.metadata.managed_fields.clone();
+        let mut value = serde_json::to_value(Pod {
+            metadata: meta,
+            spec: template.spec,
+            status: None,
+        })
+        .unwrap();
+        value["status"] = status;
+        serde_json::from_value(value).unwrap()
+    }
+
+    fn container(name: &str, state: serde_json::Value) -> serde_json::Value {
+        json!({"name": name, "image": format!("{name}:1"), "imageID": "docker-pullable://x@sha256:0",
+               "containerID": "containerd://abc", "ready": false, "restartCount": 0,
+               "state": state, "lastState": {},
+               "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+               "resources": {"limits": {"memory": "256Mi"}}})
+    }
+
+    #[test]
+    fn a_trimmed_job_and_pod_tell_everything_the_watch_and_the_actors_read() {
+        let run = Uuid::new_v4();
+        let failed = json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                             "message": "Job has reached the specified backoff limit"}]);
+        let deadline = json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]);
+        let complete = json!([{"type": "Complete", "status": "True"}]);
+        let jobs = [json!([]), failed, deadline, complete];
+        let pods = [
+            json!({"phase": "Pending", "hostIP": "10.0.0.1", "podIPs": [{"ip": "10.1.0.1"}],
+                   "initContainerStatuses": [container("fetch",
+                       json!({"waiting": {"reason": "ImagePullBackOff", "message": "back-off"}}))]}),
+            json!({"phase": "Running", "containerStatuses": [container("main",
+                json!({"running": {"startedAt": "2026-01-01T00:00:02Z"}}))]}),
+            json!({"phase": "Failed", "containerStatuses": [container("main",
+                json!({"terminated": {"reason": "OOMKilled", "exitCode": 137}}))]}),
+            json!({"phase": "Failed", "reason": "Evicted", "message": "low on ephemeral storage"}),
+            json!({"phase": "Failed", "conditions": [{"type": "DisruptionTarget", "status": "True",
+                   "reason": "PreemptionByScheduler", "message": "preempted"}]}),
+            json!({"phase": "Failed", "initContainerStatuses": [container("fetch",
+                json!({"terminated": {"exitCode": 22, "message": "curl: (22) 403"}}))]}),
+            json!({"phase": "Succeeded", "containerStatuses": [container("main",
+                json!({"terminated": {"reason": "Completed", "exitCode": 0}}))]}),
+        ];
+        for conditions in &jobs {
+            let job = served_job(run, conditions.clone());
+            let mut trimmed_job = job.clone();
+            trim_job(&mut trimmed_job);
+            assert_eq!(observe(&trimmed_job, None), observe(&job, None));
+            assert_eq!(job_finished(&trimmed_job), job_finished(&job));
+            for status in &pods {
+                let pod = served_pod(&job, status.clone());
+                let mut trimmed_pod = pod.clone();
+                trim_pod(&mut trimmed_pod);
+                assert_eq!(
+                    observe(&trimmed_job, Some(&trimmed_pod)),
+                    observe(&job, Some(&pod)),
+                    "{conditions} / {status}"
+                );
+                for (trimmed, served) in [(&trimmed_pod.metadata, &pod.metadata)] {
+                    assert_eq!(run_of(trimmed), Some(run));
+                    assert_eq!(trimmed.name, served.name);
+                    assert_eq!(trimmed.creation_timestamp, served.creation_timestamp);
+                }
+            }
+            let (trimmed, served) = (&trimmed_job.metadata, &job.metadata);
+            assert_eq!(run_of(trimmed), Some(run));
+            assert_eq!(
+                (&trimmed.name, &trimmed.namespace, &trimmed.uid),
+                (&served.name, &served.namespace, &served.uid)
+            );
+            assert_eq!(trimmed.creation_timestamp, served.creation_timestamp);
+        }
+
+        // What the stores hold per run is a small part of what the API server serves.
+        let job = served_job(run, json!([]));
+        let pod = served_pod(&job, pods[1].clone());
+        let (mut small_job, mut small_pod) = (job.clone(), pod.clone());
+        trim_job(&mut small_job);
+        trim_pod(&mut small_pod);
+        let served = json_len(&job) + json_len(&pod);
+        let kept = json_len(&small_job) + json_len(&small_pod);
+        println!("a Job and its Pod: {served} bytes as served, {kept} kept");
+        assert!(kept * 5 < served, "kept {kept} of {served} bytes");
+    }
+
+    #[test]
+    fn a_deleted_job_stays_deleted_when_trimmed() {
+        let run = Uuid::new_v4();
+        let mut job = served_job(run, json!([]));
+        job.metadata.deletion_timestamp = job.metadata.creation_timestamp.clone();
+        trim_job(&mut job);
+        assert!(job.metadata.deletion_timestamp.is_some());
+        // And the stores take trimmed objects as they take whole ones.
+        let (stores, mut writers) = stores("jobs");
+        writers
+            .jobs
+            .apply_watcher_event(&watcher::Event::Apply(job));
+        assert!(stores.job(run).is_some());
+    }
+
+    /// Serialised length, to compare sizes.
+    fn json_len(value: &impl serde::Serialize) -> usize {
+        serde_json::to_vec(value).unwrap().len()
     }
 }
