@@ -58,6 +58,9 @@ pub struct Accepted {
     /// The run was created by an earlier request with the same `Idempotency-Key`; this request
     /// created nothing.
     pub replayed: bool,
+    /// The run's history when the request created it (its `queued` event); empty for a
+    /// replayed run, whose history the caller reads.
+    pub events: Vec<runs::RunEvent>,
 }
 
 /// Why a lifecycle step refused, or failed. The messages are safe to show the caller.
