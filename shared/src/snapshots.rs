@@ -3,15 +3,18 @@
 //! resubmitting unchanged code, or retrying, uploads nothing.
 //!
 //! The bundle is built as the files are read from Postgres, never whole in memory: a first pass
-//! hashes it (keeping the bytes only when they fit in one upload part); when the bucket does not
-//! hold that content yet, a second pass over the same database snapshot (one repeatable-read
-//! transaction) uploads it in parts as it is made. Memory is bounded by a file and a few parts,
-//! whatever the task's size.
+//! ([`read_task`], the same statement that reads the task for its authorisation) hashes it,
+//! keeping the bytes only when they fit in one upload part. Most submits stop there: the bucket
+//! holds that content already. Otherwise a kept bundle is uploaded as is ([`store_kept`]), and a
+//! bigger one is built again by [`store`], whose two passes run over one database snapshot (a
+//! repeatable-read transaction) and upload it in parts as it is made. Memory is bounded by a
+//! file and a few parts, whatever the task's size.
 //!
 //! The `snapshots` table says which contents are stored. A submit claims its row (bumping
-//! `last_used_at`) before uploading, and the run's insert checks the row again under a lock;
-//! the sweep deletes only rows no kept run references and nobody used for a grace period, under
-//! a row lock, so it never removes a snapshot a submit is about to use.
+//! `last_used_at`) before uploading, and the run's commit holds the row with a shared lock
+//! (`admit_run`, migration 0006); the sweep deletes only rows no kept run references and
+//! nobody used for a grace period, under an exclusive row lock that waits for such commits, so
+//! it never removes a snapshot a submit is about to use.
 
 use std::io::{self, Write};
 
