@@ -253,10 +253,14 @@ impl From<runs::Error> for ApiError {
                  repeat the request to get its run"
                     .into(),
             ),
-            runs::Error::TooManyActive { .. } => ApiError::TooManyRequests {
-                detail: e.to_string(),
-                retry_after: ACTIVE_RUNS_RETRY_AFTER_SECONDS,
-            },
+            // (The lifecycle turns `OverQuota` into its own refusal, with the sweep's period;
+            // this arm is only for a caller of `runs::admit` that does not.)
+            runs::Error::TooManyActive { .. } | runs::Error::OverQuota { .. } => {
+                ApiError::TooManyRequests {
+                    detail: e.to_string(),
+                    retry_after: ACTIVE_RUNS_RETRY_AFTER_SECONDS,
+                }
+            }
             runs::Error::Db(e) => e.into(),
         }
     }

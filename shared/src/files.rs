@@ -564,6 +564,62 @@ pub async fn save(
     Ok((info, created))
 }
 
+/// What [`replace`] did.
+#[derive(Debug)]
+pub enum Replaced {
+    /// The file existed and now has the new content.
+    Saved(FileInfo),
+    /// The task belongs to this owner, not to the actor: nothing was written.
+    NotOwner(Uuid),
+    /// The actor's task has no file at the path: a new file needs the path rules ([`save`]).
+    Absent,
+}
+
+/// Replaces an existing file's content in one round trip (the `replace_file` function):
+/// the task's lock, the owner check, the limits and both writes. Only the task's owner may
+/// write its files.
+pub async fn replace(
+    pool: &PgPool,
+    task_id: Uuid,
+    actor: Uuid,
+    path: &FilePath,
+    content: &str,
+    limits: &LimitSettings,
+) -> Result<Replaced, Error> {
+    let row = sqlx::query!(
+        r#"SELECT outcome AS "outcome!", owner_id, main_file, updated_at
+           FROM replace_file($1, $2, $3, $4, $5, $6)"#,
+        task_id,
+        actor,
+        path.as_str(),
+        content,
+        i32::try_from(limits.max_files_per_task).unwrap_or(i32::MAX),
+        i64::try_from(limits.max_task_bytes).unwrap_or(i64::MAX),
+    )
+    .fetch_one(pool)
+    .await?;
+    match row.outcome.as_str() {
+        "saved" => Ok(Replaced::Saved(FileInfo {
+            path: path.to_string(),
+            size: content.len() as i64,
+            main: row.main_file.as_deref() == Some(path.as_str()),
+            updated_at: row.updated_at.unwrap_or_else(Utc::now),
+        })),
+        "not_owner" => Ok(Replaced::NotOwner(row.owner_id.unwrap_or_default())),
+        "absent" => Ok(Replaced::Absent),
+        "no_task" => Err(Error::TaskNotFound),
+        "too_many_files" => Err(Error::TooManyFiles {
+            max: limits.max_files_per_task,
+        }),
+        "too_large" => Err(Error::TaskTooLarge {
+            max: limits.max_task_bytes,
+        }),
+        other => Err(Error::Db(sqlx::Error::Protocol(format!(
+            "replace_file answered `{other}`"
+        )))),
+    }
+}
+
 /// Deletes a file, or a folder and all below it; returns the deleted paths.
 pub async fn delete(pool: &PgPool, task_id: Uuid, path: &FilePath) -> Result<Vec<String>, Error> {
     let mut tx = pool.begin().await?;

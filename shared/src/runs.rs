@@ -13,14 +13,13 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::config::Spec;
 use crate::domain::PageRequest;
 use crate::objects::RunObjects;
-use crate::snapshots;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,6 +34,9 @@ pub enum Error {
     /// The owner already has a run created with this `Idempotency-Key`.
     #[error("this Idempotency-Key was used before")]
     IdempotencyKeyUsed,
+    /// The owner's kept runs hold `used` bytes; with the new run's they exceed the quota.
+    #[error("the storage quota is exceeded ({used} bytes used)")]
+    OverQuota { used: u64 },
     /// The run's code snapshot is not stored (any more): purged, or swept meanwhile.
     #[error("the code snapshot of this run is no longer stored")]
     SnapshotGone,
@@ -294,39 +296,53 @@ pub async fn find_by_idempotency_key(
         .map(|run| (run, found.request_fingerprint.unwrap_or_default())))
 }
 
-/// Commits the run as `queued` with its first event. The owner's row is locked so the cap on
-/// active runs holds under concurrent submissions; the partial unique index keeps one active
-/// run per task.
+/// The limits a new run is admitted under.
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    /// `runs.max_active_per_user`.
+    pub max_active: u32,
+    /// `runs.storage_quota_bytes` (0: no quota).
+    pub quota: u64,
+    /// Bytes the new run adds to its owner's usage (the task's files).
+    pub adding: u64,
+}
+
+/// A run just committed, and its first event: what the caller answers with, without reading
+/// the row back.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub run: Run,
+    pub event: RunEvent,
+}
+
+/// Commits the run as `queued` with its first event, without a quota check (see [`admit`]).
 pub async fn create(pool: &PgPool, new: NewRun, max_active: u32) -> Result<Run, Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query!(
-        "SELECT 1 AS locked FROM users WHERE id = $1 FOR UPDATE",
-        new.owner_id
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
-    let active = sqlx::query_scalar!(
-        r#"SELECT count(*) AS "count!" FROM runs WHERE owner_id = $1 AND status = ANY($2)"#,
-        new.owner_id,
-        &RunStatus::names(&RunStatus::ACTIVE),
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if active >= i64::from(max_active) {
-        return Err(Error::TooManyActive { max: max_active });
-    }
-    if !snapshots::hold(&mut tx, &new.code_sha256).await? {
-        return Err(Error::SnapshotGone);
-    }
-    let inserted = sqlx::query!(
-        "INSERT INTO runs (id, task_id, owner_id, status, command, language, image, spec_name,
-            spec, datasets, remarks, snapshot_of, code_sha256, retry_of, idempotency_key,
-            request_fingerprint)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    let admission = Admission {
+        max_active,
+        quota: 0,
+        adding: 0,
+    };
+    Ok(admit(pool, new, admission).await?.run)
+}
+
+/// Commits the run as `queued` with its first event, in one round trip (the `admit_run`
+/// function, one transaction): under the owner's row lock, so the limits hold exactly under
+/// concurrent submissions, the task must have no active run, the owner fewer than
+/// `max_active`, and their stored bytes plus `adding` must fit `quota`; the snapshot is held
+/// against the sweep until the run references it. The run is built from `new` and the
+/// timestamps the insert returned (nothing is read back).
+pub async fn admit(pool: &PgPool, new: NewRun, admission: Admission) -> Result<Admitted, Error> {
+    let detail = match new.retry_of {
+        Some(original) => format!("retry of {original}"),
+        None => "submitted".to_owned(),
+    };
+    let row = sqlx::query!(
+        r#"SELECT outcome AS "outcome!", used AS "used!", created_at, event_at
+           FROM admit_run($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                          $17, $18, $19, $20)"#,
         new.id,
         new.task_id,
         new.owner_id,
-        Queued.as_str(),
         new.command,
         new.language,
         new.image,
@@ -339,11 +355,16 @@ pub async fn create(pool: &PgPool, new: NewRun, max_active: u32) -> Result<Run, 
         new.retry_of,
         new.idempotency.as_ref().map(|i| i.key.as_str()),
         new.idempotency.as_ref().map(|i| i.fingerprint.as_str()),
+        detail,
+        &RunStatus::names(&RunStatus::ACTIVE),
+        i32::try_from(admission.max_active).unwrap_or(i32::MAX),
+        i64::try_from(admission.quota).unwrap_or(i64::MAX),
+        i64::try_from(admission.adding).unwrap_or(i64::MAX),
     )
-    .execute(&mut *tx)
+    .fetch_one(pool)
     .await;
-    match inserted {
-        Ok(_) => {}
+    let row = match row {
+        Ok(row) => row,
         Err(sqlx::Error::Database(e)) if e.constraint() == Some("runs_one_active_per_task") => {
             return Err(Error::TaskBusy);
         }
@@ -351,22 +372,62 @@ pub async fn create(pool: &PgPool, new: NewRun, max_active: u32) -> Result<Run, 
             return Err(Error::IdempotencyKeyUsed);
         }
         Err(e) => return Err(e.into()),
-    }
-    let detail = match new.retry_of {
-        Some(original) => format!("retry of {original}"),
-        None => "submitted".to_owned(),
     };
-    sqlx::query!(
-        "INSERT INTO run_events (run_id, phase, source, detail) VALUES ($1, $2, 'api', $3)",
-        new.id,
-        Queued.as_str(),
+    let (created_at, event_at) = match (row.outcome.as_str(), row.created_at, row.event_at) {
+        ("queued", Some(created_at), Some(event_at)) => (created_at, event_at),
+        ("task_busy", ..) => return Err(Error::TaskBusy),
+        ("too_many_active", ..) => {
+            return Err(Error::TooManyActive {
+                max: admission.max_active,
+            });
+        }
+        ("over_quota", ..) => {
+            return Err(Error::OverQuota {
+                used: row.used.max(0) as u64,
+            });
+        }
+        ("snapshot_gone", ..) => return Err(Error::SnapshotGone),
+        (other, ..) => {
+            return Err(Error::Db(sqlx::Error::Protocol(format!(
+                "admit_run answered `{other}`"
+            ))));
+        }
+    };
+    let event = RunEvent {
+        phase: Queued,
+        at: event_at,
+        source: "api".to_owned(),
         detail,
-    )
-    .execute(&mut *tx)
-    .await?;
-    let run = get_in(&mut tx, new.id).await?.ok_or(Error::NotFound)?;
-    tx.commit().await?;
-    Ok(run)
+    };
+    let run = Run {
+        id: new.id,
+        task_id: new.task_id,
+        owner_id: new.owner_id,
+        status: Queued,
+        reason: None,
+        exit_code: None,
+        command: new.command,
+        language: new.language,
+        image: new.image,
+        spec: Json(new.spec),
+        datasets: new.datasets,
+        remarks: new.remarks,
+        snapshot_of: new.snapshot_of,
+        code_sha256: new.code_sha256,
+        retry_of: new.retry_of,
+        worker: None,
+        executor: None,
+        log_bytes: None,
+        log_truncated: false,
+        attempt: 1,
+        created_at,
+        queued_at: created_at,
+        dispatched_at: None,
+        started_at: None,
+        finished_at: None,
+        purged_at: None,
+    };
+    Ok(Admitted { run, event })
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Run>, sqlx::Error> {
@@ -381,11 +442,6 @@ pub async fn get_many(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Run>, sqlx::Err
     select_runs!("WHERE id = ANY($1)", ids)
         .fetch_all(pool)
         .await
-}
-
-/// [`get`] inside a transaction.
-async fn get_in(conn: &mut PgConnection, id: Uuid) -> Result<Option<Run>, sqlx::Error> {
-    select_runs!("WHERE id = $1", id).fetch_optional(conn).await
 }
 
 pub async fn events(pool: &PgPool, id: Uuid) -> Result<Vec<RunEvent>, sqlx::Error> {
@@ -433,17 +489,6 @@ pub async fn task_has_active(pool: &PgPool, task_id: Uuid) -> Result<bool, sqlx:
     sqlx::query_scalar!(
         r#"SELECT EXISTS (SELECT 1 FROM runs WHERE task_id = $1 AND status = ANY($2)) AS "active!""#,
         task_id,
-        &RunStatus::names(&RunStatus::ACTIVE),
-    )
-    .fetch_one(pool)
-    .await
-}
-
-/// How many of the owner's runs are not finished (the per-user cap counts these).
-pub async fn active_count_of(pool: &PgPool, owner_id: Uuid) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar!(
-        r#"SELECT count(*) AS "count!" FROM runs WHERE owner_id = $1 AND status = ANY($2)"#,
-        owner_id,
         &RunStatus::names(&RunStatus::ACTIVE),
     )
     .fetch_one(pool)

@@ -3,20 +3,23 @@
 //! resubmitting unchanged code, or retrying, uploads nothing.
 //!
 //! The bundle is built as the files are read from Postgres, never whole in memory: a first pass
-//! hashes it (keeping the bytes only when they fit in one upload part); when the bucket does not
-//! hold that content yet, a second pass over the same database snapshot (one repeatable-read
-//! transaction) uploads it in parts as it is made. Memory is bounded by a file and a few parts,
-//! whatever the task's size.
+//! ([`read_task`], the same statement that reads the task for its authorisation) hashes it,
+//! keeping the bytes only when they fit in one upload part. Most submits stop there: the bucket
+//! holds that content already. Otherwise a kept bundle is uploaded as is ([`store_kept`]), and a
+//! bigger one is built again by [`store`], whose two passes run over one database snapshot (a
+//! repeatable-read transaction) and upload it in parts as it is made. Memory is bounded by a
+//! file and a few parts, whatever the task's size.
 //!
 //! The `snapshots` table says which contents are stored. A submit claims its row (bumping
-//! `last_used_at`) before uploading, and the run's insert checks the row again under a lock;
-//! the sweep deletes only rows no kept run references and nobody used for a grace period, under
-//! a row lock, so it never removes a snapshot a submit is about to use.
+//! `last_used_at`) before uploading, and the run's commit holds the row with a shared lock
+//! (`admit_run`, migration 0006); the sweep deletes only rows no kept run references and
+//! nobody used for a grace period, under an exclusive row lock that waits for such commits, so
+//! it never removes a snapshot a submit is about to use.
 
 use std::io::{self, Write};
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::mpsc;
@@ -25,6 +28,7 @@ use uuid::Uuid;
 use crate::bundle::BundleWriter;
 use crate::objects::RunObjects;
 use crate::storage::{self, PART_BYTES, Storage};
+use crate::tasks::Task;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -120,6 +124,112 @@ pub async fn store(db: &PgPool, storage: &Storage, task_id: Uuid) -> Result<Snap
     Ok(snapshot)
 }
 
+/// The first pass of a submit's snapshot: the bundle's name and size, and its bytes when it
+/// fits in one upload part.
+#[derive(Debug, Clone)]
+pub struct Hashed {
+    pub sha256: String,
+    pub size: u64,
+    /// The whole bundle, when it fits in one part; `None` for a bigger one (then
+    /// [`store`] builds it again to upload it).
+    pub kept: Option<Vec<u8>>,
+}
+
+/// Tasks up to this many bytes of files are packed on the request's own thread: a hop to the
+/// blocking pool costs more than packing them.
+const PACK_INLINE_BYTES: i64 = 64 * 1024;
+
+/// Reads the task and its files in one statement (one consistent view, no transaction) and
+/// hashes the bundle as the rows arrive. `allowed` sees the task first: when it says no,
+/// nothing more is read and no bundle is built (`None`). `Ok(None)`: no such task.
+pub async fn read_task(
+    db: &PgPool,
+    task_id: Uuid,
+    allowed: impl FnOnce(&Task) -> bool,
+) -> Result<Option<(Task, Option<Hashed>)>, Error> {
+    let mut rows = sqlx::query!(
+        r#"SELECT t.id, t.owner_id, t.name, t.language, t.description, t.main_file, t.command,
+                  t.created_at, t.updated_at, t.total_size, t.file_count,
+                  f.path AS "path?", f.content AS "content?"
+           FROM tasks t LEFT JOIN task_files f ON f.task_id = t.id
+           WHERE t.id = $1 ORDER BY f.path"#,
+        task_id,
+    )
+    .fetch(db);
+    let Some(first) = rows.try_next().await? else {
+        return Ok(None);
+    };
+    let task = Task {
+        id: first.id,
+        owner_id: first.owner_id,
+        name: first.name,
+        language: first.language,
+        description: first.description,
+        main_file: first.main_file,
+        command: first.command,
+        created_at: first.created_at,
+        updated_at: first.updated_at,
+        total_size: first.total_size,
+        file_count: first.file_count,
+    };
+    if !allowed(&task) {
+        return Ok(Some((task, None)));
+    }
+    let first_file = first.path.zip(first.content);
+    let files = futures::stream::iter(first_file.map(Ok))
+        .chain(rows.try_filter_map(|row| futures::future::ready(Ok(row.path.zip(row.content)))));
+    let built = if task.total_size <= PACK_INLINE_BYTES {
+        let mut writer = BundleWriter::new(PartSink::new(None));
+        let mut files = std::pin::pin!(files);
+        while let Some((path, content)) = files.try_next().await? {
+            writer.add(&path, content.as_bytes())?;
+        }
+        writer.finish()?.finish()?
+    } else {
+        pack(files, None).await?
+    };
+    let hashed = Hashed {
+        sha256: built.sha256,
+        size: built.size,
+        kept: built.kept,
+    };
+    Ok(Some((task, Some(hashed))))
+}
+
+/// Makes sure the bucket holds the bundle a first pass kept whole: claims its row, and
+/// uploads it only when the bucket does not hold it yet.
+pub async fn store_kept(
+    db: &PgPool,
+    storage: &Storage,
+    sha256: &str,
+    bytes: &[u8],
+) -> Result<Snapshot, Error> {
+    let size = bytes.len() as u64;
+    let mut snapshot = Snapshot {
+        sha256: sha256.to_owned(),
+        size,
+        uploaded: false,
+    };
+    if claim(db, sha256, size).await? {
+        return Ok(snapshot);
+    }
+    storage
+        .put(
+            &RunObjects::snapshot(sha256),
+            Bytes::copy_from_slice(bytes),
+            "application/gzip",
+        )
+        .await?;
+    sqlx::query!(
+        "UPDATE snapshots SET stored = true, last_used_at = now() WHERE sha256 = $1",
+        sha256
+    )
+    .execute(db)
+    .await?;
+    snapshot.uploaded = true;
+    Ok(snapshot)
+}
+
 /// Claims the snapshot row for a submit about to use it (creating it, or bumping its
 /// `last_used_at` so the sweep leaves it alone); returns whether the object is stored.
 async fn claim(db: &PgPool, sha256: &str, size: u64) -> Result<bool, sqlx::Error> {
@@ -132,19 +242,6 @@ async fn claim(db: &PgPool, sha256: &str, size: u64) -> Result<bool, sqlx::Error
     )
     .fetch_one(db)
     .await
-}
-
-/// Inside the transaction that inserts a run: locks the snapshot's row against the sweep and
-/// says whether it is still stored. `false` means the sweep removed it meanwhile (or it was
-/// never recorded, for a run from before snapshots were shared): store it again, or refuse.
-pub async fn hold(conn: &mut PgConnection, sha256: &str) -> Result<bool, sqlx::Error> {
-    let held: Option<bool> = sqlx::query_scalar!(
-        "UPDATE snapshots SET last_used_at = now() WHERE sha256 = $1 AND stored RETURNING stored",
-        sha256
-    )
-    .fetch_optional(conn)
-    .await?;
-    Ok(held.is_some())
 }
 
 /// What one pass produced.
@@ -163,6 +260,21 @@ async fn build(
     task_id: Uuid,
     parts: Option<mpsc::Sender<Bytes>>,
 ) -> Result<Built, Error> {
+    let rows = sqlx::query!(
+        "SELECT path, content FROM task_files WHERE task_id = $1 ORDER BY path",
+        task_id,
+    )
+    .fetch(&mut *conn)
+    .map_ok(|row| (row.path, row.content));
+    pack(rows, parts).await
+}
+
+/// Packs `files` (in the order given) on a blocking thread, which an async reader hands one
+/// file at a time.
+async fn pack(
+    rows: impl futures::Stream<Item = Result<(String, String), sqlx::Error>>,
+    parts: Option<mpsc::Sender<Bytes>>,
+) -> Result<Built, Error> {
     let (files, mut to_pack) = mpsc::channel::<(String, String)>(1);
     let packer = tokio::task::spawn_blocking(move || -> io::Result<Built> {
         let mut writer = BundleWriter::new(PartSink::new(parts));
@@ -171,12 +283,7 @@ async fn build(
         }
         writer.finish()?.finish()
     });
-    let mut rows = sqlx::query!(
-        "SELECT path, content FROM task_files WHERE task_id = $1 ORDER BY path",
-        task_id,
-    )
-    .fetch(&mut *conn)
-    .map_ok(|row| (row.path, row.content));
+    let mut rows = std::pin::pin!(rows);
     let mut read = Ok(());
     while let Some(row) = rows.try_next().await.transpose() {
         match row {
@@ -270,25 +377,6 @@ impl Write for PartSink {
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
-}
-
-/// Bytes a user's kept runs hold in the bucket: their logs, their outputs and the snapshots
-/// they use (each snapshot once, however many of the user's runs share it).
-pub async fn usage_of(db: &PgPool, owner_id: Uuid) -> Result<u64, sqlx::Error> {
-    let bytes = sqlx::query_scalar!(
-        r#"SELECT (
-            coalesce((SELECT sum(coalesce(log_bytes, 0)) FROM runs
-                      WHERE owner_id = $1 AND purged_at IS NULL), 0)
-          + coalesce((SELECT sum(o.size) FROM run_outputs o JOIN runs r ON r.id = o.run_id
-                      WHERE r.owner_id = $1 AND r.purged_at IS NULL), 0)
-          + coalesce((SELECT sum(s.size) FROM snapshots s WHERE s.sha256 IN
-                      (SELECT code_sha256 FROM runs WHERE owner_id = $1 AND purged_at IS NULL)), 0)
-         )::bigint AS "bytes!""#,
-        owner_id
-    )
-    .fetch_one(db)
-    .await?;
-    Ok(bytes.max(0) as u64)
 }
 
 #[cfg(test)]

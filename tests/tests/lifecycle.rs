@@ -379,3 +379,178 @@ async fn staff_read_others_runs_but_change_nothing_and_strangers_see_nothing() {
         "nobody but the owner changed it"
     );
 }
+
+/// `count` more python tasks of the actor's (their default files, so one shared snapshot).
+async fn more_tasks(app: &TestApp, actor: &Actor, count: usize) -> Vec<Uuid> {
+    let token = app.state.auth.issue(actor.id, actor.role).unwrap().0;
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let task = app.task(&token, &format!("Lab {i}"), "python").await;
+        ids.push(task["id"].as_str().unwrap().parse().unwrap());
+    }
+    ids
+}
+
+/// Submits every task at once through `lifecycle`; the results in task order.
+async fn submit_all(
+    app: &TestApp,
+    lifecycle: Lifecycle<'_>,
+    actor: &Actor,
+    tasks: &[Uuid],
+) -> Vec<Result<runs::Run, Error>> {
+    let submits = tasks.iter().map(|task| async move {
+        lifecycle
+            .submit(actor, *task, defaults(app), None)
+            .await
+            .map(|a| a.run)
+    });
+    futures::future::join_all(submits).await
+}
+
+#[tokio::test]
+async fn concurrent_submits_of_one_user_never_exceed_the_active_cap() {
+    let app = spawn_app().await;
+    let (actor, first) = actor_with_task(&app, Role::Student).await;
+    let mut tasks = more_tasks(&app, &actor, 11).await;
+    tasks.push(first);
+    let mut settings = (*app.state.settings).clone();
+    settings.runs.max_active_per_user = 3;
+    let lifecycle = Lifecycle {
+        settings: &settings,
+        ..app.state.lifecycle()
+    };
+
+    let results = submit_all(&app, lifecycle, &actor, &tasks).await;
+    let accepted: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(accepted.len(), 3, "{results:?}");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(refused, Error::Run(runs::Error::TooManyActive { max: 3 })),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(run_count(&app).await, 3);
+    assert_eq!(enqueued(&app).await.len(), 3, "one entry per accepted run");
+}
+
+#[tokio::test]
+async fn concurrent_submits_of_one_user_meet_the_quota_exactly() {
+    let app = spawn_app().await;
+    // Another user's run of the same code names the snapshot and its size.
+    let (other, other_task) = actor_with_task(&app, Role::Student).await;
+    let probe = app
+        .state
+        .lifecycle()
+        .submit(&other, other_task, defaults(&app), None)
+        .await
+        .unwrap()
+        .run;
+    let snapshot: i64 = sqlx::query_scalar("SELECT size FROM snapshots WHERE sha256 = $1")
+        .bind(&probe.code_sha256)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    let (actor, first) = actor_with_task(&app, Role::Student).await;
+    let mut tasks = more_tasks(&app, &actor, 7).await;
+    tasks.push(first);
+    let task_bytes: i64 = sqlx::query_scalar("SELECT total_size FROM tasks WHERE id = $1")
+        .bind(first)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    // Room for the first run's task, but not for a second beside the first one's snapshot:
+    // whichever commits first is the only one, however the submits interleave.
+    let mut settings = (*app.state.settings).clone();
+    settings.runs.storage_quota_bytes = (task_bytes + snapshot - 1) as u64;
+    let lifecycle = Lifecycle {
+        settings: &settings,
+        ..app.state.lifecycle()
+    };
+
+    let results = submit_all(&app, lifecycle, &actor, &tasks).await;
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(accepted, 1, "{results:?}");
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(refused, Error::QuotaExceeded { used, .. } if *used == snapshot as u64),
+            "{refused:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_submit_racing_the_deletion_of_its_task_is_a_run_of_it_or_not_found() {
+    let app = spawn_app().await;
+    let (actor, first) = actor_with_task(&app, Role::Student).await;
+    let token = app.state.auth.issue(actor.id, actor.role).unwrap().0;
+    let mut tasks = more_tasks(&app, &actor, 11).await;
+    tasks.push(first);
+    let lifecycle = app.state.lifecycle();
+    let races = tasks.iter().map(|task| {
+        let (app, token, actor) = (&app, token.clone(), actor);
+        async move {
+            let uri = format!("/api/v1/tasks/{task}");
+            let (submitted, deleted) = tokio::join!(
+                lifecycle.submit(&actor, *task, defaults(app), None),
+                app.delete(&uri, &token)
+            );
+            match (submitted, deleted.status.as_u16()) {
+                // The run committed first: the task with an active run is not deleted.
+                (Ok(accepted), 409) => {
+                    assert_eq!(accepted.run.task_id, *task);
+                    1
+                }
+                // The task went first (or between the check and the commit): no run of it.
+                (Ok(_), 204) => 0,
+                (Err(Error::NotFound("task")), 204) => 0,
+                (submitted, status) => panic!("{submitted:?} and {status}"),
+            }
+        }
+    });
+    let kept: usize = futures::future::join_all(races).await.into_iter().sum();
+    // Exactly the runs of the tasks still there: none lost, none of a deleted task.
+    assert_eq!(run_count(&app).await, kept);
+}
+
+#[tokio::test]
+async fn a_snapshot_marked_by_the_sweep_is_stored_again_before_the_run_commits() {
+    let app = spawn_app().await;
+    let (actor, task_id) = actor_with_task(&app, Role::Student).await;
+    let lifecycle = app.state.lifecycle();
+    let first = lifecycle
+        .submit(&actor, task_id, defaults(&app), None)
+        .await
+        .unwrap()
+        .run;
+    lifecycle.stop(&actor, first.id).await.unwrap();
+    // The sweep's first step (the run no longer counts once purged), then its object gone.
+    sqlx::query("UPDATE runs SET purged_at = now() WHERE id = $1")
+        .bind(first.id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE snapshots SET stored = false WHERE sha256 = $1")
+        .bind(&first.code_sha256)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    app.state
+        .storage
+        .delete_keys(&[first.code_key()])
+        .await
+        .unwrap();
+
+    let again = lifecycle
+        .submit(&actor, task_id, defaults(&app), None)
+        .await
+        .unwrap()
+        .run;
+    assert_eq!(again.code_sha256, first.code_sha256);
+    assert_eq!(app.objects("snapshots/").await, vec![again.code_key()]);
+    let stored: bool = sqlx::query_scalar("SELECT stored FROM snapshots WHERE sha256 = $1")
+        .bind(&again.code_sha256)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert!(stored);
+}

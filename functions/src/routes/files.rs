@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use coderun_shared::config::LimitSettings;
 use coderun_shared::domain::FilePath;
-use coderun_shared::files::{self, FileInfo};
+use coderun_shared::files::{self, FileInfo, Replaced};
+use coderun_shared::lifecycle::{self, access};
 use coderun_shared::{archive, objects};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
@@ -103,7 +104,20 @@ pub async fn save_file(
     let content = std::str::from_utf8(&body)
         .map_err(|_| ApiError::Unprocessable("file content must be UTF-8 text".into()))?;
     check_text(content)?;
-    authorize(&state, &caller, task_id, Access::Write).await?;
+    // Replacing a file (what an editor's saves are) is one round trip that locks the task,
+    // checks its owner and limits, and writes; only a new file needs the whole file set.
+    let actor = caller.actor();
+    match files::replace(&state.db, task_id, actor.id, &path, content, limits).await? {
+        Replaced::Saved(info) => return Ok((StatusCode::OK, Json(info))),
+        Replaced::NotOwner(owner) => {
+            // Only the owner writes: a 403 for teachers and admins, a 404 for anyone else.
+            let refusal = access::task_rule(&actor, owner, Access::Write)
+                .err()
+                .unwrap_or(lifecycle::Error::NotFound("task"));
+            return Err(refusal.into());
+        }
+        Replaced::Absent => {}
+    }
     let (info, created) = files::save(&state.db, task_id, &path, content, limits).await?;
     let status = if created {
         StatusCode::CREATED

@@ -85,9 +85,18 @@ async fn detail(state: &AppState, run: Run) -> ApiResult<RunDetail> {
 /// `202 Accepted` with the run and its `Location` (and `Idempotent-Replayed: true` when an
 /// earlier request created it).
 async fn accepted(state: &AppState, accepted: Accepted) -> ApiResult<Response> {
-    let Accepted { run, replayed } = accepted;
+    let Accepted {
+        run,
+        replayed,
+        events,
+    } = accepted;
     let id = run.id;
-    let run = detail(state, run).await?;
+    // A new run's history is the event its commit wrote: nothing is read back.
+    let run = if events.is_empty() {
+        detail(state, run).await?
+    } else {
+        RunDetail { run, events }
+    };
     if replayed {
         return idempotency::replayed(run, id);
     }

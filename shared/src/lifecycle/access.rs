@@ -55,14 +55,20 @@ pub async fn task(
     let task = tasks::get(db, task_id)
         .await?
         .ok_or(Error::NotFound("task"))?;
+    task_rule(actor, task.owner_id, access)?;
+    Ok(task)
+}
+
+/// The rule for a task owned by `owner_id`, for callers that read the task (or its owner)
+/// themselves, in the same query as something else.
+pub fn task_rule(actor: &Actor, owner_id: Uuid, access: Access) -> Result<(), Error> {
     check(
         actor,
-        task.owner_id,
+        owner_id,
         access,
         "task",
         "teachers and admins may read other users' tasks but not change them",
-    )?;
-    Ok(task)
+    )
 }
 
 /// Loads a run the actor may use for `access`.

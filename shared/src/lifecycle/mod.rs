@@ -2,8 +2,10 @@
 //! `POST /tasks/{id}/runs` to the stream without reading HTTP code:
 //!
 //! - [`access`] — may this actor read or change this task or run?
-//! - [`submit`] — checks a submission, then: authorise, check room ([`room`]), snapshot the
-//!   task's files ([`crate::snapshots`]), commit the run row ([`commit`]), enqueue it.
+//! - [`submit`] — checks a submission, then: authorise (in the query that reads the task's
+//!   files for the snapshot, [`crate::snapshots`]), check the datasets ([`room`]), check the
+//!   room and commit the run row in one call ([`commit`]; a snapshot the bucket does not hold
+//!   is stored first, once the room is known), enqueue it.
 //! - [`retry`] — a new run of a finished run's snapshot, through the same room, commit and
 //!   enqueue steps.
 //! - [`stop`] — stop wins in every state: cancel a queued run, move a launched one to
@@ -58,6 +60,9 @@ pub struct Accepted {
     /// The run was created by an earlier request with the same `Idempotency-Key`; this request
     /// created nothing.
     pub replayed: bool,
+    /// The run's history when the request created it (its `queued` event); empty for a
+    /// replayed run, whose history the caller reads.
+    pub events: Vec<runs::RunEvent>,
 }
 
 /// Why a lifecycle step refused, or failed. The messages are safe to show the caller.

@@ -26,6 +26,7 @@ impl Lifecycle<'_> {
             return Ok(Accepted {
                 run,
                 replayed: true,
+                events: Vec::new(),
             });
         }
         if !original.status.is_terminal() {
@@ -41,7 +42,6 @@ impl Lifecycle<'_> {
             }
             other => other?,
         };
-        self.check_room(original.task_id, original.owner_id).await?;
         let new = NewRun {
             id: Uuid::new_v4(),
             task_id: original.task_id,
@@ -57,12 +57,14 @@ impl Lifecycle<'_> {
             retry_of: Some(original.id),
             idempotency,
         };
-        let run = self.commit(new).await?;
-        self.enqueue(&run).await;
-        tracing::info!(run_id = %run.id, retry_of = %original.id, "run retried");
+        // The room is checked by the commit, under the owner's lock.
+        let admitted = self.commit(new, None).await?;
+        self.enqueue(&admitted.run).await;
+        tracing::info!(run_id = %admitted.run.id, retry_of = %original.id, "run retried");
         Ok(Accepted {
-            run,
+            run: admitted.run,
             replayed: false,
+            events: vec![admitted.event],
         })
     }
 }

@@ -1,6 +1,8 @@
 //! Submit: a task's files become a queued run. The request is checked first (command, remarks,
-//! spec, datasets), then the steps run in their one order: authorise, replay an earlier run of
-//! the same `Idempotency-Key`, check the datasets and the room, snapshot, commit, enqueue.
+//! spec, datasets), then the steps run in their one order: authorise (with the read of the
+//! files the snapshot is made of), replay an earlier run of the same `Idempotency-Key`, check
+//! the datasets, check the room and commit (storing the snapshot first when the bucket does
+//! not hold it), enqueue.
 
 use std::collections::HashSet;
 
@@ -11,6 +13,7 @@ use super::{Accepted, Error, Lifecycle, idempotency};
 use crate::config::Settings;
 use crate::domain::Command;
 use crate::runs::{NewRun, RunSpec};
+use crate::tasks::Task;
 
 /// A submission names at most this many datasets.
 pub const MAX_DATASETS: usize = 8;
@@ -108,7 +111,18 @@ impl Lifecycle<'_> {
         submission: Submission,
         idempotency_key: Option<String>,
     ) -> Result<Accepted, Error> {
-        let task = access::task(self.db, actor, task_id, Access::Write).await?;
+        // Authorise and read the files for the snapshot in one query; the bundle is hashed
+        // as they arrive (a stranger's task is not read further).
+        let (task, hashed) = crate::snapshots::read_task(self.db, task_id, |task: &Task| {
+            access::task_rule(actor, task.owner_id, Access::Write).is_ok()
+        })
+        .await?
+        .ok_or(Error::NotFound("task"))?;
+        let Some(hashed) = hashed else {
+            return Err(access::task_rule(actor, task.owner_id, Access::Write)
+                .err()
+                .unwrap_or(Error::NotFound("task")));
+        };
         let idempotency = idempotency::with_fingerprint(
             idempotency_key,
             &submission.fingerprint_parts(&task_id.to_string()),
@@ -119,6 +133,7 @@ impl Lifecycle<'_> {
             return Ok(Accepted {
                 run,
                 replayed: true,
+                events: Vec::new(),
             });
         }
         let submission = Submission {
@@ -138,10 +153,8 @@ impl Lifecycle<'_> {
                 language.command_for(task.main_file.as_deref().unwrap_or(&language.main_file))
             }
         };
-        self.check_room(task.id, task.owner_id).await?;
-        self.check_quota(task.owner_id, task.total_size.max(0) as u64)
-            .await?;
-
+        // The room and the quota are checked by the commit, under the owner's lock, before
+        // anything is stored.
         let run_id = Uuid::new_v4();
         let new = NewRun {
             id: run_id,
@@ -159,12 +172,15 @@ impl Lifecycle<'_> {
             retry_of: None,
             idempotency,
         };
-        let run = self.snapshot_and_commit(new).await?;
+        let adding = task.total_size.max(0) as u64;
+        let admitted = self.snapshot_and_commit(new, hashed, adding).await?;
+        let run = admitted.run;
         self.enqueue(&run).await;
         tracing::info!(run_id = %run.id, task_id = %task.id, spec = %run.spec.name, "run submitted");
         Ok(Accepted {
             run,
             replayed: false,
+            events: vec![admitted.event],
         })
     }
 }

@@ -755,3 +755,61 @@ async fn alternating_moves_cannot_nest_a_tree_past_the_limits() {
     // The stack answers normally afterwards.
     app.get(&uri, &token).await.expect(200);
 }
+
+#[tokio::test]
+async fn concurrent_replacements_keep_the_tasks_totals_exact_and_only_owners_write() {
+    let app = spawn_app_with(vec![("limits.max_task_bytes", "5000".into())]).await;
+    let (token, uri) = setup(&app).await;
+    app.put_text(&format!("{uri}/files/a.txt"), &token, "a")
+        .await
+        .expect(201);
+    let task = app.get(&uri, &token).await.expect(200);
+    let base = task["total_size"].as_i64().unwrap() - 1;
+    let files = task["file_count"].clone();
+    // Replacements of one file, racing: each is 200, and the task's total is its other
+    // files plus the size of whichever content was written last.
+    let saves = (1..=16).map(|i| {
+        let (uri, token, app) = (format!("{uri}/files/a.txt"), token.clone(), &app);
+        async move { app.put_text(&uri, &token, &"y".repeat(i * 10)).await }
+    });
+    for response in futures::future::join_all(saves).await {
+        assert_eq!(response.expect(200)["main"], false);
+    }
+    let content = app.get(&format!("{uri}/files/a.txt"), &token).await.text();
+    let task = app.get(&uri, &token).await.expect(200);
+    assert_eq!(
+        task["total_size"].as_i64().unwrap(),
+        base + content.len() as i64
+    );
+    assert_eq!(task["file_count"], files);
+
+    // A replacement over the task's byte limit is refused and writes nothing; someone else's
+    // file: a stranger is told it does not exist, a teacher may not change it.
+    let (_, stranger) = app.user("student").await;
+    let (_, teacher) = app.user("teacher").await;
+    let before = app.snapshot().await;
+    app.put_text(&format!("{uri}/files/a.txt"), &token, &"z".repeat(5000))
+        .await
+        .problem(409);
+    app.put_text(&format!("{uri}/files/a.txt"), &stranger, "mine")
+        .await
+        .problem(404);
+    app.put_text(&format!("{uri}/files/a.txt"), &teacher, "mine")
+        .await
+        .problem(403);
+    app.put_text(&format!("{uri}/files/new.txt"), &teacher, "mine")
+        .await
+        .problem(403);
+    assert_eq!(
+        app.snapshot().await,
+        before,
+        "a refused save stores nothing"
+    );
+    app.put_text(
+        &format!("/api/v1/tasks/{}/files/a.txt", uuid::Uuid::new_v4()),
+        &token,
+        "x",
+    )
+    .await
+    .problem(404);
+}
