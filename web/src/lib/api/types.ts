@@ -15,7 +15,7 @@ export type RunEvent = S['RunEvent'];
 export type OutputLink = S['OutputLink'];
 export type Language = S['LanguageInfo'];
 export type Spec = S['SpecInfo'];
-export type Dataset = S['Dataset'];
+export type Dataset = DatasetSummary;
 
 /** A page of a list: `{items, page, per_page, total}`. */
 export interface Page<T> {
@@ -28,3 +28,43 @@ export type OutputPage = Page<OutputLink>;
 
 export type UserSummary = S['UserSummary'];
 export type BatchReport = S['BatchReport'];
+
+// Datasets (API v1, issue 13). Written by hand from the design's shapes until web/openapi.json
+// carries the managed datasets; `logic/datasets.ts` reads the answers leniently.
+/** One published version in the list: `v1`, `v2`, … */
+export interface DatasetVersionSummary {
+  version: string | number;
+  size: number;
+  file_count: number;
+  published_at: string;
+}
+/** `GET /datasets`: the published datasets. */
+export interface DatasetSummary {
+  name: string;
+  title: string;
+  description?: string | null;
+  latest_version?: string | number | null;
+  versions: DatasetVersionSummary[];
+}
+/** One file of a draft or a version. */
+export interface DatasetFile {
+  path: string;
+  size: number;
+  sha256?: string | null;
+  /** A presigned download link, when the API hands one out. */
+  url?: string | null;
+}
+/** `GET /datasets/{name}`: the dataset, its versions with their files, and (staff) the draft. */
+export interface DatasetDetail extends Omit<DatasetSummary, 'versions'> {
+  versions: (DatasetVersionSummary & { files?: DatasetFile[] })[];
+  draft?: { files: DatasetFile[] } | DatasetFile[] | null;
+}
+/** `POST /datasets/{name}/uploads`: where each part of a large file goes. */
+export interface MultipartUpload {
+  id?: string;
+  upload_id?: string;
+  part_size?: number;
+  parts?: ({ part_number?: number; number?: number; url: string } | string)[];
+  part_urls?: string[];
+  urls?: string[];
+}
