@@ -64,6 +64,8 @@ export class UploadQueue {
             onprogress: (phase, done) => {
               item.phase = phase;
               item.done = done;
+              // Only a file going in parts is hashed first.
+              if (phase === 'hashing') item.way = 'multipart';
             },
           });
           item.phase = 'done';
