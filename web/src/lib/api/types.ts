@@ -34,6 +34,10 @@ export type BatchReport = S['BatchReport'];
 /** One published version in the list: `v1`, `v2`, … */
 export interface DatasetVersionSummary {
   version: string | number;
+  /** `name@vN`. */
+  ref?: string;
+  /** sha256 of the version's manifest: equal checksums, equal contents. */
+  checksum?: string;
   size: number;
   file_count: number;
   published_at: string;
@@ -43,6 +47,8 @@ export interface DatasetSummary {
   name: string;
   title: string;
   description?: string | null;
+  /** Where the data comes from and its licence. */
+  source?: string | null;
   latest_version?: string | number | null;
   versions: DatasetVersionSummary[];
 }
@@ -64,7 +70,7 @@ export interface MultipartUpload {
   id?: string;
   upload_id?: string;
   part_size?: number;
-  parts?: ({ part_number?: number; number?: number; url: string } | string)[];
+  parts?: ({ part_number?: number; number?: number; url: string; size?: number } | string)[];
   part_urls?: string[];
   urls?: string[];
 }
