@@ -54,6 +54,7 @@ test.describe('datasets', () => {
         const data = new Uint8Array(bigSize).map((_, i) => (i * 13) & 0xff);
         dt.items.add(new File([data], 'big.bin'));
         dt.items.add(new File(['hello\n'], 'README.md'));
+        dt.items.add(new File(['not meant for it\n'], 'oops.txt'));
         document.querySelector('[aria-label="Upload files"]')!.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
       },
       { bigSize: big.length },
@@ -61,7 +62,7 @@ test.describe('datasets', () => {
     const uploads = page.getByRole('list', { name: 'Uploads' });
     await expect(uploads).toBeVisible();
     await screenshot(page, 'datasets-uploading');
-    await expect(uploads.locator('li.done')).toHaveCount(3, { timeout: 45_000 });
+    await expect(uploads.locator('li.done')).toHaveCount(4, { timeout: 45_000 });
     await expect(uploads.getByText('in parts')).toBeVisible();
 
     const files = page.getByRole('table', { name: 'Files' });
@@ -70,6 +71,8 @@ test.describe('datasets', () => {
     await expect(files).toContainText('raw/iris.csv');
     await expect(files).toContainText(createHash('sha256').update(big).digest('hex').slice(0, 12));
     await screenshot(page, 'datasets-draft');
+    await page.getByRole('button', { name: 'Remove oops.txt from the draft' }).click();
+    await expect(files).not.toContainText('oops.txt');
     await checkA11y(page, 'dataset draft');
 
     await page.getByRole('button', { name: 'Publish as v1' }).click();

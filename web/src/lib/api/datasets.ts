@@ -11,6 +11,8 @@ export const getDataset = (name: string) => request<DatasetDetail>('GET', `/data
 export const createDataset = (body: { name: string; title: string; description?: string; source?: string }) =>
   request<DatasetDetail>('POST', '/datasets', { json: body });
 export const publishDataset = (name: string) => request<unknown>('POST', `/datasets/${encodeURIComponent(name)}:publish`);
+export const deleteDraftFile = (name: string, path: string) =>
+  request<void>('DELETE', `/datasets/${encodeURIComponent(name)}/files/${encodePath(path)}`);
 export const deleteDataset = (name: string) => request<void>('DELETE', `/datasets/${encodeURIComponent(name)}`);
 export const deleteVersion = (name: string, version: string) =>
   request<void>('DELETE', `/datasets/${encodeURIComponent(name)}/versions/${encodeURIComponent(version)}`);
