@@ -285,6 +285,22 @@ impl From<lifecycle::Error> for ApiError {
     }
 }
 
+impl From<coderun_shared::datasets::Error> for ApiError {
+    fn from(e: coderun_shared::datasets::Error) -> Self {
+        use coderun_shared::datasets::Error as E;
+        match e {
+            E::NotFound(detail) => ApiError::NotFound(detail),
+            E::Forbidden(why) => ApiError::Forbidden(why),
+            E::Invalid(detail) => ApiError::BadRequest(detail),
+            E::Conflict(detail) => ApiError::Conflict(detail),
+            E::TooLarge(detail) => ApiError::PayloadTooLarge(detail),
+            E::ChecksumMismatch(detail) => ApiError::Unprocessable(detail),
+            E::Storage(e) => e.into(),
+            E::Db(e) => e.into(),
+        }
+    }
+}
+
 impl From<users::Error> for ApiError {
     fn from(e: users::Error) -> Self {
         match e {

@@ -297,6 +297,11 @@ struct Rules {
     idempotency_key: Rule,
     users_csv: Rule,
     file_content: Rule,
+    dataset_name: Rule,
+    dataset_version: Rule,
+    dataset_ref: Rule,
+    dataset_title: Rule,
+    sha256: Rule,
 }
 
 /// The characters of Unicode's control category (what `char::is_control` refuses).
@@ -399,6 +404,22 @@ fn rules(settings: &Settings) -> Rules {
         ),
         // Its size limit is answered 413, not 400: the document gives it as that status.
         file_content: rule(no_nul_text(), None, None),
+        dataset_name: rule(Some("^[a-z0-9][a-z0-9_-]{0,62}$".to_owned()), Some(1), Some(63)),
+        dataset_version: rule(Some("^v[1-9][0-9]{0,8}$".to_owned()), None, None),
+        dataset_ref: rule(
+            Some("^[a-z0-9][a-z0-9_-]{0,62}(@v[1-9][0-9]{0,8})?$".to_owned()),
+            Some(1),
+            None,
+        ),
+        // 1 to 200 characters once trimmed, no control character.
+        dataset_title: rule(
+            Some(format!(
+                r"^[{BLANK}]*[^{BLANK}{CONTROL}](?:[^{CONTROL}]{{0,198}}[^{BLANK}{CONTROL}])?[{BLANK}]*$"
+            )),
+            Some(1),
+            None,
+        ),
+        sha256: rule(Some("^[0-9a-fA-F]{64}$".to_owned()), Some(64), Some(64)),
         // The header (optionally after a byte order mark), then at least one line of a user.
         users_csv: rule(
             Some(format!(r"^\ufeff?{header}\r?\n[\s\S]*[^\r\n][\s\S]*$")),
@@ -414,6 +435,8 @@ fn apply_rules_to_parameter(parameter: &mut Parameter, path: &str, rules: &Rules
     };
     let rule = match (parameter.name.as_str(), &parameter.parameter_in) {
         ("path", ParameterIn::Path) => &rules.file_path,
+        ("name", ParameterIn::Path) if path.starts_with("/api/v1/datasets/") => &rules.dataset_name,
+        ("version", ParameterIn::Path) => &rules.dataset_version,
         ("page", ParameterIn::Query) if path.ends_with("/log") => &rules.log_page,
         ("page", ParameterIn::Query) => &rules.list_page,
         ("per_page", ParameterIn::Query) => &rules.per_page,
@@ -429,7 +452,7 @@ fn apply_rules_to_parameter(parameter: &mut Parameter, path: &str, rules: &Rules
 
 /// The properties (of the request schemas) each rule governs.
 fn apply_rules_to_schemas(schemas: &mut BTreeMap<String, RefOr<Schema>>, rules: &Rules) {
-    let properties: [(&str, &str, &Rule); 16] = [
+    let properties: [(&str, &str, &Rule); 22] = [
         ("CreateTask", "name", &rules.task_name),
         ("CreateTask", "description", &rules.description),
         ("CreateTask", "language", &rules.language),
@@ -446,6 +469,12 @@ fn apply_rules_to_schemas(schemas: &mut BTreeMap<String, RefOr<Schema>>, rules: 
         ("MoveRequest", "to", &rules.file_path),
         ("Upsert", "path", &rules.file_path),
         ("Upsert", "content", &rules.file_content),
+        ("CreateDataset", "name", &rules.dataset_name),
+        ("CreateDataset", "title", &rules.dataset_title),
+        ("CreateDataset", "description", &rules.description),
+        ("CreateDataset", "source", &rules.description),
+        ("CreateUpload", "path", &rules.file_path),
+        ("CreateUpload", "sha256", &rules.sha256),
     ];
     for (schema, property, rule) in properties {
         if let Some(Schema::Object(field)) = property_schema(schemas, schema, property) {
@@ -461,6 +490,11 @@ fn apply_rules_to_schemas(schemas: &mut BTreeMap<String, RefOr<Schema>>, rules: 
     if let Some(Schema::Array(datasets)) = property_schema(schemas, "SubmitRun", "datasets") {
         datasets.max_items = Some(crate::routes::runs::MAX_DATASETS);
         datasets.unique_items = true;
+        if let ArrayItems::RefOrSchema(item) = &mut datasets.items
+            && let RefOr::T(Schema::Object(item)) = item.as_mut()
+        {
+            rules.dataset_ref.apply(item);
+        }
     }
     // A batch changes something: a non-empty `upsert` or a non-empty `delete`.
     if let Some(RefOr::T(batch)) = schemas.remove("BatchRequest") {

@@ -50,6 +50,25 @@ pub struct Settings {
     pub languages: BTreeMap<String, LanguageSettings>,
     pub kubernetes: KubernetesSettings,
     pub resilience: ResilienceSettings,
+    pub datasets: DatasetSettings,
+}
+
+/// Datasets teachers publish (`crate::datasets`): their quotas and uploads.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatasetSettings {
+    /// The bytes one dataset's draft (and so each of its versions) may hold.
+    pub max_dataset_bytes: u64,
+    /// The bytes every dataset's versions and drafts together may hold.
+    pub max_total_bytes: u64,
+    /// The files one draft (and so one version) may hold.
+    pub max_files: u32,
+    /// A multipart upload not completed this long after it was created is aborted by the sweep.
+    pub upload_max_age_seconds: u64,
+    /// Lifetime of the presigned part URLs of an upload.
+    pub upload_presign_seconds: u64,
+    /// Where a local worker keeps the dataset versions its runs mount (one read-only copy per
+    /// version, keyed by its checksum); empty: `{worker.work_dir}/.datasets`.
+    pub cache_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +111,10 @@ pub struct StorageSettings {
     /// Create the bucket at start-up when it is missing (local stack, tests).
     pub create_bucket: bool,
     pub presign_seconds: u64,
+    /// The address clients (browsers, students' scripts) reach S3 at: every presigned URL
+    /// handed to a client is signed for it, while the servers keep using `endpoint`. Empty:
+    /// `endpoint`.
+    pub public_endpoint: String,
     /// A task archive larger than this (bytes of files) is built into the bucket and answered
     /// with a redirect instead of streamed; 0: always streamed. Lambda needs it (its responses
     /// are buffered and at most 6 MB).
@@ -361,6 +384,19 @@ pub struct KubernetesSettings {
     pub image_pull_secrets: Vec<String>,
     /// The pod's termination grace: also the time the outputs upload gets once the program ends.
     pub termination_grace_seconds: u32,
+    /// How a Job gets its datasets: `fetch` (the init container downloads each file by
+    /// presigned URL and checks its sha256) or `volume` (a ReadOnlyMany PersistentVolumeClaim per
+    /// dataset version, `{dataset_volume_prefix}{name}-v{N}`, prepared once by the operator).
+    pub dataset_source: DatasetSource,
+    pub dataset_volume_prefix: String,
+}
+
+/// `kubernetes.dataset_source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetSource {
+    Fetch,
+    Volume,
 }
 
 impl Settings {

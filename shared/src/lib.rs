@@ -5,6 +5,7 @@ pub mod archive;
 pub mod auth;
 pub mod bundle;
 pub mod config;
+pub mod datasets;
 pub mod db;
 pub mod domain;
 pub mod files;

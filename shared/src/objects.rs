@@ -5,6 +5,41 @@
 
 use uuid::Uuid;
 
+/// Where a dataset's objects live: published files at `datasets/{name}/v{N}/{path}` (immutable),
+/// draft files and uploads under way at `datasets/{name}/.draft/{uuid}` (a name no version
+/// takes, so a draft object is never mistaken for a published one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatasetObjects<'a> {
+    name: &'a str,
+}
+
+impl<'a> DatasetObjects<'a> {
+    pub fn new(name: &'a str) -> Self {
+        Self { name }
+    }
+
+    /// Every object of the dataset is below this prefix.
+    pub fn prefix(&self) -> String {
+        format!("datasets/{}/", self.name)
+    }
+
+    /// Every file of version `version` is below this prefix.
+    pub fn version_prefix(&self, version: i32) -> String {
+        format!("datasets/{}/v{version}/", self.name)
+    }
+
+    /// A published file.
+    pub fn file(&self, version: i32, path: &str) -> String {
+        format!("{}{path}", self.version_prefix(version))
+    }
+
+    /// A draft file or an upload under way, named by a fresh id (a replaced draft file keeps
+    /// its old object until the sweep removes it, so a reader never sees half of the new one).
+    pub fn draft(&self, id: Uuid) -> String {
+        format!("datasets/{}/.draft/{id}", self.name)
+    }
+}
+
 /// Where a run's objects live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunObjects {

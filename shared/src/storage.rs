@@ -3,17 +3,16 @@
 //! in [`crate::objects`]). Large objects go up in parts as they are made ([`Upload`]), so no
 //! caller holds a whole snapshot or archive in memory.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::Bytes;
 use secrecy::ExposeSecret;
-use serde::Serialize;
 
 use crate::config::StorageSettings;
 
@@ -43,42 +42,45 @@ fn s3_error(e: impl std::error::Error) -> Error {
     }
 }
 
-/// A dataset found under `datasets/{name}/`.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Dataset {
-    pub name: String,
-    pub files: u64,
-    pub size: u64,
-}
-
 /// The bucket and a client for it; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Storage {
     client: Client,
+    /// Signs the URLs handed to clients, for `storage.public_endpoint`; never sends a request.
+    public: Client,
     bucket: String,
     presign: Duration,
+}
+
+fn client_for(settings: &StorageSettings, endpoint: &str) -> Client {
+    let credentials = Credentials::new(
+        settings.access_key.clone(),
+        settings.secret_key.expose_secret().to_owned(),
+        None,
+        None,
+        "coderun-settings",
+    );
+    let config = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new(settings.region.clone()))
+        .credentials_provider(credentials)
+        .force_path_style(settings.path_style)
+        .build();
+    Client::from_conf(config)
 }
 
 impl Storage {
     /// Builds the client from settings alone, never from the ambient AWS environment, so a
     /// developer's `~/.aws` cannot redirect coderun's storage.
     pub fn new(settings: &StorageSettings) -> Self {
-        let credentials = Credentials::new(
-            settings.access_key.clone(),
-            settings.secret_key.expose_secret().to_owned(),
-            None,
-            None,
-            "coderun-settings",
-        );
-        let config = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(&settings.endpoint)
-            .region(Region::new(settings.region.clone()))
-            .credentials_provider(credentials)
-            .force_path_style(settings.path_style)
-            .build();
+        let public = match settings.public_endpoint.trim() {
+            "" => &settings.endpoint,
+            public => public,
+        };
         Self {
-            client: Client::from_conf(config),
+            client: client_for(settings, &settings.endpoint),
+            public: client_for(settings, public),
             bucket: settings.bucket.clone(),
             presign: Duration::from_secs(settings.presign_seconds),
         }
@@ -294,18 +296,34 @@ impl Storage {
         Ok(())
     }
 
-    /// A time-limited GET URL for `key`, valid for `storage.presign_seconds`.
+    /// A time-limited GET URL for `key` to hand to a client: signed for
+    /// `storage.public_endpoint`, valid for `storage.presign_seconds`.
     pub async fn presigned_get(&self, key: &str) -> Result<String, Error> {
+        Self::presign_get_with(&self.public, &self.bucket, key, self.presign).await
+    }
+
+    /// A GET URL for `key` a server fetches itself (`storage.endpoint`), valid for
+    /// `storage.presign_seconds`.
+    pub async fn presigned_get_internal(&self, key: &str) -> Result<String, Error> {
         self.presigned_get_for(key, self.presign).await
     }
 
-    /// A GET URL for `key`, valid for `valid`.
+    /// A GET URL for `key` for the servers and the pods they start (`storage.endpoint`),
+    /// valid for `valid`.
     pub async fn presigned_get_for(&self, key: &str, valid: Duration) -> Result<String, Error> {
+        Self::presign_get_with(&self.client, &self.bucket, key, valid).await
+    }
+
+    async fn presign_get_with(
+        client: &Client,
+        bucket: &str,
+        key: &str,
+        valid: Duration,
+    ) -> Result<String, Error> {
         let config = PresigningConfig::expires_in(valid).map_err(s3_error)?;
-        let request = self
-            .client
+        let request = client
             .get_object()
-            .bucket(&self.bucket)
+            .bucket(bucket)
             .key(key)
             .presigned(config)
             .await
@@ -348,26 +366,178 @@ impl Storage {
         Ok(objects)
     }
 
-    /// The datasets in the bucket, by name, with their file count and size.
-    pub async fn list_datasets(&self) -> Result<Vec<Dataset>, Error> {
-        let mut datasets: BTreeMap<String, Dataset> = BTreeMap::new();
-        for (key, size) in self.list("datasets/").await? {
-            let Some((name, rest)) = key["datasets/".len()..].split_once('/') else {
-                continue;
-            };
-            if name.is_empty() || rest.is_empty() {
-                continue;
-            }
-            let entry = datasets.entry(name.to_owned()).or_insert_with(|| Dataset {
-                name: name.to_owned(),
-                files: 0,
-                size: 0,
-            });
-            entry.files += 1;
-            entry.size += size;
-        }
-        Ok(datasets.into_values().collect())
+    /// Copies the object at `from` to `to` inside the bucket (server side; up to 5 GiB).
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), Error> {
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .copy_source(format!("{}/{}", self.bucket, encode_key(from)))
+            .key(to)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(s3_error)
     }
+
+    /// The size and sha256 (hex) of the object at `key`, read back as a stream (never whole in
+    /// memory), or `None` when there is none.
+    pub async fn sha256_of(&self, key: &str) -> Result<Option<(u64, String)>, Error> {
+        use sha2::{Digest, Sha256};
+        let object = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(object) => object,
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(s3_error(e)),
+        };
+        let mut body = object.body;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = body.try_next().await.map_err(s3_error)? {
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        Ok(Some((size, hex::encode(hasher.finalize()))))
+    }
+
+    /// Starts a multipart upload a client sends itself (through [`presigned_part`]); returns
+    /// its S3 upload id.
+    ///
+    /// [`presigned_part`]: Self::presigned_part
+    pub async fn start_multipart(&self, key: &str) -> Result<String, Error> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/octet-stream")
+            .send()
+            .await
+            .map_err(s3_error)?;
+        created
+            .upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| Error::S3("the multipart upload has no id".into()))
+    }
+
+    /// A PUT URL of part `number` of a client's multipart upload, signed for
+    /// `storage.public_endpoint`.
+    pub async fn presigned_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        valid: Duration,
+    ) -> Result<String, Error> {
+        let config = PresigningConfig::expires_in(valid).map_err(s3_error)?;
+        let request = self
+            .public
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .presigned(config)
+            .await
+            .map_err(s3_error)?;
+        Ok(request.uri().to_string())
+    }
+
+    /// Completes a client's multipart upload with the parts S3 holds (listed, so the client
+    /// need not report ETags). `Ok(false)`: no part arrived, or the upload is gone.
+    pub async fn complete_multipart(&self, key: &str, upload_id: &str) -> Result<bool, Error> {
+        let mut parts = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let listed = match self
+                .client
+                .list_parts()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .set_part_number_marker(marker.clone())
+                .send()
+                .await
+            {
+                Ok(listed) => listed,
+                Err(e)
+                    if e.as_service_error().and_then(|e| e.code()) == Some("NoSuchUpload") =>
+                {
+                    return Ok(false);
+                }
+                Err(e) => return Err(s3_error(e)),
+            };
+            for part in listed.parts() {
+                parts.push(
+                    CompletedPart::builder()
+                        .set_e_tag(part.e_tag().map(str::to_owned))
+                        .set_part_number(part.part_number())
+                        .build(),
+                );
+            }
+            if listed.is_truncated() == Some(true) {
+                marker = listed.next_part_number_marker().map(str::to_owned);
+                if marker.is_none() {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        if parts.is_empty() {
+            return Ok(false);
+        }
+        parts.sort_by_key(|p| p.part_number());
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map(|_| true)
+            .map_err(s3_error)
+    }
+
+    /// Aborts a multipart upload (its parts go); one that is gone already is no error.
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), Error> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_upload()) => Ok(()),
+            Err(e) => Err(s3_error(e)),
+        }
+    }
+}
+
+/// A key as a `CopySource` wants it: percent-encoded, `/` kept.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// S3 refuses parts below 5 MiB except the last; parts of this size keep a streaming writer's

@@ -10,6 +10,9 @@
 //! - **snapshots**: a snapshot no kept run references and nobody used for
 //!   `snapshot_grace_seconds` is deleted, in two steps so a submit that claims it meanwhile
 //!   always wins (see [`crate::snapshots`]).
+//! - **datasets**: uploads abandoned for `datasets.upload_max_age_seconds` are aborted, and the
+//!   objects of deleted datasets and versions and of replaced draft files are removed
+//!   ([`crate::datasets::sweep`]).
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -43,6 +46,9 @@ pub struct Swept {
     pub snapshots: usize,
     /// Removals that failed and will be tried again.
     pub failures: usize,
+    /// Abandoned dataset uploads aborted, and dataset objects removed (deleted datasets and
+    /// versions, replaced draft files): [`crate::datasets::sweep`].
+    pub datasets: crate::datasets::Swept,
 }
 
 /// One round of all three sweeps.

@@ -353,7 +353,13 @@ impl TestApp {
             'run_events', (SELECT coalesce(json_agg(e ORDER BY e.id), '[]') FROM run_events e),
             'run_outputs', (SELECT coalesce(json_agg(o ORDER BY o.run_id, o.path), '[]') FROM run_outputs o),
             'snapshots', (SELECT coalesce(json_agg(s ORDER BY s.sha256), '[]') FROM snapshots s),
-            'object_sweeps', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM object_sweeps w)
+            'object_sweeps', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM object_sweeps w),
+            'datasets', (SELECT coalesce(json_agg(d ORDER BY d.name), '[]') FROM datasets d),
+            'dataset_draft_files', (SELECT coalesce(json_agg(f ORDER BY f.dataset_id, f.path), '[]') FROM dataset_draft_files f),
+            'dataset_versions', (SELECT coalesce(json_agg(v ORDER BY v.id), '[]') FROM dataset_versions v),
+            'dataset_files', (SELECT coalesce(json_agg(f ORDER BY f.version_id, f.path), '[]') FROM dataset_files f),
+            'dataset_uploads', (SELECT coalesce(json_agg(u ORDER BY u.id), '[]') FROM dataset_uploads u),
+            'dataset_sweeps', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM dataset_sweeps w)
         )::text";
         let text: String = sqlx::query_scalar(query).fetch_one(&self.db).await.unwrap();
         serde_json::from_str(&text).unwrap()
@@ -406,6 +412,44 @@ impl TestApp {
             .collect();
         keys.sort();
         keys
+    }
+
+    /// Publishes `files` as the next version of dataset `name` (created when missing) through
+    /// the API, as the admin; returns the version (`v1`, …). The draft is replaced by `files`.
+    pub async fn publish_dataset(&self, name: &str, files: &[(&str, &[u8])]) -> String {
+        let admin = self.admin().await;
+        let existing = self.get(&format!("/api/v1/datasets/{name}"), &admin).await;
+        if existing.status == StatusCode::NOT_FOUND {
+            self.post(
+                "/api/v1/datasets",
+                &admin,
+                json!({"name": name, "title": format!("The {name} dataset")}),
+            )
+            .await
+            .expect(201);
+        } else {
+            for file in existing.json()["draft"]["files"].as_array().unwrap() {
+                let path = file["path"].as_str().unwrap();
+                self.delete(&format!("/api/v1/datasets/{name}/files/{path}"), &admin)
+                    .await;
+            }
+        }
+        for (path, content) in files {
+            let put = self
+                .send(
+                    Method::PUT,
+                    &format!("/api/v1/datasets/{name}/files/{path}"),
+                    Some(&admin),
+                    Payload::Raw(content.to_vec(), "application/octet-stream"),
+                )
+                .await;
+            assert!(put.status.is_success(), "{put:?}");
+        }
+        let published = self
+            .post(&format!("/api/v1/datasets/{name}:publish"), &admin, json!({}))
+            .await
+            .expect(201);
+        published["version"].as_str().unwrap().to_owned()
     }
 
     /// Submits a run of the task with `body` and returns the run's JSON (asserting 202).

@@ -8,7 +8,7 @@ use chrono::Utc;
 use clap::{Parser, Subcommand};
 use coderun_shared::config::{LanguageSettings, Settings, Spec};
 use coderun_shared::runs::{Run, RunSpec, RunStatus};
-use coderun_shared::{db, runs, storage::Storage};
+use coderun_shared::{db, runs};
 use uuid::Uuid;
 
 use crate::executor::kubernetes::{self, job, job::JobUrls, presign::Presigner};
@@ -48,12 +48,16 @@ pub async fn print_job(settings: &Settings, run_id: Option<Uuid>) -> anyhow::Res
     let run = runs::get(&pool, id)
         .await?
         .ok_or_else(|| anyhow::anyhow!("run {id} does not exist"))?;
+    let mounts: Vec<_> = coderun_shared::datasets::mounts(&pool, &run.datasets)
+        .await?
+        .into_iter()
+        .map(|m| m.map_err(|r| anyhow::anyhow!("dataset version `{r}` no longer exists")))
+        .collect::<anyhow::Result<_>>()?;
     let urls = kubernetes::job_urls(
         &Presigner::new(&settings.storage),
-        &Storage::new(&settings.storage),
         &settings.kubernetes,
-        &settings.limits,
         &run,
+        &mounts,
     )
     .await?;
     let job = job::build(&run, &settings.kubernetes, &urls);
@@ -130,5 +134,6 @@ fn placeholder_urls(run: &Run) -> JobUrls {
             run.objects().outputs_archive()
         ),
         datasets: Vec::new(),
+        dataset_volumes: Vec::new(),
     }
 }

@@ -62,6 +62,22 @@ impl Supervisor {
         &self.recorder.live_log
     }
 
+    /// The dataset versions `refs` (a run's `datasets`, `name@vN`) name, with their files; an
+    /// error when one no longer exists.
+    pub async fn dataset_mounts(
+        &self,
+        refs: &[String],
+    ) -> anyhow::Result<Vec<coderun_shared::datasets::Mount>> {
+        if refs.is_empty() {
+            return Ok(Vec::new());
+        }
+        coderun_shared::datasets::mounts(&self.recorder.db, refs)
+            .await?
+            .into_iter()
+            .map(|m| m.map_err(|r| anyhow::anyhow!("dataset version `{r}` no longer exists")))
+            .collect()
+    }
+
     /// The run as Postgres has it now.
     pub async fn run(&self, id: Uuid) -> anyhow::Result<Option<Run>> {
         Ok(runs::get(&self.recorder.db, id).await?)

@@ -1,5 +1,6 @@
 //! The sweeper: every `retention.sweep_seconds`, removes the objects of deleted runs, applies
-//! the retention and deletes snapshots nothing uses (the work itself is in
+//! the retention, deletes snapshots nothing uses, aborts abandoned dataset uploads and removes
+//! deleted datasets' objects (the work itself is in
 //! [`coderun_shared::sweep`]). Every worker sweeps; rows are claimed with `SKIP LOCKED`, so the
 //! fleet shares the work and a worker that dies mid-sweep leaves it to the next round.
 
@@ -12,7 +13,14 @@ use crate::context::Context;
 
 /// One round of every sweep.
 pub async fn sweep_once(ctx: &Context) -> anyhow::Result<Swept> {
-    Ok(sweep::sweep_all(&ctx.db, &ctx.storage, &ctx.settings.retention).await?)
+    let mut swept = sweep::sweep_all(&ctx.db, &ctx.storage, &ctx.settings.retention).await?;
+    swept.datasets = coderun_shared::datasets::sweep(
+        &ctx.db,
+        &ctx.storage,
+        Duration::from_secs(ctx.settings.datasets.upload_max_age_seconds),
+    )
+    .await?;
+    Ok(swept)
 }
 
 /// Sweeps every `retention.sweep_seconds` until `shutdown`.

@@ -6,7 +6,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use coderun_tests::kube::{Fault, NAMESPACE as NS, StandIn};
 use coderun_worker::executor::kubernetes::{self, job};
 use k8s_openapi::api::batch::v1::Job;
@@ -39,6 +38,11 @@ async fn eventually<V>(what: &str, timeout: Duration, mut f: impl FnMut() -> Opt
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 fn job_of(id: &str) -> String {
@@ -149,15 +153,8 @@ async fn a_run_goes_from_submit_through_its_job_to_succeeded_with_its_log_and_ou
     let (kube, p) = setup(vec![]).await;
     kube.enforce_pod_security_restricted(NS);
     p.app
-        .state
-        .storage
-        .put(
-            "datasets/iris/iris.csv",
-            Bytes::from_static(b"a,b\n1,2\n"),
-            "text/csv",
-        )
-        .await
-        .unwrap();
+        .publish_dataset("iris", &[("iris.csv", b"a,b\n1,2\n")])
+        .await;
     let worker = p.worker("w").await;
     let id = p
         .submit_python("print('hello')\n", json!({"datasets": ["iris"]}))
@@ -199,9 +196,18 @@ async fn a_run_goes_from_submit_through_its_job_to_succeeded_with_its_log_and_ou
     );
     assert!(env_of(fetch, "CODE_URL").contains("X-Amz-Signature"));
     assert_eq!(env_of(fetch, "CODE_SHA256"), stored.code_sha256);
+    // The dataset version is fetched file by file, each checked against its sha256.
     let args = fetch.command.clone().unwrap();
-    assert_eq!(args[args.len() - 2], "iris/iris.csv");
-    assert!(args[args.len() - 1].contains("datasets/iris/iris.csv"));
+    assert_eq!(args[args.len() - 3], "iris/iris.csv");
+    assert!(args[args.len() - 2].contains("datasets/iris/v1/iris.csv"));
+    assert_eq!(
+        args[args.len() - 1],
+        sha256_hex(b"a,b\n1,2\n")
+    );
+    assert!(args[2].contains("sha256sum -c"));
+    // The Job's URL downloads exactly the published bytes.
+    let fetched = reqwest::get(&args[args.len() - 2]).await.unwrap();
+    assert_eq!(fetched.bytes().await.unwrap().as_ref(), b"a,b\n1,2\n");
     let serialized = serde_json::to_string(&job).unwrap();
     let secret = p.settings().storage.secret_key.expose_secret().to_owned();
     assert!(

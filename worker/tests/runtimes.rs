@@ -6,7 +6,6 @@ mod support;
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::{Value, json};
 use support::{Platform, platform};
 
@@ -73,11 +72,8 @@ async fn python_and_r_sum_a_csv_dataset() {
         csv.push_str(&format!("student{i},{i}\n"));
     }
     p.app
-        .state
-        .storage
-        .put("datasets/scores/scores.csv", Bytes::from(csv), "text/csv")
-        .await
-        .unwrap();
+        .publish_dataset("scores", &[("scores.csv", csv.as_bytes())])
+        .await;
     let worker = p.worker("w").await;
     let python = "import os\nimport pandas as pd\n\
                   df = pd.read_csv(os.path.join(os.environ['DATA_DIR'], 'scores', 'scores.csv'))\n\

@@ -1,14 +1,13 @@
-//! What can be chosen at submit: languages and specs (from configuration) and datasets (from
-//! the bucket's `datasets/` prefix).
+//! What can be chosen at submit: languages and specs (from configuration); datasets (from
+//! Postgres) are [`crate::routes::datasets`]'.
 
 use axum::extract::State;
 use coderun_shared::config::Spec;
-use coderun_shared::storage::Dataset;
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::{ApiResult, Problem};
+use crate::error::Problem;
 use crate::extract::{Caller, Json};
 use crate::state::AppState;
 
@@ -16,7 +15,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_languages))
         .routes(routes!(list_specs))
-        .routes(routes!(list_datasets))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -87,14 +85,4 @@ pub async fn list_specs(State(state): State<AppState>, _caller: Caller) -> Json<
             })
             .collect(),
     )
-}
-
-/// The read-only datasets a run may mount.
-#[utoipa::path(get, path = "/api/v1/datasets", tag = "catalogue", security(("bearer" = [])),
-    responses((status = 200, body = Vec<Dataset>), (status = 401, body = Problem)))]
-pub async fn list_datasets(
-    State(state): State<AppState>,
-    _caller: Caller,
-) -> ApiResult<Json<Vec<Dataset>>> {
-    Ok(Json(state.storage.list_datasets().await?))
 }

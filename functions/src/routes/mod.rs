@@ -12,6 +12,7 @@ use crate::state::AppState;
 
 pub mod auth;
 pub mod catalogue;
+pub mod datasets;
 pub mod files;
 pub mod ops;
 pub mod runs;
@@ -28,5 +29,6 @@ pub fn api(limits: &LimitSettings) -> OpenApiRouter<AppState> {
         .merge(files::router(limits))
         .merge(runs::router())
         .merge(catalogue::router())
+        .merge(datasets::router(limits))
         .merge(ops::router())
 }

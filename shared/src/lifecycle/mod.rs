@@ -106,6 +106,19 @@ pub enum Error {
     Db(sqlx::Error),
 }
 
+impl From<crate::datasets::Error> for Error {
+    fn from(e: crate::datasets::Error) -> Self {
+        use crate::datasets::Error as D;
+        match e {
+            D::NotFound(m) | D::Invalid(m) => Error::Invalid(m),
+            D::Conflict(m) | D::TooLarge(m) | D::ChecksumMismatch(m) => Error::Conflict(m),
+            D::Forbidden(m) => Error::Forbidden(m),
+            D::Storage(e) => Error::Storage(e),
+            D::Db(e) => Error::Db(e),
+        }
+    }
+}
+
 impl From<Invalid> for Error {
     fn from(e: Invalid) -> Self {
         Error::Invalid(e.0)

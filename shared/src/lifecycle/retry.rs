@@ -31,11 +31,16 @@ impl Lifecycle<'_> {
         if !original.status.is_terminal() {
             return Err(runs::Error::NotFinished.into());
         }
-        if let Some((missing, _)) = self.missing_dataset(&original.datasets).await? {
-            return Err(Error::Conflict(format!(
-                "dataset `{missing}` of the original run no longer exists"
-            )));
-        }
+        // The original's exact versions (`name@vN`): a retry mounts the same bytes, even
+        // after newer versions were published.
+        let datasets = match self.resolve_datasets(&original.datasets).await {
+            Err(Error::Invalid(why)) => {
+                return Err(Error::Conflict(format!(
+                    "a dataset version of the original run no longer exists: {why}"
+                )));
+            }
+            other => other?,
+        };
         self.check_room(original.task_id, original.owner_id).await?;
         let new = NewRun {
             id: Uuid::new_v4(),
@@ -45,7 +50,7 @@ impl Lifecycle<'_> {
             language: original.language.clone(),
             image: original.image.clone(),
             spec: original.spec.0.clone(),
-            datasets: original.datasets.clone(),
+            datasets,
             remarks: original.remarks.clone(),
             snapshot_of: original.snapshot_of,
             code_sha256: original.code_sha256.clone(),

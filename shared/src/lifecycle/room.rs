@@ -2,7 +2,7 @@
 //! owner is under `runs.max_active_per_user`, and the owner's stored bytes plus the task's stay
 //! within `runs.storage_quota_bytes`. The commit checks the first two again atomically, so a
 //! race that slips past here is still refused; this early check only keeps a refused request
-//! from storing a snapshot.
+//! from storing a snapshot. The datasets a run names are pinned to published versions here too.
 
 use uuid::Uuid;
 
@@ -40,24 +40,13 @@ impl Lifecycle<'_> {
         Ok(())
     }
 
-    /// The first of `datasets` the bucket does not hold, with the names it does.
-    pub async fn missing_dataset(
-        &self,
-        datasets: &[String],
-    ) -> Result<Option<(String, Vec<String>)>, Error> {
+    /// The datasets a run names (`name`, the latest published version, or `name@vN`), pinned
+    /// to exact versions (`name@vN`) from Postgres: what the run records, so a retry mounts
+    /// the same bytes. An unknown dataset or version is refused with what exists.
+    pub async fn resolve_datasets(&self, datasets: &[String]) -> Result<Vec<String>, Error> {
         if datasets.is_empty() {
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        let known: Vec<String> = self
-            .storage
-            .list_datasets()
-            .await?
-            .into_iter()
-            .map(|d| d.name)
-            .collect();
-        Ok(datasets
-            .iter()
-            .find(|d| !known.contains(d))
-            .map(|d| (d.clone(), known)))
+        Ok(crate::datasets::resolve(self.db, datasets).await?)
     }
 }

@@ -121,16 +121,10 @@ impl Lifecycle<'_> {
                 replayed: true,
             });
         }
-        if let Some((missing, known)) = self.missing_dataset(&submission.datasets).await? {
-            return Err(Error::Invalid(if known.is_empty() {
-                format!("unknown dataset `{missing}`; there are no datasets")
-            } else {
-                format!(
-                    "unknown dataset `{missing}`; known datasets: {}",
-                    known.join(", ")
-                )
-            }));
-        }
+        let submission = Submission {
+            datasets: self.resolve_datasets(&submission.datasets).await?,
+            ..submission
+        };
         let language = self.settings.languages.get(&task.language).ok_or_else(|| {
             Error::Conflict(format!(
                 "the task's language `{}` is no longer offered",

@@ -58,54 +58,42 @@ async fn languages_and_specs_come_from_configuration() {
 }
 
 #[tokio::test]
-async fn datasets_are_listed_from_the_bucket() {
+async fn datasets_are_listed_from_postgres_not_from_the_bucket() {
     let app = spawn_app().await;
     let token = app.login("demo", "demo").await;
     assert_eq!(
         app.get("/api/v1/datasets", &token).await.expect(200),
         serde_json::json!([])
     );
-    let storage = &app.state.storage;
-    storage
+    // Objects an operator copied by hand are no dataset: only published versions are.
+    app.state
+        .storage
         .put(
-            "datasets/iris/iris.csv",
+            "datasets/stray/iris.csv",
             Bytes::from_static(b"a,b\n1,2\n"),
             "text/csv",
         )
         .await
         .unwrap();
-    storage
-        .put(
-            "datasets/iris/README",
-            Bytes::from_static(b"hi"),
-            "text/plain",
-        )
-        .await
-        .unwrap();
-    storage
-        .put(
-            "datasets/mnist/train/0.txt",
-            Bytes::from_static(b"0"),
-            "text/plain",
-        )
-        .await
-        .unwrap();
-    storage
-        .put(
-            "runs/x/log.txt",
-            Bytes::from_static(b"not a dataset"),
-            "text/plain",
-        )
-        .await
-        .unwrap();
+    app.publish_dataset("iris", &[("iris.csv", b"a,b\n1,2\n"), ("README", b"hi")])
+        .await;
+    app.publish_dataset("mnist", &[("train/0.txt", b"0")]).await;
     let datasets = app.get("/api/v1/datasets", &token).await.expect(200);
-    assert_eq!(
-        datasets,
-        serde_json::json!([
-            {"name": "iris", "files": 2, "size": 10},
-            {"name": "mnist", "files": 1, "size": 1},
-        ])
-    );
+    let summary: Vec<(&str, &str, i64, i64)> = datasets
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let v = &d["versions"][0];
+            (
+                d["name"].as_str().unwrap(),
+                d["latest_version"].as_str().unwrap(),
+                v["file_count"].as_i64().unwrap(),
+                v["size"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(summary, [("iris", "v1", 2, 10), ("mnist", "v1", 1, 1)]);
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 mod auth;
 mod catalogue;
+mod datasets;
 mod files;
 mod idempotency;
 mod memory;

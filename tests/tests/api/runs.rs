@@ -77,15 +77,8 @@ pub(crate) async fn store_log(app: &TestApp, run_id: Uuid, text: &str) {
 }
 
 async fn put_dataset(app: &TestApp, name: &str) {
-    app.state
-        .storage
-        .put(
-            &format!("datasets/{name}/data.csv"),
-            Bytes::from_static(b"a,b\n1,2\n"),
-            "text/csv",
-        )
-        .await
-        .unwrap();
+    app.publish_dataset(name, &[("data.csv", b"a,b\n1,2\n")])
+        .await;
 }
 
 /// A student with a python task; returns (token, task id).
@@ -338,7 +331,10 @@ async fn every_bad_submission_is_a_problem_and_stores_or_queues_nothing() {
         (json!({"command": "x".repeat(4097)}), "command"),
         (json!({"command": "echo \u{0}"}), "NUL"),
         (json!({"spec": "huge"}), "known specs: large, medium, small"),
-        (json!({"datasets": ["nope"]}), "known datasets: iris, mnist"),
+        (json!({"datasets": ["nope"]}), "published datasets: iris, mnist"),
+        (json!({"datasets": ["iris@v2"]}), "its versions: v1"),
+        (json!({"datasets": ["Iris"]}), "dataset name"),
+        (json!({"datasets": ["iris", "iris@v1"]}), "named twice"),
         (json!({"datasets": ["iris", "iris"]}), "named twice"),
         (json!({"datasets": too_many}), "at most 8"),
         (json!({"remarks": "r".repeat(2001)}), "2000"),
@@ -403,7 +399,8 @@ async fn every_bad_submission_is_a_problem_and_stores_or_queues_nothing() {
     let run = app
         .submit(&token, &task_id, json!({"datasets": ["mnist", "iris"]}))
         .await;
-    assert_eq!(run["datasets"], json!(["mnist", "iris"]));
+    // The run records the exact versions it got.
+    assert_eq!(run["datasets"], json!(["mnist@v1", "iris@v1"]));
 }
 
 #[tokio::test]

@@ -3,9 +3,6 @@
 //! read-only datasets under `$DATA_DIR/{name}`, its run id and attempt. Both executors build
 //! their variables and mount points from here, so they cannot drift apart.
 
-use coderun_shared::config::LimitSettings;
-use coderun_shared::domain::FilePath;
-use coderun_shared::storage::Storage;
 use uuid::Uuid;
 
 /// Where the program finds its files (`$CODE_PATH`), and its working directory.
@@ -41,43 +38,6 @@ impl RunEnvironment {
             ("RUN_ATTEMPT", self.attempt.to_string()),
         ]
     }
-}
-
-/// One object of a dataset a run mounts, at `$DATA_DIR/{dataset}/{path}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DatasetObject {
-    pub dataset: String,
-    /// Inside the dataset, already validated as a safe relative path.
-    pub path: String,
-    /// Its object key in the bucket.
-    pub key: String,
-    pub size: u64,
-}
-
-/// Every object of `datasets`, in listing order. Object keys are not trusted as paths: the
-/// rules of task files apply, and an object whose key breaks them is left out.
-pub async fn dataset_objects(
-    storage: &Storage,
-    datasets: &[String],
-    paths: &LimitSettings,
-) -> anyhow::Result<Vec<DatasetObject>> {
-    let mut objects = Vec::new();
-    for name in datasets {
-        let prefix = format!("datasets/{name}/");
-        for (key, size) in storage.list(&prefix).await? {
-            let Ok(path) = FilePath::parse(&key[prefix.len()..], paths) else {
-                tracing::warn!(%key, "skipping a dataset object whose key is not a safe path");
-                continue;
-            };
-            objects.push(DatasetObject {
-                dataset: name.clone(),
-                path: path.as_str().to_owned(),
-                key,
-                size,
-            });
-        }
-    }
-    Ok(objects)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::ending::{Ending, Termination};
-use crate::executor::environment::dataset_objects;
+use crate::executor::datasets::DatasetCache;
 use crate::executor::{Durability, Executor, LaunchError, Prepared, Start, Traits};
 use crate::sandbox::{
     self, Limits, Sandbox, SandboxConfig, SandboxRequest, create_run_dir, remove_work_dir,
@@ -57,6 +57,8 @@ struct Inner {
     runs: RunLimits,
     paths: LimitSettings,
     executions: Mutex<HashMap<Uuid, Execution>>,
+    /// Dataset versions, fetched once per worker and mounted read-only into every run.
+    datasets: DatasetCache,
 }
 
 #[derive(Clone)]
@@ -114,6 +116,10 @@ impl LocalExecutor {
                     worker.work_dir.display()
                 )
             })?;
+        let cache = match settings.datasets.cache_dir.as_os_str().is_empty() {
+            true => worker.work_dir.join(".datasets"),
+            false => settings.datasets.cache_dir.clone(),
+        };
         Ok(Self::new(
             Arc::new(sandbox),
             worker.local_slots as usize,
@@ -121,6 +127,7 @@ impl LocalExecutor {
             worker.work_dir.clone(),
             settings.runs.clone(),
             settings.limits.clone(),
+            cache,
         ))
     }
 
@@ -131,18 +138,21 @@ impl LocalExecutor {
         work_root: PathBuf,
         runs: RunLimits,
         paths: LimitSettings,
+        dataset_cache: PathBuf,
     ) -> Self {
+        // A stalled transfer fails (and is retried) rather than hanging the run.
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .read_timeout(Duration::from_secs(30))
+            .build()
+            .expect("an HTTP client with timeouts");
         Self {
             inner: Arc::new(Inner {
                 sandbox,
                 slots,
                 supervisor,
-                // A stalled transfer fails (and is retried) rather than hanging the run.
-                http: reqwest::Client::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .read_timeout(Duration::from_secs(30))
-                    .build()
-                    .expect("an HTTP client with timeouts"),
+                datasets: DatasetCache::new(dataset_cache, http.clone()),
+                http,
                 work_root,
                 runs,
                 paths,
@@ -340,7 +350,7 @@ impl Inner {
                 let url = self
                     .supervisor
                     .storage()
-                    .presigned_get(&run.code_key())
+                    .presigned_get_internal(&run.code_key())
                     .await?;
                 let response = self.http.get(url).send().await?.error_for_status()?;
                 Ok(response.bytes().await?)
@@ -400,26 +410,18 @@ impl Inner {
             .with_log(outcome.log_bytes, outcome.log_truncated))
     }
 
-    /// Downloads each dataset's files into `work_dir/data/{name}`, read-only for the program.
+    /// The host folder of each dataset version the run names, from the worker's cache
+    /// (fetched by checksum the first time), read-only for the program.
     async fn fetch_datasets(
         &self,
         run: &Run,
-        work_dir: &Path,
+        _work_dir: &Path,
     ) -> anyhow::Result<Vec<(String, PathBuf)>> {
         let storage = self.supervisor.storage();
-        let objects = dataset_objects(storage, &run.datasets, &self.paths).await?;
         let mut mounted = Vec::new();
-        for name in &run.datasets {
-            let root = work_dir.join("data").join(name);
-            tokio::fs::create_dir_all(&root).await?;
-            for object in objects.iter().filter(|o| &o.dataset == name) {
-                let target = root.join(&object.path);
-                if let Some(parent) = target.parent() {
-                    tokio::fs::create_dir_all(parent).await?;
-                }
-                tokio::fs::write(&target, storage.get(&object.key).await?).await?;
-            }
-            mounted.push((name.clone(), root));
+        for mount in self.supervisor.dataset_mounts(&run.datasets).await? {
+            let dir = self.datasets.ensure(storage, &mount, &self.paths).await?;
+            mounted.push((mount.name, dir));
         }
         Ok(mounted)
     }

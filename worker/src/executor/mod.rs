@@ -30,6 +30,7 @@ use uuid::Uuid;
 
 use crate::supervisor::Supervisor;
 
+pub mod datasets;
 pub mod environment;
 pub mod kubernetes;
 pub mod local;

@@ -14,6 +14,7 @@ use coderun_shared::runs::Run;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, LocalObjectReference,
+    PersistentVolumeClaimVolumeSource,
     PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
     SecurityContext, Volume, VolumeMount,
 };
@@ -51,15 +52,30 @@ pub struct JobUrls {
     /// PUT of `runs/{id}/outputs.tar.gz`.
     pub outputs: String,
     pub datasets: Vec<DatasetFile>,
+    /// Dataset versions mounted from a prepared ReadOnlyMany volume instead
+    /// (`kubernetes.dataset_source = "volume"`).
+    pub dataset_volumes: Vec<DatasetVolume>,
 }
 
-/// One object of a dataset, fetched into `$DATA_DIR/{path}`.
+/// One object of a dataset, fetched into `$DATA_DIR/{path}` and checked against its sha256.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatasetFile {
     /// `{dataset}/{path inside it}`, already validated as a safe relative path.
     pub path: String,
     pub url: String,
     pub size: u64,
+    /// Lowercase hex; the init container refuses a file that does not match it.
+    pub sha256: String,
+}
+
+/// A dataset version on a prepared PersistentVolumeClaim, mounted read-only at
+/// `$DATA_DIR/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatasetVolume {
+    /// The dataset's name (a safe folder name).
+    pub name: String,
+    /// The claim holding the version's files at its root.
+    pub claim: String,
 }
 
 /// `run-<uuid>`: 40 characters, a DNS-1123 label, and the same for every attempt to launch
@@ -73,20 +89,23 @@ pub fn run_of(meta: &ObjectMeta) -> Option<Uuid> {
     meta.labels.as_ref()?.get(RUN_ID)?.parse().ok()
 }
 
-/// Downloads and checks the code bundle, unpacks it, then fetches each dataset object (its
-/// path and URL are argument pairs). `set -eu`: any failure fails the pod before the program
-/// ever starts.
+/// Downloads and checks the code bundle, unpacks it, then fetches each dataset object and
+/// checks it against its sha256 (path, URL and sha256 are argument triples), and makes the
+/// mount points of volume-mounted datasets (`DATA_VOLUMES`). `set -eu`: any failure — a
+/// checksum that does not match too — fails the pod before the program ever starts.
 const FETCH_SCRIPT: &str = r#"set -eu
 bundle="$CODE_PATH/.coderun-code.tar.gz"
 curl -fsS --retry 3 -o "$bundle" "$CODE_URL"
 echo "$CODE_SHA256  $bundle" | sha256sum -c - >/dev/null
 tar -xzf "$bundle" -C "$CODE_PATH"
 rm -f "$bundle"
-while [ "$#" -ge 2 ]; do
+while [ "$#" -ge 3 ]; do
   mkdir -p "$(dirname "$DATA_DIR/$1")"
   curl -fsS --retry 3 -o "$DATA_DIR/$1" "$2"
-  shift 2
+  echo "$3  $DATA_DIR/$1" | sha256sum -c - >/dev/null
+  shift 3
 done
+for name in ${DATA_VOLUMES:-}; do mkdir -p "$DATA_DIR/$name"; done
 "#;
 
 /// Waits for the program to end — the kubelet sends SIGTERM to a native sidecar once the main
@@ -145,18 +164,29 @@ pub fn build(run: &Run, settings: &KubernetesSettings, urls: &JobUrls) -> Job {
     for file in &urls.datasets {
         fetch_args.push(file.path.clone());
         fetch_args.push(file.url.clone());
+        fetch_args.push(file.sha256.clone());
+    }
+    let data_volumes = urls
+        .dataset_volumes
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut fetch_env = vec![
+        ("CODE_URL", urls.code.as_str()),
+        ("CODE_SHA256", run.code_sha256.as_str()),
+        ("CODE_PATH", CODE_PATH),
+        ("DATA_DIR", DATA_DIR),
+    ];
+    if !data_volumes.is_empty() {
+        fetch_env.push(("DATA_VOLUMES", &data_volumes));
     }
     let fetch = Container {
         name: FETCH.to_owned(),
         image: Some(settings.init_image.clone()),
         image_pull_policy: Some("IfNotPresent".to_owned()),
         command: Some(fetch_args),
-        env: env(&[
-            ("CODE_URL", &urls.code),
-            ("CODE_SHA256", &run.code_sha256),
-            ("CODE_PATH", CODE_PATH),
-            ("DATA_DIR", DATA_DIR),
-        ]),
+        env: env(&fetch_env),
         volume_mounts: Some(vec![
             mount("code", CODE_PATH, false),
             mount("data", DATA_DIR, false),
@@ -206,12 +236,19 @@ pub fn build(run: &Run, settings: &KubernetesSettings, urls: &JobUrls) -> Job {
             .map(|(name, value)| (*name, value.as_str()))
             .chain([("HOME", "/tmp"), ("TMPDIR", "/tmp")])
             .collect::<Vec<_>>()),
-        volume_mounts: Some(vec![
-            mount("code", CODE_PATH, false),
-            mount("output", OUTPUT_DIR, false),
-            mount("data", DATA_DIR, true),
-            mount("tmp", "/tmp", false),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("code", CODE_PATH, false),
+                mount("output", OUTPUT_DIR, false),
+                mount("data", DATA_DIR, true),
+                mount("tmp", "/tmp", false),
+            ]
+            .into_iter()
+            .chain(urls.dataset_volumes.iter().enumerate().map(|(i, v)| {
+                mount(&format!("dataset-{i}"), &format!("{DATA_DIR}/{}", v.name), true)
+            }))
+            .collect(),
+        ),
         resources: Some(resources(
             &format!("{}m", limits.cpu_millis),
             &format!("{}Mi", limits.memory_mib),
@@ -253,13 +290,30 @@ pub fn build(run: &Run, settings: &KubernetesSettings, urls: &JobUrls) -> Job {
         }),
         init_containers: Some(vec![fetch, outputs]),
         containers: vec![main],
-        volumes: Some(vec![
-            empty_dir("code", disk.clone()),
-            empty_dir("output", disk.clone()),
-            empty_dir("upload", disk.clone()),
-            empty_dir("tmp", disk),
-            empty_dir("data", Quantity(format!("{data_mib}Mi"))),
-        ]),
+        volumes: Some(
+            [
+                empty_dir("code", disk.clone()),
+                empty_dir("output", disk.clone()),
+                empty_dir("upload", disk.clone()),
+                empty_dir("tmp", disk),
+                empty_dir("data", Quantity(format!("{data_mib}Mi"))),
+            ]
+            .into_iter()
+            .chain(
+                urls.dataset_volumes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| Volume {
+                        name: format!("dataset-{i}"),
+                        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                            claim_name: v.claim.clone(),
+                            read_only: Some(true),
+                        }),
+                        ..Volume::default()
+                    }),
+            )
+            .collect(),
+        ),
         ..PodSpec::default()
     };
 
@@ -369,7 +423,7 @@ pub fn sample_run() -> Run {
                 wall_seconds: 30,
             },
         }),
-        datasets: vec!["iris".to_owned()],
+        datasets: vec!["iris@v1".to_owned()],
         remarks: String::new(),
         snapshot_of: id,
         code_sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_owned(),
@@ -400,12 +454,17 @@ pub fn sample_urls(run: &Run) -> JobUrls {
         datasets: run
             .datasets
             .iter()
-            .map(|name| DatasetFile {
-                path: format!("{name}/iris.csv"),
-                url: format!("{base}/datasets/{name}/iris.csv?X-Amz-Signature=…"),
-                size: 4551,
+            .map(|pinned| {
+                let (name, version) = pinned.split_once('@').unwrap_or((pinned, "v1"));
+                DatasetFile {
+                    path: format!("{name}/iris.csv"),
+                    url: format!("{base}/datasets/{name}/{version}/iris.csv?X-Amz-Signature=…"),
+                    size: 4551,
+                    sha256: "1d7a6f0c6a1e0ad9b4b5f0c0e4a2b1d3c0d6e8f2a4b6c8d0e2f4a6b8c0d2e4f6".to_owned(),
+                }
             })
             .collect(),
+        dataset_volumes: Vec::new(),
     }
 }
 
@@ -680,11 +739,50 @@ mod tests {
             .find(|m| m.mount_path == OUTPUT_DIR)
             .unwrap();
         assert_eq!(output.read_only, Some(true));
-        // Dataset objects are fetched by path and presigned URL pairs.
+        // Dataset objects are fetched by path, presigned URL and sha256 triples, each checked.
         let args = init[0].command.as_ref().unwrap();
         assert_eq!(
-            &args[args.len() - 2..],
-            &[urls.datasets[0].path.clone(), urls.datasets[0].url.clone()]
+            &args[args.len() - 3..],
+            &[
+                urls.datasets[0].path.clone(),
+                urls.datasets[0].url.clone(),
+                urls.datasets[0].sha256.clone()
+            ]
         );
+        assert!(args[2].contains(r#"echo "$3  $DATA_DIR/$1" | sha256sum -c -"#));
+    }
+
+    #[test]
+    fn a_dataset_on_a_prepared_volume_is_mounted_read_only_instead_of_fetched() {
+        let run = sample_run();
+        let mut urls = sample_urls(&run);
+        urls.datasets.clear();
+        urls.dataset_volumes = vec![DatasetVolume {
+            name: "iris".into(),
+            claim: "coderun-dataset-iris-v1".into(),
+        }];
+        let job = build(&run, &settings(), &urls);
+        let pod = pod(&job);
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "dataset-0")
+            .unwrap();
+        let claim = volume.persistent_volume_claim.as_ref().unwrap();
+        assert_eq!(claim.claim_name, "coderun-dataset-iris-v1");
+        assert_eq!(claim.read_only, Some(true));
+        let mount = pod.containers[0]
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "dataset-0")
+            .unwrap();
+        assert_eq!(mount.mount_path, format!("{DATA_DIR}/iris"));
+        assert_eq!(mount.read_only, Some(true));
+        let fetch = &pod.init_containers.as_ref().unwrap()[0];
+        let env = fetch.env.as_ref().unwrap();
+        assert!(env.iter().any(|e| e.name == "DATA_VOLUMES" && e.value.as_deref() == Some("iris")));
+        assert_eq!(fetch.command.as_ref().unwrap().len(), 4, "nothing to fetch");
     }
 }

@@ -21,11 +21,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use coderun_shared::config::{
-    ExecutorKind, KubernetesSettings, LimitSettings, RunLimits, Settings,
+    DatasetSource, ExecutorKind, KubernetesSettings, LimitSettings, RunLimits, Settings,
 };
+use coderun_shared::datasets::Mount;
 use coderun_shared::objects::RunObjects;
 use coderun_shared::runs::Run;
-use coderun_shared::storage::Storage;
 use coderun_shared::transient::Dependency;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -35,7 +35,6 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::executor::environment::dataset_objects;
 use crate::executor::{Durability, Executor, LaunchError, Prepared, Start, Traits};
 use crate::supervisor::Supervisor;
 
@@ -190,13 +189,16 @@ impl Inner {
 }
 
 /// The presigned URLs `run`'s Job carries. The code and dataset URLs are short-lived (they are
-/// used in the first moments of the pod); the outputs URL must outlive the run.
+/// used in the first moments of the pod); the outputs URL must outlive the run. They are
+/// signed for `storage.endpoint`: the pod is inside the cluster, like the servers. `mounts` are
+/// the run's dataset versions ([`Supervisor::dataset_mounts`]): each file is fetched by URL and
+/// checked against its sha256, or with `kubernetes.dataset_source = "volume"` each version is
+/// mounted from its prepared claim.
 pub async fn job_urls(
     presigner: &Presigner,
-    storage: &Storage,
     settings: &KubernetesSettings,
-    paths: &LimitSettings,
     run: &Run,
+    mounts: &[Mount],
 ) -> anyhow::Result<job::JobUrls> {
     let short = Duration::from_secs(settings.presign_seconds.max(1));
     let long = short
@@ -209,17 +211,32 @@ pub async fn job_urls(
     let code = presigner.get(&run.code_key(), short).await?;
     let outputs = presigner.put(&outputs_key(run.id), long).await?;
     let mut datasets = Vec::new();
-    for object in dataset_objects(storage, &run.datasets, paths).await? {
-        datasets.push(job::DatasetFile {
-            path: format!("{}/{}", object.dataset, object.path),
-            url: presigner.get(&object.key, short).await?,
-            size: object.size,
-        });
+    let mut dataset_volumes = Vec::new();
+    for mount in mounts {
+        if settings.dataset_source == DatasetSource::Volume {
+            dataset_volumes.push(job::DatasetVolume {
+                name: mount.name.clone(),
+                claim: format!(
+                    "{}{}-v{}",
+                    settings.dataset_volume_prefix, mount.name, mount.version
+                ),
+            });
+            continue;
+        }
+        for file in &mount.files {
+            datasets.push(job::DatasetFile {
+                path: format!("{}/{}", mount.name, file.path),
+                url: presigner.get(&file.key, short).await?,
+                size: file.size,
+                sha256: file.sha256.clone(),
+            });
+        }
     }
     Ok(job::JobUrls {
         code,
         outputs,
         datasets,
+        dataset_volumes,
     })
 }
 
@@ -258,13 +275,15 @@ impl Inner {
     /// Creates the run's Job; one that exists already was launched before.
     async fn create(&self, run: &Run) -> Result<(), LaunchError> {
         let resilience = self.supervisor.resilience();
-        let urls = job_urls(
-            &self.presigner,
-            self.supervisor.storage(),
-            &self.settings,
-            &self.paths,
-            run,
-        )
+        let mounts = self
+            .supervisor
+            .dataset_mounts(&run.datasets)
+            .await
+            .map_err(|e| match crate::resilience::classify(&e) {
+                Some(_) => LaunchError::Retryable(format!("cannot read the run's datasets: {e:#}")),
+                None => LaunchError::Permanent(format!("{e:#}")),
+            })?;
+        let urls = job_urls(&self.presigner, &self.settings, run, &mounts)
         .await
         .map_err(|e| {
             if let Some(dep) = crate::resilience::classify(&e) {

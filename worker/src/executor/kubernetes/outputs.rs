@@ -66,7 +66,7 @@ pub async fn fetch(
     limits: &LimitSettings,
 ) -> anyhow::Result<Fetched> {
     let limit = archive_limit(max_files, max_bytes);
-    let url = storage.presigned_get(key).await?;
+    let url = storage.presigned_get_internal(key).await?;
     let response = http().get(url).send().await?;
     if response.status() == reqwest::StatusCode::NOT_FOUND {
         return Ok(Fetched::Missing);
