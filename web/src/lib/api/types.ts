@@ -29,8 +29,8 @@ export type OutputPage = Page<OutputLink>;
 export type UserSummary = S['UserSummary'];
 export type BatchReport = S['BatchReport'];
 
-// Datasets (API v1, issue 13). Written by hand from the design's shapes until web/openapi.json
-// carries the managed datasets; `logic/datasets.ts` reads the answers leniently.
+// Datasets (API v1, issue 13): what the app reads, a little wider than the contract (versions
+// as `v1` or `1`, a draft as `{files}` or a list); `Fits` below holds them to the generated types.
 /** One published version in the list: `v1`, `v2`, … */
 export interface DatasetVersionSummary {
   version: string | number;
@@ -74,3 +74,10 @@ export interface MultipartUpload {
   part_urls?: string[];
   urls?: string[];
 }
+
+/** Compiles only when the contract's `T` fits the app's `U`: a change of the API breaks the build. */
+type Fits<T extends U, U> = T;
+export type ContractDataset = Fits<S['Dataset'], DatasetSummary>;
+export type ContractDatasetDetail = Fits<S['DatasetDetail'], DatasetDetail>;
+export type ContractDatasetFile = Fits<S['FileEntry'], DatasetFile>;
+export type ContractUpload = Fits<S['CreatedUpload'], MultipartUpload>;
