@@ -404,7 +404,11 @@ fn rules(settings: &Settings) -> Rules {
         ),
         // Its size limit is answered 413, not 400: the document gives it as that status.
         file_content: rule(no_nul_text(), None, None),
-        dataset_name: rule(Some("^[a-z0-9][a-z0-9_-]{0,62}$".to_owned()), Some(1), Some(63)),
+        dataset_name: rule(
+            Some("^[a-z0-9][a-z0-9_-]{0,62}$".to_owned()),
+            Some(1),
+            Some(63),
+        ),
         dataset_version: rule(Some("^v[1-9][0-9]{0,8}$".to_owned()), None, None),
         dataset_ref: rule(
             Some("^[a-z0-9][a-z0-9_-]{0,62}(@v[1-9][0-9]{0,8})?$".to_owned()),

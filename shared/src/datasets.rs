@@ -291,7 +291,10 @@ pub fn manifest_checksum(files: &[FileEntry]) -> String {
 }
 
 fn is_sha256(raw: &str) -> bool {
-    raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    raw.len() == 64
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn check_text(what: &str, value: &str, max: usize) -> Result<(), Error> {
@@ -398,7 +401,10 @@ impl Datasets<'_> {
         .await?)
     }
 
-    async fn versions_of(&self, ids: &[Uuid]) -> Result<BTreeMap<Uuid, Vec<(Uuid, VersionSummary)>>, Error> {
+    async fn versions_of(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<BTreeMap<Uuid, Vec<(Uuid, VersionSummary)>>, Error> {
         let rows = sqlx::query!(
             "SELECT v.id, v.dataset_id, v.version, v.size, v.file_count, v.published_at,
                     v.checksum, d.name
@@ -590,7 +596,8 @@ impl Datasets<'_> {
     /// The dataset's id, for a staff write.
     async fn writable(&self, actor: &Actor, name: &str) -> Result<Uuid, Error> {
         staff(actor)?;
-        DatasetName::parse(name)?;
+        // A name that breaks the rules names no dataset: 404, as for a read.
+        DatasetName::parse(name).map_err(|_| not_found(name))?;
         Ok(self.row(name).await?.ok_or_else(|| not_found(name))?.id)
     }
 
@@ -661,10 +668,13 @@ impl Datasets<'_> {
     ) -> Result<(FileEntry, bool), Error> {
         let mut tx = self.db.begin().await?;
         // One writer of a dataset's draft at a time: the quota and the folder checks hold.
-        sqlx::query!("SELECT id FROM datasets WHERE id = $1 FOR UPDATE", dataset_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| Error::NotFound("dataset not found".into()))?;
+        sqlx::query!(
+            "SELECT id FROM datasets WHERE id = $1 FOR UPDATE",
+            dataset_id
+        )
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| Error::NotFound("dataset not found".into()))?;
         let clash = sqlx::query_scalar!(
             "SELECT path FROM dataset_draft_files
              WHERE dataset_id = $1
@@ -713,9 +723,12 @@ impl Datasets<'_> {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query!("UPDATE datasets SET updated_at = now() WHERE id = $1", dataset_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "UPDATE datasets SET updated_at = now() WHERE id = $1",
+            dataset_id
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok((
             FileEntry {
@@ -771,7 +784,12 @@ impl Datasets<'_> {
     }
 
     /// Removes a file from the draft.
-    pub async fn delete_file(&self, actor: &Actor, name: &str, path: &FilePath) -> Result<(), Error> {
+    pub async fn delete_file(
+        &self,
+        actor: &Actor,
+        name: &str,
+        path: &FilePath,
+    ) -> Result<(), Error> {
         let dataset_id = self.writable(actor, name).await?;
         let mut tx = self.db.begin().await?;
         let key = sqlx::query_scalar!(
@@ -813,8 +831,7 @@ impl Datasets<'_> {
         }
         // Parts of at least 8 MiB, and few enough for S3's 10,000, in whole MiB.
         let mib = 1024 * 1024;
-        let part_bytes = (PART_BYTES as u64)
-            .max(size.div_ceil(MAX_PARTS).div_ceil(mib) * mib);
+        let part_bytes = (PART_BYTES as u64).max(size.div_ceil(MAX_PARTS).div_ceil(mib) * mib);
         let count = size.div_ceil(part_bytes).max(1);
         let id = Uuid::new_v4();
         let key = Self::objects(name).draft(id);
@@ -1106,7 +1123,12 @@ impl Datasets<'_> {
     }
 
     /// Deletes one version (admin); its objects go in the background. Its number is not reused.
-    pub async fn delete_version(&self, actor: &Actor, name: &str, version: i32) -> Result<(), Error> {
+    pub async fn delete_version(
+        &self,
+        actor: &Actor,
+        name: &str,
+        version: i32,
+    ) -> Result<(), Error> {
         admin(actor)?;
         let mut tx = self.db.begin().await?;
         let id = sqlx::query_scalar!("SELECT id FROM datasets WHERE name = $1 FOR UPDATE", name)
@@ -1257,7 +1279,11 @@ pub struct Swept {
 /// Aborts abandoned uploads, then removes the objects of deleted datasets, versions and
 /// replaced draft files (retrying failures with a growing delay). Rows are claimed with
 /// `SKIP LOCKED`, so every worker may sweep.
-pub async fn sweep(db: &PgPool, storage: &Storage, max_upload_age: Duration) -> Result<Swept, Error> {
+pub async fn sweep(
+    db: &PgPool,
+    storage: &Storage,
+    max_upload_age: Duration,
+) -> Result<Swept, Error> {
     let mut swept = Swept::default();
     swept.abandoned_uploads = sqlx::query!(
         "WITH old AS (
@@ -1324,7 +1350,18 @@ mod tests {
         for ok in ["iris", "a", "scores-2024", "x_y", "0abc"] {
             assert!(DatasetName::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "_a", "A", "a/b", "..", ".x", "a@b", "a b", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "_a",
+            "A",
+            "a/b",
+            "..",
+            ".x",
+            "a@b",
+            "a b",
+            &"a".repeat(64),
+        ] {
             assert!(DatasetName::parse(bad).is_err(), "{bad}");
         }
     }
@@ -1334,21 +1371,42 @@ mod tests {
         let r = DatasetRef::parse("iris@v2").unwrap();
         assert_eq!((r.name.as_str(), r.version), ("iris", Some(2)));
         assert_eq!(DatasetRef::parse("iris").unwrap().version, None);
-        for bad in ["iris@2", "iris@v0", "iris@v01", "iris@v+1", "iris@", "@v1", "iris@v1@v2"] {
+        for bad in [
+            "iris@2",
+            "iris@v0",
+            "iris@v01",
+            "iris@v+1",
+            "iris@",
+            "@v1",
+            "iris@v1@v2",
+        ] {
             assert!(DatasetRef::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn the_manifest_checksum_ignores_order_but_not_content() {
-        let a = FileEntry { path: "a".into(), size: 1, sha256: "0".repeat(64), url: None };
-        let b = FileEntry { path: "b".into(), size: 1, sha256: "1".repeat(64), url: None };
+        let a = FileEntry {
+            path: "a".into(),
+            size: 1,
+            sha256: "0".repeat(64),
+            url: None,
+        };
+        let b = FileEntry {
+            path: "b".into(),
+            size: 1,
+            sha256: "1".repeat(64),
+            url: None,
+        };
         assert_eq!(
             manifest_checksum(&[a.clone(), b.clone()]),
             manifest_checksum(&[b.clone(), a.clone()])
         );
         let mut c = b.clone();
         c.sha256 = "2".repeat(64);
-        assert_ne!(manifest_checksum(&[a.clone(), b]), manifest_checksum(&[a, c]));
+        assert_ne!(
+            manifest_checksum(&[a.clone(), b]),
+            manifest_checksum(&[a, c])
+        );
     }
 }

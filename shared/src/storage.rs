@@ -465,9 +465,7 @@ impl Storage {
                 .await
             {
                 Ok(listed) => listed,
-                Err(e)
-                    if e.as_service_error().and_then(|e| e.code()) == Some("NoSuchUpload") =>
-                {
+                Err(e) if e.as_service_error().and_then(|e| e.code()) == Some("NoSuchUpload") => {
                     return Ok(false);
                 }
                 Err(e) => return Err(s3_error(e)),

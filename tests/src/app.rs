@@ -446,7 +446,11 @@ impl TestApp {
             assert!(put.status.is_success(), "{put:?}");
         }
         let published = self
-            .post(&format!("/api/v1/datasets/{name}:publish"), &admin, json!({}))
+            .post(
+                &format!("/api/v1/datasets/{name}:publish"),
+                &admin,
+                json!({}),
+            )
             .await
             .expect(201);
         published["version"].as_str().unwrap().to_owned()

@@ -12,18 +12,22 @@ use support::platform;
 const T: Duration = Duration::from_secs(60);
 
 /// Reads both files of the dataset and tries three ways of changing it.
-const PROGRAM: &str = "import os\n\
-d = os.path.join(os.environ['DATA_DIR'], 'iris')\n\
-print(open(os.path.join(d, 'a.csv')).read().strip())\n\
-print(open(os.path.join(d, 'sub', 'b.txt')).read().strip())\n\
-for what, f in [('write', lambda: open(os.path.join(d, 'a.csv'), 'a').write('x')),\n\
-                ('create', lambda: open(os.path.join(d, 'new.txt'), 'w').write('x')),\n\
-                ('remove', lambda: os.remove(os.path.join(d, 'a.csv')))]:\n\
-    try:\n\
-        f()\n\
-        print(what, 'allowed')\n\
-    except OSError as e:\n\
-        print(what, 'refused')\n";
+const PROGRAM: &str = r#"import os
+d = os.path.join(os.environ['DATA_DIR'], 'iris')
+print(open(os.path.join(d, 'a.csv')).read().strip())
+print(open(os.path.join(d, 'sub', 'b.txt')).read().strip())
+attempts = [
+    ('write', lambda: open(os.path.join(d, 'a.csv'), 'a').write('x')),
+    ('create', lambda: open(os.path.join(d, 'new.txt'), 'w').write('x')),
+    ('remove', lambda: os.remove(os.path.join(d, 'a.csv'))),
+]
+for what, f in attempts:
+    try:
+        f()
+        print(what, 'allowed')
+    except OSError:
+        print(what, 'refused')
+"#;
 
 #[tokio::test]
 async fn runs_read_their_pinned_version_read_only_and_a_worker_fetches_it_once() {
@@ -64,7 +68,9 @@ async fn runs_read_their_pinned_version_read_only_and_a_worker_fetches_it_once()
     assert_eq!(fetched_files(&cache), 2);
 
     // The latest version, by name: fetched once more (two more files), to its own folder.
-    let id = p.submit_python(PROGRAM, json!({"datasets": ["iris"]})).await;
+    let id = p
+        .submit_python(PROGRAM, json!({"datasets": ["iris"]}))
+        .await;
     let run = p.wait_terminal(&id, T).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(run["datasets"], json!(["iris@v2"]));
@@ -81,7 +87,10 @@ async fn runs_read_their_pinned_version_read_only_and_a_worker_fetches_it_once()
     for folder in folders {
         use std::os::unix::fs::PermissionsExt;
         let a = folder.join("a.csv");
-        assert_eq!(std::fs::metadata(&a).unwrap().permissions().mode() & 0o777, 0o444);
+        assert_eq!(
+            std::fs::metadata(&a).unwrap().permissions().mode() & 0o777,
+            0o444
+        );
         assert!(std::fs::read_to_string(&a).unwrap().starts_with("version "));
     }
     worker.stop().await;
@@ -95,7 +104,11 @@ async fn a_dataset_file_whose_bytes_changed_in_the_bucket_fails_the_run_before_i
     p.app
         .state
         .storage
-        .put("datasets/iris/v1/a.csv", bytes::Bytes::from_static(b"evil"), "text/csv")
+        .put(
+            "datasets/iris/v1/a.csv",
+            bytes::Bytes::from_static(b"evil"),
+            "text/csv",
+        )
         .await
         .unwrap();
     let cache = p.settings().worker.work_dir.join(".datasets");
@@ -110,10 +123,7 @@ async fn a_dataset_file_whose_bytes_changed_in_the_bucket_fails_the_run_before_i
     assert!(!lines.iter().any(|l| l == "never"));
     assert_eq!(fetched_files(&cache), 0);
     assert!(
-        std::fs::read_dir(&cache)
-            .map(|d| d.count())
-            .unwrap_or(0)
-            == 0,
+        std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0) == 0,
         "nothing half-fetched is left in the cache"
     );
     worker.stop().await;

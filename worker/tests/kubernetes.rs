@@ -200,10 +200,7 @@ async fn a_run_goes_from_submit_through_its_job_to_succeeded_with_its_log_and_ou
     let args = fetch.command.clone().unwrap();
     assert_eq!(args[args.len() - 3], "iris/iris.csv");
     assert!(args[args.len() - 2].contains("datasets/iris/v1/iris.csv"));
-    assert_eq!(
-        args[args.len() - 1],
-        sha256_hex(b"a,b\n1,2\n")
-    );
+    assert_eq!(args[args.len() - 1], sha256_hex(b"a,b\n1,2\n"));
     assert!(args[2].contains("sha256sum -c"));
     // The Job's URL downloads exactly the published bytes.
     let fetched = reqwest::get(&args[args.len() - 2]).await.unwrap();

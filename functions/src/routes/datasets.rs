@@ -42,8 +42,7 @@ pub fn router(limits: &LimitSettings) -> OpenApiRouter<AppState> {
         .routes(routes!(get_dataset, delete_dataset))
         .route("/api/v1/datasets/{name}", post(dataset_action))
         .routes(
-            routes!(put_dataset_file, delete_dataset_file)
-                .layer(DefaultBodyLimit::max(file_limit)),
+            routes!(put_dataset_file, delete_dataset_file).layer(DefaultBodyLimit::max(file_limit)),
         )
         .routes(routes!(create_upload))
         .route("/api/v1/datasets/{name}/uploads/{id}", post(upload_action))
@@ -150,7 +149,9 @@ async fn dataset_action(
     let Some(name) = target.strip_suffix(":publish") else {
         return Ok(method_not_allowed("GET, DELETE"));
     };
-    Ok(publish_dataset(&state, &caller, name).await?.into_response())
+    Ok(publish_dataset(&state, &caller, name)
+        .await?
+        .into_response())
 }
 
 /// The draft becomes the next immutable version (`v1`, `v2`, …) (teachers and admins).

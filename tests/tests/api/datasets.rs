@@ -126,17 +126,33 @@ async fn a_teacher_uploads_small_and_multipart_files_and_publishes_two_immutable
     assert_eq!(created["latest_version"], Value::Null);
     assert_eq!(created["draft"]["files"], json!([]));
     // Not published yet: staff see it, students do not.
-    assert_eq!(app.get("/api/v1/datasets", &student).await.expect(200), json!([]));
-    app.get("/api/v1/datasets/iris", &student).await.problem(404);
+    assert_eq!(
+        app.get("/api/v1/datasets", &student).await.expect(200),
+        json!([])
+    );
+    app.get("/api/v1/datasets/iris", &student)
+        .await
+        .problem(404);
 
     let small = b"sepal,petal\n5.1,1.4\n".to_vec();
-    assert_eq!(put_file(&app, &teacher, "iris", "iris.csv", &small).await, 201);
+    assert_eq!(
+        put_file(&app, &teacher, "iris", "iris.csv", &small).await,
+        201
+    );
     let large = bytes_of(9 * 1024 * 1024 + 123, 7);
     assert!(large.len() > FILE_LIMIT);
     // Through the API it is too large; through a multipart upload it goes.
     let refused = put_file(&app, &teacher, "iris", "raw/large.bin", &large).await;
     assert_eq!(refused, 413);
-    let done = upload(&app, &teacher, "iris", "raw/large.bin", &large, &sha256(&large)).await;
+    let done = upload(
+        &app,
+        &teacher,
+        "iris",
+        "raw/large.bin",
+        &large,
+        &sha256(&large),
+    )
+    .await;
     let entry = done.expect(201);
     assert_eq!(entry["sha256"], sha256(&large));
     assert_eq!(entry["size"], large.len());
@@ -153,7 +169,11 @@ async fn a_teacher_uploads_small_and_multipart_files_and_publishes_two_immutable
         files_of(&v1),
         [
             ("iris.csv".to_owned(), small.len() as i64, sha256(&small)),
-            ("raw/large.bin".to_owned(), large.len() as i64, sha256(&large)),
+            (
+                "raw/large.bin".to_owned(),
+                large.len() as i64,
+                sha256(&large)
+            ),
         ]
     );
     // Publishing the same draft again makes no new version.
@@ -162,7 +182,10 @@ async fn a_teacher_uploads_small_and_multipart_files_and_publishes_two_immutable
         .problem(409);
 
     let small2 = b"sepal,petal\n5.1,1.4\n4.9,1.4\n".to_vec();
-    assert_eq!(put_file(&app, &teacher, "iris", "iris.csv", &small2).await, 200);
+    assert_eq!(
+        put_file(&app, &teacher, "iris", "iris.csv", &small2).await,
+        200
+    );
     let v2 = app
         .post("/api/v1/datasets/iris:publish", &teacher, json!({}))
         .await
@@ -172,15 +195,26 @@ async fn a_teacher_uploads_small_and_multipart_files_and_publishes_two_immutable
     // Both versions' objects are in the bucket where the layout says, with their bytes.
     let storage = &app.state.storage;
     assert_eq!(
-        storage.get("datasets/iris/v1/iris.csv").await.unwrap().as_ref(),
+        storage
+            .get("datasets/iris/v1/iris.csv")
+            .await
+            .unwrap()
+            .as_ref(),
         small.as_slice()
     );
     assert_eq!(
-        storage.get("datasets/iris/v2/iris.csv").await.unwrap().as_ref(),
+        storage
+            .get("datasets/iris/v2/iris.csv")
+            .await
+            .unwrap()
+            .as_ref(),
         small2.as_slice()
     );
     assert_eq!(
-        storage.sha256_of("datasets/iris/v1/raw/large.bin").await.unwrap(),
+        storage
+            .sha256_of("datasets/iris/v1/raw/large.bin")
+            .await
+            .unwrap(),
         Some((large.len() as u64, sha256(&large)))
     );
 
@@ -213,9 +247,13 @@ async fn students_cannot_create_upload_publish_or_delete_and_teachers_cannot_del
     app.publish_dataset("iris", &[("a.csv", b"1")]).await;
     let before = app.stored().await;
 
-    app.post("/api/v1/datasets", &student, json!({"name": "mine", "title": "Mine"}))
-        .await
-        .problem(403);
+    app.post(
+        "/api/v1/datasets",
+        &student,
+        json!({"name": "mine", "title": "Mine"}),
+    )
+    .await
+    .problem(403);
     for name in ["iris", "nope"] {
         assert_eq!(put_file(&app, &student, name, "b.csv", b"2").await, 403);
         app.post(
@@ -225,9 +263,13 @@ async fn students_cannot_create_upload_publish_or_delete_and_teachers_cannot_del
         )
         .await
         .problem(403);
-        app.post(&format!("/api/v1/datasets/{name}:publish"), &student, json!({}))
-            .await
-            .problem(403);
+        app.post(
+            &format!("/api/v1/datasets/{name}:publish"),
+            &student,
+            json!({}),
+        )
+        .await
+        .problem(403);
         app.delete(&format!("/api/v1/datasets/{name}/files/a.csv"), &student)
             .await
             .problem(403);
@@ -245,7 +287,11 @@ async fn students_cannot_create_upload_publish_or_delete_and_teachers_cannot_del
         uuid::Uuid::new_v4()
     );
     app.post(&upload, &student, json!({})).await.problem(403);
-    assert_eq!(app.stored().await, before, "a refused request stores nothing");
+    assert_eq!(
+        app.stored().await,
+        before,
+        "a refused request stores nothing"
+    );
 }
 
 #[tokio::test]
@@ -260,7 +306,10 @@ async fn a_bad_checksum_on_completion_is_refused_and_nothing_is_stored_or_publis
         .await
         .problem(422);
     assert!(
-        problem["detail"].as_str().unwrap().contains("nothing was stored"),
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was stored"),
         "{problem}"
     );
     // The assembled object, the upload and the draft: all as before.
@@ -284,7 +333,10 @@ async fn bad_names_paths_sizes_and_quotas_are_clear_problems_that_store_nothing(
     .await;
     let (_, teacher) = app.user("teacher").await;
     create(&app, &teacher, "iris").await;
-    assert_eq!(put_file(&app, &teacher, "iris", "a.csv", &[b'a'; 60]).await, 201);
+    assert_eq!(
+        put_file(&app, &teacher, "iris", "a.csv", &[b'a'; 60]).await,
+        201
+    );
     let before = app.stored().await;
 
     for (body, status, needle) in [
@@ -292,11 +344,21 @@ async fn bad_names_paths_sizes_and_quotas_are_clear_problems_that_store_nothing(
         (json!({"name": "../x", "title": "x"}), 400, "dataset name"),
         (json!({"name": "a@v1", "title": "x"}), 400, "dataset name"),
         (json!({"name": "ok", "title": "  "}), 400, "title"),
-        (json!({"name": "iris", "title": "again"}), 409, "exists already"),
+        (
+            json!({"name": "iris", "title": "again"}),
+            409,
+            "exists already",
+        ),
         (json!({"name": "ok"}), 422, ""),
     ] {
-        let problem = app.post("/api/v1/datasets", &teacher, body).await.problem(status);
-        assert!(problem["detail"].as_str().unwrap().contains(needle), "{problem}");
+        let problem = app
+            .post("/api/v1/datasets", &teacher, body)
+            .await
+            .problem(status);
+        assert!(
+            problem["detail"].as_str().unwrap().contains(needle),
+            "{problem}"
+        );
     }
     // Paths follow the task files' rules; `a.csv` being a file, `a.csv/b` cannot be one.
     for path in ["..%2Fx", ".git/config", "a:b", "a.csv/b"] {
@@ -314,15 +376,35 @@ async fn bad_names_paths_sizes_and_quotas_are_clear_problems_that_store_nothing(
         )
         .await
         .problem(413);
-    assert!(problem["detail"].as_str().unwrap().contains("datasets.max_dataset_bytes"));
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("datasets.max_dataset_bytes")
+    );
     let uploads = "/api/v1/datasets/iris/uploads";
     for (body, status, needle) in [
-        (json!({"path": "b.bin", "size": 41, "sha256": "0".repeat(64)}), 413, "max_dataset_bytes"),
-        (json!({"path": "b.bin", "size": 1, "sha256": "xyz"}), 400, "sha256"),
-        (json!({"path": "/abs", "size": 1, "sha256": "0".repeat(64)}), 400, "relative"),
+        (
+            json!({"path": "b.bin", "size": 41, "sha256": "0".repeat(64)}),
+            413,
+            "max_dataset_bytes",
+        ),
+        (
+            json!({"path": "b.bin", "size": 1, "sha256": "xyz"}),
+            400,
+            "sha256",
+        ),
+        (
+            json!({"path": "/abs", "size": 1, "sha256": "0".repeat(64)}),
+            400,
+            "relative",
+        ),
     ] {
         let problem = app.post(uploads, &teacher, body).await.problem(status);
-        assert!(problem["detail"].as_str().unwrap().contains(needle), "{problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains(needle),
+            "{problem}"
+        );
     }
     let unknown = format!("{uploads}/{}:complete", uuid::Uuid::new_v4());
     app.post(&unknown, &teacher, json!({})).await.problem(404);
@@ -358,7 +440,12 @@ async fn bad_names_paths_sizes_and_quotas_are_clear_problems_that_store_nothing(
         )
         .await
         .problem(413);
-    assert!(problem["detail"].as_str().unwrap().contains("datasets.max_total_bytes"));
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("datasets.max_total_bytes")
+    );
     // An upload announced within the quota that completes with no part is refused, kept.
     let created = app
         .post(
@@ -370,10 +457,17 @@ async fn bad_names_paths_sizes_and_quotas_are_clear_problems_that_store_nothing(
         .expect(201);
     let id = created["id"].as_str().unwrap();
     let problem = app
-        .post(&format!("/api/v1/datasets/more/uploads/{id}:complete"), &teacher, json!({}))
+        .post(
+            &format!("/api/v1/datasets/more/uploads/{id}:complete"),
+            &teacher,
+            json!({}),
+        )
         .await
         .problem(409);
-    assert!(problem["detail"].as_str().unwrap().contains("no parts"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("no parts"),
+        "{problem}"
+    );
 }
 
 #[tokio::test]
@@ -389,10 +483,18 @@ async fn a_run_pins_the_version_and_its_retry_gets_it_again_after_a_newer_one() 
     assert_eq!(app.publish_dataset("iris", &[("a.csv", b"v2")]).await, "v2");
 
     let retried = app
-        .post(&format!("/api/v1/runs/{}/retry", id_of(&run)), &token, json!({}))
+        .post(
+            &format!("/api/v1/runs/{}/retry", id_of(&run)),
+            &token,
+            json!({}),
+        )
         .await
         .expect(202);
-    assert_eq!(retried["datasets"], json!(["iris@v1"]), "the retry mounts v1 again");
+    assert_eq!(
+        retried["datasets"],
+        json!(["iris@v1"]),
+        "the retry mounts v1 again"
+    );
     complete(&app, id_of(&retried), 0).await;
     let latest = app
         .submit(&token, &task_id, json!({"datasets": ["iris"]}))
@@ -423,9 +525,21 @@ async fn deleting_a_version_a_run_uses_is_refused_and_afterwards_its_objects_go(
         ("/api/v1/datasets/iris", "queued"),
     ] {
         let problem = app.delete(uri, &admin).await.problem(409);
-        assert!(problem["detail"].as_str().unwrap().contains("use"), "{phase}: {problem}");
+        assert!(
+            problem["detail"].as_str().unwrap().contains("use"),
+            "{phase}: {problem}"
+        );
     }
-    advance(&app, run_id, &[RunStatus::Dispatched, RunStatus::Pending, RunStatus::Running]).await;
+    advance(
+        &app,
+        run_id,
+        &[
+            RunStatus::Dispatched,
+            RunStatus::Pending,
+            RunStatus::Running,
+        ],
+    )
+    .await;
     app.delete("/api/v1/datasets/iris/versions/v1", &admin)
         .await
         .problem(409);
@@ -442,7 +556,10 @@ async fn deleting_a_version_a_run_uses_is_refused_and_afterwards_its_objects_go(
         .unwrap();
     assert!(sweep.removed >= 1, "{sweep:?}");
     assert!(app.objects("datasets/iris/v1/").await.is_empty());
-    assert_eq!(app.objects("datasets/iris/v2/").await, ["datasets/iris/v2/a.csv"]);
+    assert_eq!(
+        app.objects("datasets/iris/v2/").await,
+        ["datasets/iris/v2/a.csv"]
+    );
     let detail = app.get("/api/v1/datasets/iris", &token).await.expect(200);
     assert_eq!(detail["versions"].as_array().unwrap().len(), 1);
     // A run naming the deleted version is refused.
@@ -454,7 +571,10 @@ async fn deleting_a_version_a_run_uses_is_refused_and_afterwards_its_objects_go(
         )
         .await
         .problem(400);
-    assert!(problem["detail"].as_str().unwrap().contains("v2"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("v2"),
+        "{problem}"
+    );
     // Its number is never given again.
     assert_eq!(app.publish_dataset("iris", &[("a.csv", b"v3")]).await, "v3");
 
@@ -462,16 +582,24 @@ async fn deleting_a_version_a_run_uses_is_refused_and_afterwards_its_objects_go(
     app.delete("/api/v1/datasets/iris", &admin)
         .await
         .expect(204);
-    app.post("/api/v1/datasets", &admin, json!({"name": "iris", "title": "again"}))
-        .await
-        .problem(409);
+    app.post(
+        "/api/v1/datasets",
+        &admin,
+        json!({"name": "iris", "title": "again"}),
+    )
+    .await
+    .problem(409);
     datasets::sweep(&app.db, &app.state.storage, Duration::from_secs(3600))
         .await
         .unwrap();
     assert!(app.objects("datasets/").await.is_empty());
-    app.post("/api/v1/datasets", &admin, json!({"name": "iris", "title": "again"}))
-        .await
-        .expect(201);
+    app.post(
+        "/api/v1/datasets",
+        &admin,
+        json!({"name": "iris", "title": "again"}),
+    )
+    .await
+    .expect(201);
 }
 
 #[tokio::test]
@@ -506,9 +634,13 @@ async fn abandoned_uploads_are_aborted_by_the_sweep() {
     assert_eq!(swept.abandoned_uploads, 1);
     assert_eq!(swept.removed, 1);
     let id = created["id"].as_str().unwrap();
-    app.post(&format!("/api/v1/datasets/iris/uploads/{id}:complete"), &teacher, json!({}))
-        .await
-        .problem(404);
+    app.post(
+        &format!("/api/v1/datasets/iris/uploads/{id}:complete"),
+        &teacher,
+        json!({}),
+    )
+    .await
+    .problem(404);
     let detail = app.get("/api/v1/datasets/iris", &teacher).await.expect(200);
     assert_eq!(detail["draft"]["uploads"], json!([]));
     assert!(app.objects("datasets/").await.is_empty());
@@ -525,7 +657,13 @@ async fn presigned_urls_carry_the_public_endpoint_and_still_download() {
         ("storage.archive_redirect_bytes", "1".into()),
     ])
     .await;
-    let host = |url: &str| reqwest::Url::parse(url).unwrap().host_str().unwrap().to_owned();
+    let host = |url: &str| {
+        reqwest::Url::parse(url)
+            .unwrap()
+            .host_str()
+            .unwrap()
+            .to_owned()
+    };
     let (_, teacher) = app.user("teacher").await;
     create(&app, &teacher, "iris").await;
 
@@ -549,9 +687,13 @@ async fn presigned_urls_carry_the_public_endpoint_and_still_download() {
         .unwrap();
     assert!(put.status().is_success(), "{put:?}");
     let id = created["id"].as_str().unwrap();
-    app.post(&format!("/api/v1/datasets/iris/uploads/{id}:complete"), &teacher, json!({}))
-        .await
-        .expect(201);
+    app.post(
+        &format!("/api/v1/datasets/iris/uploads/{id}:complete"),
+        &teacher,
+        json!({}),
+    )
+    .await
+    .expect(201);
     // A published file's download URL.
     app.post("/api/v1/datasets/iris:publish", &teacher, json!({}))
         .await
@@ -578,11 +720,17 @@ async fn presigned_urls_carry_the_public_endpoint_and_still_download() {
     crate::runs::store_log(&app, id_of(&run), "hello\n").await;
     complete(&app, id_of(&run), 0).await;
     let download = app
-        .get(&format!("/api/v1/runs/{}/log/download", id_of(&run)), &token)
+        .get(
+            &format!("/api/v1/runs/{}/log/download", id_of(&run)),
+            &token,
+        )
         .await;
     let location = download.header("location").unwrap().to_owned();
     assert_eq!(host(&location), "localhost");
-    assert_eq!(reqwest::get(&location).await.unwrap().text().await.unwrap(), "hello\n");
+    assert_eq!(
+        reqwest::get(&location).await.unwrap().text().await.unwrap(),
+        "hello\n"
+    );
 
     // The servers themselves keep the internal endpoint.
     let internal_url = app

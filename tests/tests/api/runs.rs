@@ -331,7 +331,10 @@ async fn every_bad_submission_is_a_problem_and_stores_or_queues_nothing() {
         (json!({"command": "x".repeat(4097)}), "command"),
         (json!({"command": "echo \u{0}"}), "NUL"),
         (json!({"spec": "huge"}), "known specs: large, medium, small"),
-        (json!({"datasets": ["nope"]}), "published datasets: iris, mnist"),
+        (
+            json!({"datasets": ["nope"]}),
+            "published datasets: iris, mnist",
+        ),
         (json!({"datasets": ["iris@v2"]}), "its versions: v1"),
         (json!({"datasets": ["Iris"]}), "dataset name"),
         (json!({"datasets": ["iris", "iris@v1"]}), "named twice"),

@@ -82,9 +82,11 @@ impl DatasetCache {
         // Traversable by the runs' uids (bubblewrap binds as them), listable by nobody else.
         tokio::fs::create_dir_all(&self.root).await?;
         tokio::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o711)).await?;
-        let building = self
-            .root
-            .join(format!(".building-{}-{}", mount.checksum, Uuid::new_v4().simple()));
+        let building = self.root.join(format!(
+            ".building-{}-{}",
+            mount.checksum,
+            Uuid::new_v4().simple()
+        ));
         let built = self.fetch_into(storage, mount, paths, &building).await;
         if let Err(e) = built {
             let _ = tokio::fs::remove_dir_all(&building).await;

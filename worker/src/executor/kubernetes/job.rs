@@ -14,9 +14,8 @@ use coderun_shared::runs::Run;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EmptyDirVolumeSource, EnvVar, LocalObjectReference,
-    PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
-    SecurityContext, Volume, VolumeMount,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
+    ResourceRequirements, SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -245,7 +244,11 @@ pub fn build(run: &Run, settings: &KubernetesSettings, urls: &JobUrls) -> Job {
             ]
             .into_iter()
             .chain(urls.dataset_volumes.iter().enumerate().map(|(i, v)| {
-                mount(&format!("dataset-{i}"), &format!("{DATA_DIR}/{}", v.name), true)
+                mount(
+                    &format!("dataset-{i}"),
+                    &format!("{DATA_DIR}/{}", v.name),
+                    true,
+                )
             }))
             .collect(),
         ),
@@ -460,7 +463,8 @@ pub fn sample_urls(run: &Run) -> JobUrls {
                     path: format!("{name}/iris.csv"),
                     url: format!("{base}/datasets/{name}/{version}/iris.csv?X-Amz-Signature=…"),
                     size: 4551,
-                    sha256: "1d7a6f0c6a1e0ad9b4b5f0c0e4a2b1d3c0d6e8f2a4b6c8d0e2f4a6b8c0d2e4f6".to_owned(),
+                    sha256: "1d7a6f0c6a1e0ad9b4b5f0c0e4a2b1d3c0d6e8f2a4b6c8d0e2f4a6b8c0d2e4f6"
+                        .to_owned(),
                 }
             })
             .collect(),
@@ -782,7 +786,10 @@ mod tests {
         assert_eq!(mount.read_only, Some(true));
         let fetch = &pod.init_containers.as_ref().unwrap()[0];
         let env = fetch.env.as_ref().unwrap();
-        assert!(env.iter().any(|e| e.name == "DATA_VOLUMES" && e.value.as_deref() == Some("iris")));
+        assert!(
+            env.iter()
+                .any(|e| e.name == "DATA_VOLUMES" && e.value.as_deref() == Some("iris"))
+        );
         assert_eq!(fetch.command.as_ref().unwrap().len(), 4, "nothing to fetch");
     }
 }

@@ -284,13 +284,13 @@ impl Inner {
                 None => LaunchError::Permanent(format!("{e:#}")),
             })?;
         let urls = job_urls(&self.presigner, &self.settings, run, &mounts)
-        .await
-        .map_err(|e| {
-            if let Some(dep) = crate::resilience::classify(&e) {
-                resilience.failure(dep, &e);
-            }
-            LaunchError::Retryable(format!("cannot presign the run's URLs: {e:#}"))
-        })?;
+            .await
+            .map_err(|e| {
+                if let Some(dep) = crate::resilience::classify(&e) {
+                    resilience.failure(dep, &e);
+                }
+                LaunchError::Retryable(format!("cannot presign the run's URLs: {e:#}"))
+            })?;
         let job = job::build(run, &self.settings, &urls);
         self.limiter.until_ready().await;
         let created = tokio::time::timeout(
