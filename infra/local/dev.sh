@@ -16,7 +16,8 @@
 # per-run uids and cgroups (as root; otherwise under the caller's uid in a delegated cgroup); it
 # refuses to start when the sandbox cannot be built, and this script then shows why and fails.
 # Its run folders are in .local/runs.
-# Logs: .local/logs/ (functions.log, worker.log, postgres.log, redis.log, s3s-fs.log).
+# Logs: .local/logs/ (functions.log, worker.log, postgres.log, redis.log, s3s-fs.log,
+# s3-gateway.log).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -149,14 +150,18 @@ bash "$here/install-deps.sh"
 profile="${CODERUN_BUILD_PROFILE:-debug}"
 profile_flag=()
 [[ "$profile" == release ]] && profile_flag=(--release)
-log "cargo build ${profile_flag[*]} --bin coderun-functions --bin coderun-worker"
-(cd "$repo" && cargo build "${profile_flag[@]}" --bin coderun-functions --bin coderun-worker)
+log "cargo build ${profile_flag[*]} --bin coderun-functions --bin coderun-worker --bin coderun-s3-gateway"
+(cd "$repo" && cargo build "${profile_flag[@]}" --bin coderun-functions --bin coderun-worker --bin coderun-s3-gateway)
 target="${CARGO_TARGET_DIR:-$repo/target}"
 [[ "$target" == /* ]] || target="$repo/$target"
 fbin="$target/$profile/coderun-functions"
 wbin="$target/$profile/coderun-worker"
 [[ -x "$fbin" ]] || die "built binary not found at $fbin"
 [[ -x "$wbin" ]] || die "built binary not found at $wbin"
+# The S3 gateway answers the browser's CORS preflights for s3s-fs (stack.sh starts it; presigned
+# URLs are then signed for it through CODERUN__STORAGE__PUBLIC_ENDPOINT).
+export CODERUN_S3_GATEWAY="$target/$profile/coderun-s3-gateway"
+[[ -x "$CODERUN_S3_GATEWAY" ]] || die "built binary not found at $CODERUN_S3_GATEWAY"
 
 # The web app, served by coderun-functions at / (nothing to build before web/ exists).
 web_dir="$(bash "$here/build-web.sh")"
@@ -255,6 +260,7 @@ coderun is up (local stack)
   OpenAPI    $api_base/openapi.json
   health     $ready_url
   worker     $worker_name (pid $wpid), local executor (bubblewrap sandbox), run folders in $runs_dir
+  S3 gateway ${CODERUN__STORAGE__PUBLIC_ENDPOINT:-(none)}  (presigned URLs for the browser; CORS for the app)
   S3         $CODERUN__STORAGE__ENDPOINT  access key $CODERUN__STORAGE__ACCESS_KEY, secret key $CODERUN__STORAGE__SECRET_KEY, bucket $CODERUN__STORAGE__BUCKET
   Postgres   $CODERUN__DATABASE__URL
   Redis      $CODERUN__REDIS__URL

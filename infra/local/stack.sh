@@ -7,6 +7,11 @@
 #   Redis     127.0.0.1:56379  append-only file in .local/redis
 #   S3        127.0.0.1:59000  s3s-fs, data in .local/s3, access key `coderun`,
 #                              secret key `coderun-secret`
+#   S3 gateway 127.0.0.1:59001 coderun-s3-gateway in front of s3s-fs: answers the browser's CORS
+#                              preflights for the app (http://127.0.0.1:8080) and forwards the rest
+#                              unchanged; presigned URLs are signed for it
+#                              (CODERUN__STORAGE__PUBLIC_ENDPOINT). Started only when
+#                              $CODERUN_S3_GATEWAY names the built binary (dev.sh does).
 #
 # Logs go to .local/logs/, pid files and the Postgres socket to .local/run/.
 #
@@ -18,6 +23,7 @@
 #
 # Environment:
 #   CODERUN_TOOLS_DIR   where s3s-fs is installed (default: <repo>/.tools; see install-deps.sh)
+#   CODERUN_S3_GATEWAY  the coderun-s3-gateway binary to start (cargo build --bin coderun-s3-gateway)
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -37,6 +43,9 @@ S3_SECRET_KEY=coderun-secret
 DATABASE_URL="postgres://coderun@127.0.0.1:$PG_PORT/coderun"
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
+S3_GATEWAY_PORT=59001
+S3_GATEWAY="http://127.0.0.1:$S3_GATEWAY_PORT"
+APP_ORIGIN="http://127.0.0.1:8080"
 
 log() { echo "stack: $*"; }
 die() { echo "stack: error: $*" >&2; exit 1; }
@@ -212,6 +221,30 @@ start_s3() {
     wait_for "s3s-fs" s3_ready
 }
 
+# --- S3 gateway (coderun-s3-gateway) -----------------------------------------------------------
+
+gateway_ready() {
+    local code
+    code="$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$S3_GATEWAY/" 2>/dev/null || true)"
+    [[ "$code" =~ ^[1-5][0-9][0-9]$ && "$code" != 502 ]]
+}
+
+start_gateway() {
+    [[ -n "${CODERUN_S3_GATEWAY:-}" ]] || return 0
+    if pid_alive "$run/s3-gateway.pid" coderun-s3-gateway; then
+        log "coderun-s3-gateway already running"
+        return
+    fi
+    [[ -x "$CODERUN_S3_GATEWAY" ]] || die "CODERUN_S3_GATEWAY=$CODERUN_S3_GATEWAY is not an executable"
+    port_open "$S3_GATEWAY_PORT" && die "port $S3_GATEWAY_PORT is in use by another process"
+    mkdir -p "$run" "$logs"
+    log "starting coderun-s3-gateway on 127.0.0.1:$S3_GATEWAY_PORT (origin $APP_ORIGIN)"
+    setsid "$CODERUN_S3_GATEWAY" --listen "127.0.0.1:$S3_GATEWAY_PORT" --upstream "127.0.0.1:$S3_PORT" \
+        --origin "$APP_ORIGIN" </dev/null >>"$logs/s3-gateway.log" 2>&1 &
+    echo $! >"$run/s3-gateway.pid"
+    wait_for "coderun-s3-gateway" gateway_ready
+}
+
 # --- common -----------------------------------------------------------------------------------
 
 wait_for() { # label check-function
@@ -228,6 +261,7 @@ print_urls() {
 stack: Postgres  $DATABASE_URL
 stack: Redis     $REDIS_URL
 stack: S3        $S3_ENDPOINT  (access key $S3_ACCESS_KEY, secret key $S3_SECRET_KEY)
+stack: S3 gateway $S3_GATEWAY  (CORS for $APP_ORIGIN; presigned URLs point here when it runs)
 stack: logs      $logs/
 URLS
 }
@@ -244,6 +278,10 @@ export CODERUN__STORAGE__BUCKET=coderun
 export CODERUN__STORAGE__CREATE_BUCKET=true
 export CODERUN__HTTP__BIND=127.0.0.1:8080
 ENV
+    # Presigned URLs (browser uploads of dataset parts) go through the gateway when it runs.
+    if pid_alive "$run/s3-gateway.pid" coderun-s3-gateway; then
+        echo "export CODERUN__STORAGE__PUBLIC_ENDPOINT=$S3_GATEWAY"
+    fi
 }
 
 cmd_status() {
@@ -263,6 +301,11 @@ cmd_status() {
     else
         log "s3s-fs    down"; ok=1
     fi
+    if pid_alive "$run/s3-gateway.pid" coderun-s3-gateway && gateway_ready; then
+        log "gateway   up    $S3_GATEWAY (pid $(cat "$run/s3-gateway.pid"))"
+    elif [[ -n "${CODERUN_S3_GATEWAY:-}" ]]; then
+        log "gateway   down"; ok=1
+    fi
     return "$ok"
 }
 
@@ -271,9 +314,11 @@ start)
     start_postgres
     start_redis
     start_s3
+    start_gateway
     print_urls
     ;;
 stop)
+    stop_pidfile "$run/s3-gateway.pid" coderun-s3-gateway coderun-s3-gateway
     stop_pidfile "$run/s3s-fs.pid" s3s-fs s3s-fs
     stop_pidfile "$run/redis.pid" redis-server redis
     stop_postgres

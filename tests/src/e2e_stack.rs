@@ -1,6 +1,7 @@
 //! `coderun-e2e-stack`: a whole coderun platform in one process for the web app's end-to-end
 //! tests — the harness's real Postgres, Redis and S3 servers on free ports, a migrated database
-//! with seeded users, the real functions router on a free loopback port (serving the built app
+//! with seeded users, the local S3 gateway (`s3_gateway`: presigned URLs are signed for it, and it
+//! answers the browser's CORS preflights for the app's origin), the real functions router on a free loopback port (serving the built app
 //! when `--web-dir` names it) and one real worker with the local executor.
 //!
 //! The protocol, on standard input and output:
@@ -36,6 +37,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use uuid::Uuid;
 
 use crate::app::{fresh_bucket, fresh_database, test_settings};
+use crate::s3_gateway;
 use crate::servers::TestServers;
 
 /// The seeded users: (username = password, role). `admin` is seeded by the local stack itself.
@@ -196,7 +198,27 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let database = fresh_database().await;
     let name = format!("e2e-{}", &Uuid::new_v4().simple().to_string()[..8]);
     let work_dir = std::env::temp_dir().join(format!("coderun-{name}-runs"));
+    // The API's port is picked now: the S3 gateway allows the app's origin (the API serves the
+    // app) and presigned URLs are signed for the gateway (`storage.public_endpoint`), so the
+    // browser PUTs dataset parts straight to S3 through it.
+    let api_address = listen(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await?
+        .local_addr()?;
+    let upstream: SocketAddr = TestServers::get()
+        .s3_endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .context("the test S3 server's address")?;
+    let gateway = s3_gateway::spawn(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        s3_gateway::Config {
+            upstream,
+            origins: vec![format!("http://{api_address}")],
+        },
+    )
+    .await?;
     let mut all = test_settings(&database, &fresh_bucket());
+    all.push(("storage.public_endpoint", gateway.url()));
     all.extend([
         ("worker.name", name.clone()),
         ("worker.work_dir", work_dir.display().to_string()),
@@ -230,7 +252,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     }));
 
     let mut api = Api {
-        address: SocketAddr::from(([127, 0, 0, 1], 0)),
+        address: api_address,
         router: app::router(state),
         running: None,
     };
@@ -245,7 +267,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         },
     };
     say(&serde_json::to_string(&ready)?)?;
-    tracing::info!(base_url = %ready.base_url, worker = %name, "e2e stack ready");
+    tracing::info!(base_url = %ready.base_url, s3_gateway = %gateway.url(), worker = %name, "e2e stack ready");
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut lines = stdin_lines();

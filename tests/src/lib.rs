@@ -1,6 +1,7 @@
 //! Test harness for coderun: real servers for the tests that cross crates (`servers`), a
 //! coderun API per test on them (`app`), the benchmarks (`bench`), and the whole stack in one
-//! process for the web app's end-to-end tests (`e2e_stack`).
+//! process for the web app's end-to-end tests (`e2e_stack`), and the local S3 gateway that answers
+//! browsers' CORS preflights for `s3s-fs` (`s3_gateway`).
 
 pub mod app;
 pub mod bench;
@@ -13,4 +14,5 @@ pub mod bench_table;
 pub mod demo;
 pub mod e2e_stack;
 pub mod kube;
+pub mod s3_gateway;
 pub mod servers;

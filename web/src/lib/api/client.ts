@@ -129,3 +129,72 @@ export async function request<T>(method: string, path: string, options: RequestO
 export function encodePath(path: string): string {
   return path.split('/').map(encodeURIComponent).join('/');
 }
+
+export interface UploadResult {
+  status: number;
+  /** The `ETag` header, when the server lets the page read it (S3 parts). */
+  etag: string | null;
+  text: string;
+}
+
+/**
+ * Sends a body with upload progress (`fetch` reports none): to the API (`api: true`, with the
+ * token, a problem answer becoming an `ApiError`) or to a presigned storage URL (no token).
+ * A 413 from the API is returned, not thrown, so the caller can take another way.
+ */
+export function upload(
+  method: 'PUT' | 'POST',
+  target: string,
+  body: Blob,
+  options: { api: boolean; onprogress?: (loaded: number) => void; signal?: AbortSignal; contentType?: string },
+): Promise<UploadResult> {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open(method, target);
+    if (options.api) {
+      const token = hooks.token();
+      if (token) xhr.setRequestHeader('authorization', `Bearer ${token}`);
+    }
+    if (options.contentType) xhr.setRequestHeader('content-type', options.contentType);
+    xhr.upload.onprogress = (e) => options.onprogress?.(e.loaded);
+    const abort = () => xhr.abort();
+    options.signal?.addEventListener('abort', abort, { once: true });
+    const done = () => options.signal?.removeEventListener('abort', abort);
+    xhr.onabort = () => {
+      done();
+      reject(new DOMException('The upload was canceled.', 'AbortError'));
+    };
+    xhr.onerror = () => {
+      done();
+      if (options.api) hooks.reachable(false);
+      reject(new NetworkError(new Error(`${method} ${target} failed`)));
+    };
+    xhr.onload = () => {
+      done();
+      const result: UploadResult = { status: xhr.status, etag: xhr.getResponseHeader('etag'), text: xhr.responseText };
+      if (!options.api) {
+        if (xhr.status >= 200 && xhr.status < 300) resolve(result);
+        else reject(new ApiError({ type: 'about:blank', title: 'The storage refused a part of the file', status: xhr.status, detail: xhr.statusText || undefined }));
+        return;
+      }
+      if (xhr.status === 502 || xhr.status === 503 || xhr.status === 504) {
+        hooks.reachable(false);
+        reject(new NetworkError(new Error(`HTTP ${xhr.status}`)));
+        return;
+      }
+      hooks.reachable(true);
+      if ((xhr.status >= 200 && xhr.status < 300) || xhr.status === 413) {
+        resolve(result);
+        return;
+      }
+      const headers = new Headers();
+      const retry = xhr.getResponseHeader('retry-after');
+      if (retry) headers.set('retry-after', retry);
+      problemOf(new Response(xhr.responseText, { status: xhr.status, statusText: xhr.statusText, headers })).then((error) => {
+        if (error.status === 401) hooks.unauthorized();
+        reject(error);
+      }, reject);
+    };
+    xhr.send(body);
+  });
+}

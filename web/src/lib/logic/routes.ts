@@ -6,6 +6,8 @@ export type Route =
   | { name: 'task'; id: string; run: string | null }
   | { name: 'users' }
   | { name: 'user'; id: string; username: string | null }
+  | { name: 'datasets' }
+  | { name: 'dataset'; dataset: string; version: string | null }
   | { name: 'notfound' };
 
 export function parseRoute(pathname: string, search: string): Route {
@@ -20,6 +22,8 @@ export function parseRoute(pathname: string, search: string): Route {
   if (parts[0] === 'tasks' && parts.length === 2) return { name: 'task', id: parts[1], run: params.get('run') };
   if (parts[0] === 'users' && parts.length === 1) return { name: 'users' };
   if (parts[0] === 'users' && parts.length === 2) return { name: 'user', id: parts[1], username: params.get('name') };
+  if (parts[0] === 'datasets' && parts.length === 1) return { name: 'datasets' };
+  if (parts[0] === 'datasets' && parts.length === 2) return { name: 'dataset', dataset: parts[1], version: params.get('version') };
   return { name: 'notfound' };
 }
 

@@ -5,6 +5,12 @@ export interface Dropped {
   content: string;
 }
 
+/** A dropped file with its path relative to what was dropped (`folder/sub/file.csv`). */
+export interface DroppedFile {
+  path: string;
+  file: File;
+}
+
 // The File and Directory Entries API as the browser exposes it on dropped items.
 interface Entry {
   isFile: boolean;
@@ -14,11 +20,11 @@ interface Entry {
   createReader?(): { readEntries(ok: (entries: Entry[]) => void, fail: (e: unknown) => void): void };
 }
 
-async function walk(entry: Entry, prefix: string, out: Dropped[]): Promise<void> {
+async function walk(entry: Entry, prefix: string, out: DroppedFile[]): Promise<void> {
   const path = prefix ? `${prefix}/${entry.name}` : entry.name;
   if (entry.isFile && entry.file) {
     const file = await new Promise<File>((ok, fail) => entry.file!(ok, fail));
-    out.push({ path, content: await file.text() });
+    out.push({ path, file });
   } else if (entry.isDirectory && entry.createReader) {
     const reader = entry.createReader();
     // readEntries answers in batches until it returns an empty one.
@@ -31,7 +37,13 @@ async function walk(entry: Entry, prefix: string, out: Dropped[]): Promise<void>
 }
 
 export async function readDropped(data: DataTransfer): Promise<Dropped[]> {
-  const out: Dropped[] = [];
+  const files = await readDroppedFiles(data);
+  return Promise.all(files.map(async (f) => ({ path: f.path, content: await f.file.text() })));
+}
+
+/** The dropped files and folders' files, without reading them (datasets can be large). */
+export async function readDroppedFiles(data: DataTransfer): Promise<DroppedFile[]> {
+  const out: DroppedFile[] = [];
   const entries: Entry[] = [];
   for (const item of Array.from(data.items ?? [])) {
     const entry = (item as DataTransferItem & { webkitGetAsEntry?: () => Entry | null }).webkitGetAsEntry?.();
@@ -41,6 +53,11 @@ export async function readDropped(data: DataTransfer): Promise<Dropped[]> {
     for (const e of entries) await walk(e, '', out);
     return out;
   }
-  for (const f of Array.from(data.files ?? [])) out.push({ path: f.name, content: await f.text() });
+  for (const f of Array.from(data.files ?? [])) out.push({ path: f.name, file: f });
   return out;
+}
+
+/** The files an `<input type="file">` chose; a folder input gives each its relative path. */
+export function pickedFiles(list: FileList | File[] | null | undefined): DroppedFile[] {
+  return Array.from(list ?? []).map((file) => ({ path: file.webkitRelativePath || file.name, file }));
 }

@@ -71,6 +71,11 @@ class Catalogue {
     );
     return this.#loaded;
   }
+
+  /** The datasets again (a teacher may have published since): the run panel opens with them. */
+  async reloadDatasets(): Promise<void> {
+    this.datasets = await request<Dataset[]>('GET', '/datasets');
+  }
 }
 
 export const catalogue = new Catalogue();
