@@ -260,7 +260,8 @@ pub struct CreateUpload {
     pub sha256: String,
 }
 
-/// A non-negative whole number, also when a client writes it as `67900.0`.
+/// A non-negative whole number, also when a client writes it as `67900.0`, at most
+/// `i64::MAX` (the schema's maximum, and what Postgres stores).
 fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let number = serde_json::Number::deserialize(d)?;
     number
@@ -268,10 +269,16 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error>
         .or_else(|| {
             number
                 .as_f64()
-                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < i64::MAX as f64)
                 .map(|f| f as u64)
         })
-        .ok_or_else(|| serde::de::Error::custom("size must be a whole number of bytes"))
+        .filter(|n| i64::try_from(*n).is_ok())
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "size must be a whole number of bytes, at most {}",
+                i64::MAX
+            ))
+        })
 }
 
 /// Starts a multipart upload of a file of any size into the draft (teachers and admins): PUT

@@ -399,6 +399,12 @@ async fn bad_names_paths_sizes_and_quotas_are_clear_problems_that_store_nothing(
             400,
             "relative",
         ),
+        (
+            // Past what the schema and Postgres hold.
+            json!({"path": "b.bin", "size": 9_223_372_036_854_775_808u64, "sha256": "0".repeat(64)}),
+            422,
+            "at most",
+        ),
     ] {
         let problem = app.post(uploads, &teacher, body).await.problem(status);
         assert!(
