@@ -209,31 +209,31 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let table = Table::default();
     let wanted = |name: &str| options.suite == name || options.suite == "all";
     let mut failures = Vec::new();
-    if wanted("files") {
-        if let Err(e) = files_suite(&options, &table).await {
-            failures.push(format!("files: {e:#}"));
-        }
+    if wanted("files")
+        && let Err(e) = files_suite(&options, &table).await
+    {
+        failures.push(format!("files: {e:#}"));
     }
-    if wanted("runs") {
-        if let Err(e) = crate::bench_runs::run(&options, &table).await {
-            failures.push(format!("runs: {e:#}"));
-        }
+    if wanted("runs")
+        && let Err(e) = crate::bench_runs::run(&options, &table).await
+    {
+        failures.push(format!("runs: {e:#}"));
     }
-    if wanted("kubernetes") {
-        if let Err(e) = crate::bench_kube::run(&options, &table).await {
-            failures.push(format!("kubernetes: {e:#}"));
-        }
+    if wanted("kubernetes")
+        && let Err(e) = crate::bench_kube::run(&options, &table).await
+    {
+        failures.push(format!("kubernetes: {e:#}"));
     }
-    if wanted("memory") {
-        if let Err(e) = crate::bench_memory::run(&options, &table).await {
-            failures.push(format!("memory: {e:#}"));
-        }
+    if wanted("memory")
+        && let Err(e) = crate::bench_memory::run(&options, &table).await
+    {
+        failures.push(format!("memory: {e:#}"));
     }
     // Last: its floods leave the API's hash buffers allocated and would distort the others.
-    if wanted("login") {
-        if let Err(e) = crate::bench_login::run(&options, &table).await {
-            failures.push(format!("login: {e:#}"));
-        }
+    if wanted("login")
+        && let Err(e) = crate::bench_login::run(&options, &table).await
+    {
+        failures.push(format!("login: {e:#}"));
     }
     let saved = table.finish(started_at, options.quick)?;
     println!("coderun-bench: figures saved to {}", saved.display());

@@ -231,7 +231,7 @@ impl Table {
             }
         }
         if let Some(p) = &previous {
-            println!("(before: {} of {})", "latest.json", p.started_at);
+            println!("(before: latest.json of {})", p.started_at);
         }
 
         let saved = Saved {
