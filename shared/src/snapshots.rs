@@ -11,10 +11,10 @@
 //! file and a few parts, whatever the task's size.
 //!
 //! The `snapshots` table says which contents are stored. A submit claims its row (bumping
-//! `last_used_at`) before uploading, and the run's commit holds the row with a shared lock
-//! (`admit_run`, migration 0006); the sweep deletes only rows no kept run references and
-//! nobody used for a grace period, under an exclusive row lock that waits for such commits, so
-//! it never removes a snapshot a submit is about to use.
+//! `last_used_at`) before uploading, and the run's commit holds the content with a shared
+//! advisory lock (`admit_run`, migrations 0006 and 0009); the sweep deletes only rows no kept
+//! run references and nobody used for a grace period, under the exclusive side of that lock,
+//! which waits for such commits, so it never removes a snapshot a submit is about to use.
 
 use std::io::{self, Write};
 
@@ -232,7 +232,23 @@ pub async fn store_kept(
 
 /// Claims the snapshot row for a submit about to use it (creating it, or bumping its
 /// `last_used_at` so the sweep leaves it alone); returns whether the object is stored.
+///
+/// A row used in the last [`CLAIM_FRESH_SECONDS`] is only read: a class submitting the same
+/// starter code would otherwise queue every submit behind one row's update and its commit.
+/// The bump only keeps the sweep from choosing the row; what makes the run safe is
+/// `admit_run`'s shared lock and its `stored` check (`snapshot_gone` stores it again).
 async fn claim(db: &PgPool, sha256: &str, size: u64) -> Result<bool, sqlx::Error> {
+    let fresh = sqlx::query_scalar!(
+        "SELECT stored FROM snapshots
+         WHERE sha256 = $1 AND last_used_at > now() - make_interval(secs => $2)",
+        sha256,
+        CLAIM_FRESH_SECONDS
+    )
+    .fetch_optional(db)
+    .await?;
+    if let Some(stored) = fresh {
+        return Ok(stored);
+    }
     sqlx::query_scalar!(
         "INSERT INTO snapshots (sha256, size) VALUES ($1, $2)
          ON CONFLICT (sha256) DO UPDATE SET last_used_at = now()
@@ -243,6 +259,9 @@ async fn claim(db: &PgPool, sha256: &str, size: u64) -> Result<bool, sqlx::Error
     .fetch_one(db)
     .await
 }
+
+/// How recent a claim of a snapshot row makes another claim a read (see [`claim`]).
+const CLAIM_FRESH_SECONDS: f64 = 10.0;
 
 /// What one pass produced.
 struct Built {

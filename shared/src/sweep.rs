@@ -197,6 +197,13 @@ pub async fn sweep_snapshots(
     for row in marked {
         let (sha256, last_used_at) = (row.sha256, row.last_used_at);
         let mut tx = db.begin().await?;
+        // Waits for every submit admitting a run of this content (`admit_run` holds the shared
+        // side of this lock), and keeps new ones out until this transaction ends.
+        // (Not the checked macro: the function returns `void`, which it cannot describe.)
+        sqlx::query("SELECT pg_advisory_xact_lock(1936613744, hashtext($1))")
+            .bind(&sha256)
+            .execute(&mut *tx)
+            .await?;
         let row = sqlx::query!(
             "SELECT last_used_at, stored FROM snapshots WHERE sha256 = $1 FOR UPDATE",
             sha256,

@@ -61,6 +61,11 @@ pub struct Options {
     /// Running Jobs one worker watches in the kubernetes memory benchmark.
     #[arg(long, default_value_t = 1_000)]
     pub kube_watched: usize,
+    /// Profile the worker of the kubernetes memory benchmark: a command (split at spaces) the
+    /// worker is started under, e.g. `valgrind --tool=massif --massif-out-file=/tmp/w.massif`.
+    /// The launch benchmark is skipped then, and the figures measure the profiler too.
+    #[arg(long)]
+    pub kube_profile_with: Option<String>,
     /// The API's pid file (for its resident memory in the login suite).
     #[arg(long, default_value = ".local/run/functions.pid")]
     pub functions_pid_file: String,

@@ -75,7 +75,11 @@ impl Actor {
 
     pub(super) async fn run(mut self, shutdown: CancellationToken) {
         loop {
-            match self.step().await {
+            // Boxed: the step's state (its deepest path stores the log and outputs) is large,
+            // and inlined it made every actor's task about 24 KiB while it only waits between
+            // wake-ups (heap profile with 1,000 Jobs: 24 MiB of the worker's 78). Boxed, it
+            // exists only while a step runs.
+            match Box::pin(self.step()).await {
                 Ok(Step::Done) => break,
                 Ok(Step::Continue) => {}
                 Err(e) => {
