@@ -135,5 +135,6 @@ fn placeholder_urls(run: &Run) -> JobUrls {
         ),
         datasets: Vec::new(),
         dataset_volumes: Vec::new(),
+        step: None,
     }
 }
