@@ -177,6 +177,7 @@ pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
     metrics::repaired("reattempted", report.reattempted.len());
     metrics::repaired("lost", report.lost.len());
     metrics::repaired("released", report.released.len());
+    metrics::repaired("advanced", report.advanced.len());
     Ok(report)
 }
 

@@ -209,3 +209,62 @@ async fn a_worker_killed_between_a_steps_end_and_the_next_enqueue_advances_exact
     assert_eq!(p.log(&second_run).await.0, ["second"]);
     survivor.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_killed_while_a_step_executes_leaves_a_second_attempt_that_advances_once() {
+    let p = platform(vec![]).await;
+    let (first, second) = (
+        task(
+            &p,
+            "import os\nprint('attempt', os.environ['RUN_ATTEMPT'])\n",
+        )
+        .await,
+        task(&p, "print('second')\n").await,
+    );
+    let pipeline = p
+        .app
+        .post(
+            "/api/v1/pipelines",
+            &p.token,
+            json!({
+                "name": "two stages",
+                "stages": [
+                    {"name": "one", "steps": [{"name": "first", "task_id": first}]},
+                    {"name": "two", "steps": [{"name": "second", "task_id": second}]}
+                ]
+            }),
+        )
+        .await
+        .expect(201);
+    let mut victim = p.worker_process(
+        "victim-step",
+        &[("CODERUN__WORKER__CRASH_AT", "after_launch")],
+    );
+    let id = pipeline["id"].as_str().unwrap();
+    let run = p
+        .app
+        .post(&format!("/api/v1/pipelines/{id}/runs"), &p.token, json!({}))
+        .await
+        .expect(202);
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    assert!(
+        victim.wait_exit(T).is_some(),
+        "the victim crashes at its crash point"
+    );
+    let survivor = p.worker("survivor").await;
+    let done = wait_pipeline(&p, &run_id, T).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(p.log(&step_run(&done, "first")).await.0, ["attempt 2"]);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE pipeline_run_id = $1")
+        .bind(run_id.parse::<uuid::Uuid>().unwrap())
+        .fetch_one(&p.app.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 2, "one run per step");
+    let second = p.run(&step_run(&done, "second")).await;
+    assert_eq!(
+        Platform::phases(&second),
+        ["queued", "dispatched", "pending", "running", "succeeded"]
+    );
+    survivor.stop().await;
+}
