@@ -388,7 +388,7 @@ pub async fn create(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(get(db, id).await?.ok_or(Error::NotFound("pipeline"))?)
+    get(db, id).await?.ok_or(Error::NotFound("pipeline"))
 }
 
 /// Writes a new version of the pipeline (the name and the definition whole); runs keep the
@@ -424,9 +424,9 @@ pub async fn update(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(get(db, pipeline.id)
+    get(db, pipeline.id)
         .await?
-        .ok_or(Error::NotFound("pipeline"))?)
+        .ok_or(Error::NotFound("pipeline"))
 }
 
 /// Deletes the pipeline with its versions and runs (the step runs stay, unlinked); refused
@@ -886,9 +886,9 @@ impl Lifecycle<'_> {
         })?;
         self.enqueue_steps(&queued).await;
         tracing::info!(pipeline_run = %id, pipeline = %pipeline.id, "pipeline run started");
-        Ok(get_run(self.db, id)
+        get_run(self.db, id)
             .await?
-            .ok_or(Error::NotFound("pipeline run"))?)
+            .ok_or(Error::NotFound("pipeline run"))
     }
 
     async fn resolve_step(
@@ -990,9 +990,9 @@ impl Lifecycle<'_> {
         for run_id in launched {
             self.stop(actor, run_id).await?;
         }
-        Ok(get_run(self.db, id)
+        get_run(self.db, id)
             .await?
-            .ok_or(Error::NotFound("pipeline run"))?)
+            .ok_or(Error::NotFound("pipeline run"))
     }
 
     /// A new pipeline run of the same version, parameters and resolved steps (their code
@@ -1044,9 +1044,9 @@ impl Lifecycle<'_> {
         tx.commit().await?;
         self.enqueue_steps(&queued).await;
         tracing::info!(pipeline_run = %new, retry_of = %id, "pipeline run retried");
-        Ok(get_run(self.db, new)
+        get_run(self.db, new)
             .await?
-            .ok_or(Error::NotFound("pipeline run"))?)
+            .ok_or(Error::NotFound("pipeline run"))
     }
 
     /// Approves (`approve`) or rejects the stage the pipeline run waits at; staff only. The
@@ -1113,9 +1113,9 @@ impl Lifecycle<'_> {
         self.enqueue_steps(&queued).await;
         tracing::info!(pipeline_run = %id, stage = index + 1, approve, by = %actor.id,
             "approval gate decided");
-        Ok(get_run(self.db, id)
+        get_run(self.db, id)
             .await?
-            .ok_or(Error::NotFound("pipeline run"))?)
+            .ok_or(Error::NotFound("pipeline run"))
     }
 
     /// Adds the stream entries of step runs an advance queued; a lost one is re-enqueued by

@@ -121,6 +121,8 @@ fn preview_run(
         started_at: None,
         finished_at: None,
         purged_at: None,
+        pipeline_run_id: None,
+        pipeline_step: None,
     }
 }
 

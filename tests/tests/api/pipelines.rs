@@ -258,6 +258,16 @@ async fn stages_run_in_order_and_the_next_is_queued_with_the_end_of_the_last() {
     assert_eq!(status_of(&app, a).await, RunStatus::Queued);
     let b_run = runs::get(&app.db, b).await.unwrap().unwrap();
     assert_eq!(b_run.command, "python3 -u main.py b");
+    assert_eq!(
+        b_run.pipeline_run_id.map(|id| id.to_string()).as_deref(),
+        run["id"].as_str()
+    );
+    assert_eq!(b_run.pipeline_step.as_deref(), Some("b"));
+    let shown = app
+        .get(&format!("/api/v1/runs/{b}"), &token)
+        .await
+        .expect(200);
+    assert_eq!(shown["pipeline_run_id"], run["id"]);
     // Advancing again starts nothing twice.
     assert!(
         pipelines::advance_stalled(&app.db, "test")

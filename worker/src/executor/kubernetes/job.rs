@@ -506,6 +506,8 @@ pub fn sample_run() -> Run {
         started_at: None,
         finished_at: None,
         purged_at: None,
+        pipeline_run_id: None,
+        pipeline_step: None,
     }
 }
 
