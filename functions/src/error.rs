@@ -13,7 +13,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use coderun_shared::domain::Invalid;
 use coderun_shared::transient::{self, Dependency};
-use coderun_shared::{auth, bundle, files, lifecycle, runs, snapshots, storage, tasks, users};
+use coderun_shared::{
+    auth, bundle, files, lifecycle, pipelines, runs, snapshots, storage, tasks, users,
+};
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -285,6 +287,22 @@ impl From<lifecycle::Error> for ApiError {
             E::Redis(e) => e.into(),
             E::Db(e) => e.into(),
             E::SnapshotSwept(_) => ApiError::Internal(e.into()),
+        }
+    }
+}
+
+impl From<pipelines::Error> for ApiError {
+    fn from(e: pipelines::Error) -> Self {
+        use pipelines::Error as E;
+        match e {
+            E::NotFound(what) => ApiError::not_found(what),
+            E::Forbidden(why) => ApiError::Forbidden(why),
+            // A definition or request that breaks a rule: the message names the stage or step.
+            E::Invalid(detail) => ApiError::Unprocessable(detail),
+            E::Conflict(detail) => ApiError::Conflict(detail),
+            E::Lifecycle(e) => e.into(),
+            E::Snapshot(e) => e.into(),
+            E::Db(e) => e.into(),
         }
     }
 }

@@ -67,7 +67,14 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 
 /// Operations whose body may be left out entirely: an empty submission takes every default,
 /// an empty file save (of a task or a dataset draft) stores an empty file.
-const OPTIONAL_BODIES: [&str; 3] = ["submit_run", "save_file", "put_dataset_file"];
+const OPTIONAL_BODIES: [&str; 6] = [
+    "submit_run",
+    "save_file",
+    "put_dataset_file",
+    "start_pipeline_run",
+    "approve_stage",
+    "reject_stage",
+];
 
 /// Operations that touch no dependency, hence never answer 503.
 const WITHOUT_DEPENDENCIES: [&str; 3] = ["/healthz", "/metrics", "/api/v1/openapi.json"];

@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod livelog;
 pub mod logfile;
 pub mod objects;
+pub mod pipelines;
 pub mod queue;
 pub mod redis;
 pub mod runs;

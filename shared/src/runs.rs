@@ -209,6 +209,10 @@ pub struct Run {
     /// Set when the retention removed the run's log, outputs and its hold on the snapshot; the
     /// row stays as the record.
     pub purged_at: Option<DateTime<Utc>>,
+    /// The pipeline run this run is a step of, and the step's name (`null` for a run of no
+    /// pipeline).
+    pub pipeline_run_id: Option<Uuid>,
+    pub pipeline_step: Option<String>,
 }
 
 impl Run {
@@ -233,7 +237,8 @@ macro_rules! select_runs {
                 reason AS \"reason: Reason\", exit_code, command, language, image,
                 spec AS \"spec: Json<RunSpec>\", datasets, remarks, snapshot_of, code_sha256,
                 retry_of, worker, executor, log_bytes, log_truncated, attempt, created_at,
-                queued_at, dispatched_at, started_at, finished_at, purged_at
+                queued_at, dispatched_at, started_at, finished_at, purged_at, pipeline_run_id,
+                pipeline_step
              FROM runs " + $tail
             $(, $arg)*
         )
@@ -426,6 +431,8 @@ pub async fn admit(pool: &PgPool, new: NewRun, admission: Admission) -> Result<A
         started_at: None,
         finished_at: None,
         purged_at: None,
+        pipeline_run_id: None,
+        pipeline_step: None,
     };
     Ok(Admitted { run, event })
 }

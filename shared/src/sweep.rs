@@ -186,6 +186,10 @@ pub async fn sweep_snapshots(
             WHERE last_used_at < now() - make_interval(secs => $1)
               AND NOT EXISTS (SELECT 1 FROM runs r
                               WHERE r.code_sha256 = s.sha256 AND r.purged_at IS NULL)
+              AND NOT EXISTS (SELECT 1 FROM pipeline_steps ps JOIN pipeline_runs pr
+                                ON pr.id = ps.pipeline_run_id
+                              WHERE ps.code_sha256 = s.sha256
+                                AND pr.status IN ('queued', 'running', 'awaiting_approval'))
             ORDER BY last_used_at LIMIT $2 FOR UPDATE SKIP LOCKED)
          RETURNING sha256, last_used_at",
         grace_seconds as f64,
@@ -214,7 +218,15 @@ pub async fn sweep_snapshots(
             continue;
         };
         // A fresh statement: it sees every run committed before the lock was taken.
-        let referenced = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM runs WHERE code_sha256 = $1 AND purged_at IS NULL) AS "referenced!""#, &sha256)
+        let referenced = sqlx::query_scalar!(
+            r#"SELECT (EXISTS (SELECT 1 FROM runs WHERE code_sha256 = $1 AND purged_at IS NULL)
+                 OR EXISTS (SELECT 1 FROM pipeline_steps ps JOIN pipeline_runs pr
+                              ON pr.id = ps.pipeline_run_id
+                            WHERE ps.code_sha256 = $1
+                              AND pr.status IN ('queued', 'running', 'awaiting_approval')))
+                AS "referenced!""#,
+            &sha256
+        )
         .fetch_one(&mut *tx)
         .await?;
         if stored || used_at != last_used_at || referenced {

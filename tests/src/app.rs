@@ -362,7 +362,12 @@ impl TestApp {
             'dataset_versions', (SELECT coalesce(json_agg(v ORDER BY v.id), '[]') FROM dataset_versions v),
             'dataset_files', (SELECT coalesce(json_agg(f ORDER BY f.version_id, f.path), '[]') FROM dataset_files f),
             'dataset_uploads', (SELECT coalesce(json_agg(u ORDER BY u.id), '[]') FROM dataset_uploads u),
-            'dataset_sweeps', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM dataset_sweeps w)
+            'dataset_sweeps', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM dataset_sweeps w),
+            'pipelines', (SELECT coalesce(json_agg(p ORDER BY p.id), '[]') FROM pipelines p),
+            'pipeline_versions', (SELECT coalesce(json_agg(v ORDER BY v.pipeline_id, v.version), '[]') FROM pipeline_versions v),
+            'pipeline_runs', (SELECT coalesce(json_agg(r ORDER BY r.id), '[]') FROM pipeline_runs r),
+            'pipeline_steps', (SELECT coalesce(json_agg(s ORDER BY s.pipeline_run_id, s.name), '[]') FROM pipeline_steps s),
+            'pipeline_approvals', (SELECT coalesce(json_agg(a ORDER BY a.pipeline_run_id, a.stage), '[]') FROM pipeline_approvals a)
         )::text";
         let text: String = sqlx::query_scalar(query).fetch_one(&self.db).await.unwrap();
         serde_json::from_str(&text).unwrap()

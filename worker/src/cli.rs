@@ -121,6 +121,8 @@ fn preview_run(
         started_at: None,
         finished_at: None,
         purged_at: None,
+        pipeline_run_id: None,
+        pipeline_step: None,
     }
 }
 
@@ -135,5 +137,6 @@ fn placeholder_urls(run: &Run) -> JobUrls {
         ),
         datasets: Vec::new(),
         dataset_volumes: Vec::new(),
+        step: None,
     }
 }

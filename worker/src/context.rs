@@ -77,6 +77,8 @@ impl Context {
             live_log: LiveLog::new(redis.clone(), keys.clone()),
             source: format!("worker:{name}"),
             live_log_ttl_seconds: settings.runs.live_log_ttl_seconds as i64,
+            queue: queue.clone(),
+            crash_at: settings.worker.crash_at.clone(),
         };
         let supervisor = Supervisor::new(recorder, permits.clone(), liveness.clone());
         let executor = executor::build(&settings, supervisor.clone()).await?;

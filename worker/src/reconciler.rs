@@ -28,6 +28,8 @@ pub struct Report {
     pub reattempted: Vec<Uuid>,
     pub lost: Vec<Uuid>,
     pub released: Vec<String>,
+    /// Step runs queued by advancing a stalled pipeline run.
+    pub advanced: Vec<Uuid>,
 }
 
 /// A launched run younger than this is not judged lost by its own worker: its hand-off may
@@ -63,6 +65,18 @@ pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
                 report.requeued.push(run.id);
             }
         }
+    }
+
+    // Pipeline runs none of whose steps is active yet that are not finished: an advance the
+    // trigger could not make (it always can; this is the safety net). Idempotent.
+    for run in
+        coderun_shared::pipelines::advance_stalled(&ctx.db, &format!("reconciler:{}", ctx.name))
+            .await?
+    {
+        if let Err(e) = ctx.queue.enqueue(run).await {
+            tracing::warn!(%run, error = %e, "cannot enqueue a step run of a stalled pipeline run");
+        }
+        report.advanced.push(run);
     }
 
     for run in active.iter().filter(|r| r.status != RunStatus::Queued) {
@@ -163,6 +177,7 @@ pub async fn reconcile(ctx: &Context) -> anyhow::Result<Report> {
     metrics::repaired("reattempted", report.reattempted.len());
     metrics::repaired("lost", report.lost.len());
     metrics::repaired("released", report.released.len());
+    metrics::repaired("advanced", report.advanced.len());
     Ok(report)
 }
 

@@ -11,6 +11,8 @@ use bytes::Bytes;
 use coderun_shared::livelog::LiveLog;
 use coderun_shared::logfile;
 use coderun_shared::objects::RunObjects;
+use coderun_shared::pipelines;
+use coderun_shared::queue::RunQueue;
 use coderun_shared::runs::{self, Change, OutputFile, RunStatus};
 use coderun_shared::storage::Storage;
 use sqlx::PgPool;
@@ -32,6 +34,10 @@ pub struct Recorder {
     pub live_log_ttl_seconds: i64,
     /// Retries and breakers shared with the rest of the worker.
     pub resilience: Arc<Resilience>,
+    /// For the next stage's step runs a recorded end queued (pipelines).
+    pub queue: RunQueue,
+    /// `worker.crash_at`: the fault-injection tests' crash point, if it is one of ours.
+    pub crash_at: String,
 }
 
 impl Recorder {
@@ -147,6 +153,33 @@ impl Recorder {
         if let Err(e) = self.live_log.expire(run, self.live_log_ttl_seconds).await {
             tracing::warn!(%run, error = %e, "cannot set the live log's expiry");
         }
+        if ended.is_some() {
+            self.enqueue_next_steps(run).await;
+        }
         Ok(ended)
+    }
+
+    /// A pipeline step's end, once committed, may have queued the next stage's runs (the
+    /// trigger of migration 0007, in the same transaction): their stream entries are added
+    /// now. A crash before this loses nothing: the reconciler re-enqueues queued runs whose
+    /// entry never arrived.
+    async fn enqueue_next_steps(&self, run: Uuid) {
+        if self.crash_at == "after_step_end" {
+            tracing::warn!(%run, "crashing on purpose (worker.crash_at = after_step_end)");
+            std::process::abort();
+        }
+        let queued = match pipelines::queued_siblings(&self.db, run).await {
+            Ok(queued) => queued,
+            Err(e) => {
+                tracing::warn!(%run, error = %e, "cannot read the next steps; the reconciler will enqueue them");
+                return;
+            }
+        };
+        for next in queued {
+            if let Err(e) = self.queue.enqueue(next).await {
+                tracing::warn!(run = %next, error = %e,
+                    "cannot enqueue a step run; the reconciler will enqueue it");
+            }
+        }
     }
 }

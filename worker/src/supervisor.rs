@@ -78,6 +78,19 @@ impl Supervisor {
             .collect()
     }
 
+    /// A pipeline step's parameters and earlier steps (`None` for a run of no pipeline).
+    pub async fn step_environment(
+        &self,
+        run: Uuid,
+    ) -> anyhow::Result<Option<coderun_shared::pipelines::StepEnvironment>> {
+        Ok(coderun_shared::pipelines::step_environment(&self.recorder.db, run).await?)
+    }
+
+    /// The output files a finished run left.
+    pub async fn run_outputs(&self, run: Uuid) -> anyhow::Result<Vec<runs::OutputFile>> {
+        Ok(runs::outputs(&self.recorder.db, run).await?)
+    }
+
     /// The run as Postgres has it now.
     pub async fn run(&self, id: Uuid) -> anyhow::Result<Option<Run>> {
         Ok(runs::get(&self.recorder.db, id).await?)

@@ -848,3 +848,148 @@ async fn print_job_prints_the_job_of_each_configured_spec_or_of_a_stored_run_as_
     // Printing creates nothing.
     assert_eq!(kube.job_creates(), 0);
 }
+
+/// The step's run id in a pipeline run's grid, once it has one.
+async fn pipeline_step_run(p: &Platform, pipeline_run: &str, step: &str) -> String {
+    let deadline = Instant::now() + T;
+    loop {
+        let run = p
+            .app
+            .get(&format!("/api/v1/pipeline-runs/{pipeline_run}"), &p.token)
+            .await
+            .expect(200);
+        let found = run["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s["steps"].as_array().unwrap().iter())
+            .find(|s| s["name"] == step)
+            .and_then(|s| s["run_id"].as_str().map(str::to_owned));
+        if let Some(id) = found {
+            return id;
+        }
+        assert!(Instant::now() < deadline, "step {step} has no run: {run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_two_stage_pipeline_passes_outputs_through_the_init_container() {
+    let (kube, p) = setup(vec![]).await;
+    let worker = p.worker("w").await;
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let task = p.app.task(&p.token, "step", "python").await;
+        tasks.push(task["id"].as_str().unwrap().to_owned());
+    }
+    let pipeline = p
+        .app
+        .post(
+            "/api/v1/pipelines",
+            &p.token,
+            json!({
+                "name": "two stages",
+                "params": {"ALPHA": "0.5"},
+                "stages": [
+                    {"name": "one", "steps": [{"name": "first", "task_id": tasks[0]}]},
+                    {"name": "two", "steps": [{"name": "second", "task_id": tasks[1]}]}
+                ]
+            }),
+        )
+        .await
+        .expect(201);
+    let id = pipeline["id"].as_str().unwrap();
+    let run = p
+        .app
+        .post(&format!("/api/v1/pipelines/{id}/runs"), &p.token, json!({}))
+        .await
+        .expect(202);
+    let pipeline_run = run["id"].as_str().unwrap().to_owned();
+
+    // The first step: its pod uploads its outputs and succeeds.
+    let first = pipeline_step_run(&p, &pipeline_run, "first").await;
+    let job = job_for(&kube, &first).await;
+    let main = &job
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    assert_eq!(env_of(main, "PARAM_ALPHA"), "0.5");
+    assert_eq!(env_of(main, "INPUT_DIR"), job::INPUT_DIR);
+    let pod = pod_for(&kube, &first).await;
+    wait_status(&p, &first, "pending").await;
+    kube.set_pod_running(NS, &pod);
+    wait_status(&p, &first, "running").await;
+    let outputs_url = env_of(&containers(&job)[1], "OUTPUTS_URL");
+    let archive = outputs_archive(&[("data.txt", "from first"), ("sub/m.txt", "m")]);
+    let put = reqwest::Client::new()
+        .put(outputs_url)
+        .body(archive)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{put:?}");
+    kube.set_pod_succeeded(NS, &pod);
+    assert_eq!(p.wait_terminal(&first, T).await["status"], "succeeded");
+
+    // The second step's init container fetches exactly the first step's outputs, through
+    // presigned URLs, into $INPUT_DIR, which the program's container mounts read-only.
+    let second = pipeline_step_run(&p, &pipeline_run, "second").await;
+    let job = job_for(&kube, &second).await;
+    let fetch = &containers(&job)[0];
+    assert_eq!(env_of(fetch, "INPUT_DIR"), job::INPUT_DIR);
+    let args = fetch.command.clone().unwrap();
+    let at = args
+        .iter()
+        .position(|a| a == "--inputs")
+        .expect("an inputs marker");
+    let inputs = &args[at + 1..];
+    assert_eq!(inputs.len(), 4, "{inputs:?}");
+    assert_eq!(inputs[0], "first/data.txt");
+    assert_eq!(inputs[2], "first/sub/m.txt");
+    let fetched = reqwest::get(&inputs[1]).await.unwrap();
+    assert!(fetched.status().is_success());
+    assert_eq!(fetched.text().await.unwrap(), "from first");
+    assert!(args[2].contains("--inputs"));
+    let pod_spec = job.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let main = &pod_spec.containers[0];
+    let input_mount = main
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == job::INPUT_DIR)
+        .expect("the program mounts $INPUT_DIR");
+    assert_eq!(input_mount.read_only, Some(true));
+    assert!(
+        pod_spec
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == input_mount.name && v.empty_dir.is_some())
+    );
+    let pod = pod_for(&kube, &second).await;
+    wait_status(&p, &second, "pending").await;
+    kube.set_pod_running(NS, &pod);
+    wait_status(&p, &second, "running").await;
+    kube.set_pod_succeeded(NS, &pod);
+    assert_eq!(p.wait_terminal(&second, T).await["status"], "succeeded");
+    let deadline = Instant::now() + T;
+    loop {
+        let run = p
+            .app
+            .get(&format!("/api/v1/pipeline-runs/{pipeline_run}"), &p.token)
+            .await
+            .expect(200);
+        if run["status"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{run}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_no_permits(&worker.ctx).await;
+    worker.stop().await;
+}

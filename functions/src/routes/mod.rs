@@ -15,6 +15,7 @@ pub mod catalogue;
 pub mod datasets;
 pub mod files;
 pub mod ops;
+pub mod pipelines;
 pub mod runs;
 pub mod tasks;
 pub mod users;
@@ -30,5 +31,6 @@ pub fn api(limits: &LimitSettings) -> OpenApiRouter<AppState> {
         .merge(runs::router())
         .merge(catalogue::router())
         .merge(datasets::router(limits))
+        .merge(pipelines::router())
         .merge(ops::router())
 }

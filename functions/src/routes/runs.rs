@@ -126,7 +126,7 @@ pub struct SubmitRun {
 
 /// A JSON body that may also be absent: an empty body means `T::default()`, so
 /// `POST …/runs` with no body submits with every default.
-fn optional_json<T: DeserializeOwned + Default>(
+pub(crate) fn optional_json<T: DeserializeOwned + Default>(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<T> {

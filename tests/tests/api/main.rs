@@ -7,6 +7,7 @@ mod files;
 mod idempotency;
 mod memory;
 mod ops;
+mod pipelines;
 mod runs;
 mod schema;
 mod storage;

@@ -83,6 +83,9 @@ fn uri_of(path: &str) -> String {
     path.replace("{task_id}", &uuid::Uuid::new_v4().to_string())
         .replace("{run_id}", &uuid::Uuid::new_v4().to_string())
         .replace("{path}", "main.py")
+        .replace("{pipeline_id}", &uuid::Uuid::new_v4().to_string())
+        .replace("{pipeline_run_id}", &uuid::Uuid::new_v4().to_string())
+        .replace("{stage}", "1")
 }
 
 #[tokio::test]

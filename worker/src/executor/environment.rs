@@ -11,6 +11,17 @@ pub const CODE_PATH: &str = "/code";
 pub const OUTPUT_DIR: &str = "/output";
 /// Where datasets are mounted read-only, one folder per dataset (`$DATA_DIR/{name}`).
 pub const DATA_DIR: &str = "/data";
+/// Where a pipeline step finds the outputs of the earlier stages' steps, read-only, one folder
+/// per step (`$INPUT_DIR/{step name}/`). Set only for pipeline steps.
+pub const INPUT_DIR: &str = "/input";
+
+/// A pipeline step's parameters as the variables its program gets: `PARAM_<NAME>`.
+pub fn param_vars(params: &coderun_shared::pipelines::Params) -> Vec<(String, String)> {
+    params
+        .iter()
+        .map(|(name, value)| (format!("PARAM_{name}"), value.clone()))
+        .collect()
+}
 
 /// The variables of one run attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

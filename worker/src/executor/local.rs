@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::ending::{Ending, Termination};
 use crate::executor::datasets::DatasetCache;
+use crate::executor::environment;
 use crate::executor::{Durability, Executor, LaunchError, Prepared, Start, Traits};
 use crate::sandbox::{
     self, Limits, Sandbox, SandboxConfig, SandboxRequest, create_run_dir, remove_work_dir,
@@ -366,6 +367,18 @@ impl Inner {
                 .retry("fetch the datasets", || self.fetch_datasets(run, work_dir))
                 .await?
         };
+        let step = self.supervisor.step_environment(run.id).await?;
+        let inputs = match &step {
+            Some(step) => {
+                let resilience = self.supervisor.resilience();
+                Some(
+                    resilience
+                        .retry("fetch the inputs", || self.fetch_inputs(step, work_dir))
+                        .await?,
+                )
+            }
+            None => None,
+        };
         if stop.is_cancelled() {
             return Ok(Termination::StoppedBeforeStart.into());
         }
@@ -379,6 +392,11 @@ impl Inner {
             command: run.command.clone(),
             work_dir: work_dir.to_owned(),
             datasets,
+            inputs,
+            env: step
+                .as_ref()
+                .map(|s| environment::param_vars(&s.params))
+                .unwrap_or_default(),
             limits: Limits::from(&run.spec.limits),
             log_max_bytes: self.runs.log_max_bytes,
         };
@@ -458,6 +476,72 @@ impl Inner {
         // Only a bundle that matched its sha256 is kept.
         self.bundles.put(&run.code_sha256, bytes);
         Ok(())
+    }
+
+    /// A pipeline step's `$INPUT_DIR`: `work_dir/inputs/{step}/…` with the outputs of every
+    /// earlier step, fetched through presigned URLs, read-only to the program (files 0444,
+    /// folders 0755; it is bound read-only besides). Only those runs' outputs: nothing else of
+    /// other runs.
+    async fn fetch_inputs(
+        &self,
+        step: &coderun_shared::pipelines::StepEnvironment,
+        work_dir: &Path,
+    ) -> anyhow::Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let root = work_dir.join("inputs");
+        match tokio::fs::remove_dir_all(&root).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        let dir_mode = || std::fs::Permissions::from_mode(0o755);
+        tokio::fs::create_dir(&root).await?;
+        tokio::fs::set_permissions(&root, dir_mode()).await?;
+        for (name, run_id) in &step.inputs {
+            anyhow::ensure!(
+                coderun_shared::pipelines::is_safe_name(name),
+                "step name {name:?} is not a simple name"
+            );
+            let step_dir = root.join(name);
+            tokio::fs::create_dir(&step_dir).await?;
+            tokio::fs::set_permissions(&step_dir, dir_mode()).await?;
+            let objects = coderun_shared::objects::RunObjects::new(*run_id);
+            for file in self.supervisor.run_outputs(*run_id).await? {
+                // Stored paths were checked when collected; checked again, as host paths.
+                let path = coderun_shared::domain::FilePath::parse(&file.path, &self.paths)
+                    .map_err(|e| anyhow::anyhow!("output `{}`: {}", file.path, e.0))?;
+                let target = step_dir.join(path.as_str());
+                let mut missing = Vec::new();
+                let mut parent = target.parent();
+                while let Some(p) = parent {
+                    if p == step_dir || tokio::fs::metadata(p).await.is_ok() {
+                        break;
+                    }
+                    missing.push(p.to_owned());
+                    parent = p.parent();
+                }
+                for p in missing.iter().rev() {
+                    tokio::fs::create_dir(p).await?;
+                    tokio::fs::set_permissions(p, dir_mode()).await?;
+                }
+                let url = self
+                    .supervisor
+                    .storage()
+                    .presigned_get_internal(&objects.output(path.as_str()))
+                    .await?;
+                let bytes = self
+                    .http
+                    .get(url)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .bytes()
+                    .await?;
+                tokio::fs::write(&target, &bytes).await?;
+                tokio::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o444)).await?;
+            }
+        }
+        Ok(root)
     }
 
     /// The host folder of each dataset version the run names, from the worker's cache

@@ -19,14 +19,14 @@
 //! interpreted by a host shell: its command is one argv element handed to the sandbox's `sh`.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
 
 use super::runtime::Runtime;
 use crate::executor::environment::RunEnvironment;
 
-use super::{CODE_PATH, DATA_DIR, Limits, OUTPUT_DIR, SandboxConfig};
+use super::{CODE_PATH, DATA_DIR, INPUT_DIR, Limits, OUTPUT_DIR, SandboxConfig};
 
 /// Exit code of the first process when it cannot join the run's cgroup.
 pub(super) const JOIN_FAILED: i32 = 125;
@@ -87,6 +87,10 @@ pub(super) struct Launch<'a> {
     /// The compiled filters (deny list, `clone3`), opened by the first process.
     pub seccomp: [PathBuf; 2],
     pub datasets: &'a [(String, PathBuf)],
+    /// The earlier steps' outputs of a pipeline step, mounted read-only at `$INPUT_DIR`.
+    pub inputs: Option<&'a Path>,
+    /// A pipeline step's `PARAM_<NAME>` variables.
+    pub env: &'a [(String, String)],
     pub command: &'a str,
 }
 
@@ -178,6 +182,12 @@ impl Launch<'_> {
         for (k, v) in self.runtime.env(&self.limits) {
             push(&mut a, &[&"--setenv", &k, &v]);
         }
+        for (k, v) in self.env {
+            push(&mut a, &[&"--setenv", k, v]);
+        }
+        if self.inputs.is_some() {
+            push(&mut a, &[&"--setenv", &"INPUT_DIR", &INPUT_DIR]);
+        }
         // The runtime's /usr and /etc and nothing else of a system: the host's programs and
         // configuration stay out of sight.
         push(&mut a, &[&"--ro-bind", &self.runtime.usr, &"/usr"]);
@@ -228,6 +238,9 @@ impl Launch<'_> {
         );
         for (name, host) in self.datasets {
             push(&mut a, &[&"--ro-bind", host, &format!("{DATA_DIR}/{name}")]);
+        }
+        if let Some(inputs) = self.inputs {
+            push(&mut a, &[&"--ro-bind", &inputs.to_path_buf(), &INPUT_DIR]);
         }
         push(
             &mut a,

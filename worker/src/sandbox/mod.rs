@@ -52,7 +52,7 @@ use command::{Identity, Launch};
 use uids::UidPool;
 
 /// The run environment's mount points, shared with every executor.
-pub use crate::executor::environment::{CODE_PATH, DATA_DIR, OUTPUT_DIR};
+pub use crate::executor::environment::{CODE_PATH, DATA_DIR, INPUT_DIR, OUTPUT_DIR};
 /// The log file the sandbox writes in the run's work dir.
 pub const LOG_FILE: &str = "log.txt";
 /// The folder of the run's work dir where its file system (a tmpfs when the worker is root)
@@ -107,6 +107,12 @@ pub struct SandboxRequest {
     /// Dataset name → host folder, mounted read-only at `$DATA_DIR/{name}`. The folder must be
     /// readable by others (the program's uid is not the worker's).
     pub datasets: Vec<(String, PathBuf)>,
+    /// A pipeline step's view of the earlier steps' outputs: a host folder (readable by
+    /// others) mounted read-only at `$INPUT_DIR`, one sub-folder per step. `None` for a run of
+    /// no pipeline.
+    pub inputs: Option<PathBuf>,
+    /// Extra variables of a pipeline step (`PARAM_<NAME>`), set after the promised ones.
+    pub env: Vec<(String, String)>,
     pub limits: Limits,
     /// Cap of the combined stdout + stderr; beyond it the program is killed.
     pub log_max_bytes: u64,
@@ -421,6 +427,8 @@ impl Sandbox {
             etc_dir: layout.etc(),
             seccomp: layout.seccomp(),
             datasets: &request.datasets,
+            inputs: request.inputs.as_deref(),
+            env: &request.env,
             command: &request.command,
         };
         let (reader, writer) =
@@ -667,6 +675,16 @@ fn validate(request: &SandboxRequest) -> Result<(), SandboxError> {
     }
     if request.command.contains('\0') {
         return invalid("the command contains a NUL byte".into());
+    }
+    if let Some(inputs) = &request.inputs
+        && (!inputs.is_absolute() || !inputs.is_dir())
+    {
+        return invalid(format!("inputs: {} is not a folder", inputs.display()));
+    }
+    if let Some((name, _)) = request.env.iter().find(|(name, value)| {
+        !name.starts_with("PARAM_") || name.contains(['=', '\0']) || value.contains('\0')
+    }) {
+        return invalid(format!("variable {name:?} is not a step parameter"));
     }
     for (name, path) in &request.datasets {
         let simple = !name.is_empty()

@@ -374,6 +374,8 @@ fn trial_run(sandbox: &Sandbox, runtime: &Runtime) -> Result<(), PreflightError>
             etc_dir: layout.etc(),
             seccomp: layout.seccomp(),
             datasets: &[],
+            inputs: None,
+            env: &[],
             command: "true",
         };
         let argv = launch.argv();

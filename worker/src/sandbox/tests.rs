@@ -101,6 +101,8 @@ fn request_in(language: &str, dir: &Path, command: &str, limits: Limits) -> Sand
         command: command.into(),
         work_dir: dir.to_path_buf(),
         datasets: Vec::new(),
+        inputs: None,
+        env: Vec::new(),
         limits,
         log_max_bytes: 1024 * 1024,
     }

@@ -38,7 +38,7 @@ pub const FETCH: &str = "fetch";
 /// The native sidecar uploading `$OUTPUT_DIR` once the program has ended.
 pub const OUTPUTS: &str = "outputs";
 
-pub use crate::executor::environment::{CODE_PATH, DATA_DIR, OUTPUT_DIR};
+pub use crate::executor::environment::{CODE_PATH, DATA_DIR, INPUT_DIR, OUTPUT_DIR};
 
 /// The unprivileged uid and gid everything in the pod runs as (`nobody`).
 const NOBODY: i64 = 65534;
@@ -54,6 +54,26 @@ pub struct JobUrls {
     /// Dataset versions mounted from a prepared ReadOnlyMany volume instead
     /// (`kubernetes.dataset_source = "volume"`).
     pub dataset_volumes: Vec<DatasetVolume>,
+    /// A pipeline step's part: `None` for a run of no pipeline.
+    pub step: Option<StepUrls>,
+}
+
+/// What a pipeline step's Job carries beyond a run's: its `PARAM_<NAME>` variables and the
+/// earlier steps' output files, fetched by the init container into `$INPUT_DIR/{step}/{path}`
+/// and mounted read-only into the program's container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepUrls {
+    pub env: Vec<(String, String)>,
+    pub inputs: Vec<InputFile>,
+}
+
+/// One output file of an earlier step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFile {
+    /// `{step}/{path in its $OUTPUT_DIR}`, both already validated.
+    pub path: String,
+    pub url: String,
+    pub size: u64,
 }
 
 /// One object of a dataset, fetched into `$DATA_DIR/{path}` and checked against its sha256.
@@ -89,22 +109,32 @@ pub fn run_of(meta: &ObjectMeta) -> Option<Uuid> {
 }
 
 /// Downloads and checks the code bundle, unpacks it, then fetches each dataset object and
-/// checks it against its sha256 (path, URL and sha256 are argument triples), and makes the
-/// mount points of volume-mounted datasets (`DATA_VOLUMES`). `set -eu`: any failure — a
-/// checksum that does not match too — fails the pod before the program ever starts.
+/// checks it against its sha256 (path, URL and sha256 are argument triples), makes the
+/// mount points of volume-mounted datasets (`DATA_VOLUMES`), and for a pipeline step fetches
+/// the earlier steps' outputs (after a `--inputs` marker, path and URL pairs; a dataset path
+/// always holds a `/`, so it is never the marker). `set -eu`: any failure — a checksum that
+/// does not match too — fails the pod before the program ever starts.
 const FETCH_SCRIPT: &str = r#"set -eu
 bundle="$CODE_PATH/.coderun-code.tar.gz"
 curl -fsS --retry 3 -o "$bundle" "$CODE_URL"
 echo "$CODE_SHA256  $bundle" | sha256sum -c - >/dev/null
 tar -xzf "$bundle" -C "$CODE_PATH"
 rm -f "$bundle"
-while [ "$#" -ge 3 ]; do
+while [ "$#" -ge 3 ] && [ "$1" != "--inputs" ]; do
   mkdir -p "$(dirname "$DATA_DIR/$1")"
   curl -fsS --retry 3 -o "$DATA_DIR/$1" "$2"
   echo "$3  $DATA_DIR/$1" | sha256sum -c - >/dev/null
   shift 3
 done
 for name in ${DATA_VOLUMES:-}; do mkdir -p "$DATA_DIR/$name"; done
+if [ "${1:-}" = "--inputs" ]; then
+  shift
+  while [ "$#" -ge 2 ]; do
+    mkdir -p "$(dirname "$INPUT_DIR/$1")"
+    curl -fsS --retry 3 -o "$INPUT_DIR/$1" "$2"
+    shift 2
+  done
+fi
 "#;
 
 /// Waits for the program to end — the kubelet sends SIGTERM to a native sidecar once the main
@@ -165,6 +195,21 @@ pub fn build(run: &Run, settings: &KubernetesSettings, urls: &JobUrls) -> Job {
         fetch_args.push(file.url.clone());
         fetch_args.push(file.sha256.clone());
     }
+    if let Some(step) = &urls.step {
+        fetch_args.push("--inputs".to_owned());
+        for file in &step.inputs {
+            fetch_args.push(file.path.clone());
+            fetch_args.push(file.url.clone());
+        }
+    }
+    let input_mib = urls.step.as_ref().map(|step| {
+        step.inputs
+            .iter()
+            .map(|f| f.size)
+            .sum::<u64>()
+            .div_ceil(1024 * 1024)
+            + 1
+    });
     let data_volumes = urls
         .dataset_volumes
         .iter()
@@ -180,16 +225,24 @@ pub fn build(run: &Run, settings: &KubernetesSettings, urls: &JobUrls) -> Job {
     if !data_volumes.is_empty() {
         fetch_env.push(("DATA_VOLUMES", &data_volumes));
     }
+    if urls.step.is_some() {
+        fetch_env.push(("INPUT_DIR", INPUT_DIR));
+    }
     let fetch = Container {
         name: FETCH.to_owned(),
         image: Some(settings.init_image.clone()),
         image_pull_policy: Some("IfNotPresent".to_owned()),
         command: Some(fetch_args),
         env: env(&fetch_env),
-        volume_mounts: Some(vec![
-            mount("code", CODE_PATH, false),
-            mount("data", DATA_DIR, false),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("code", CODE_PATH, false),
+                mount("data", DATA_DIR, false),
+            ]
+            .into_iter()
+            .chain(urls.step.as_ref().map(|_| mount("input", INPUT_DIR, false)))
+            .collect(),
+        ),
         resources: Some(helper_resources.clone()),
         security_context: Some(container_security()),
         ..Container::default()
@@ -234,6 +287,12 @@ pub fn build(run: &Run, settings: &KubernetesSettings, urls: &JobUrls) -> Job {
             .iter()
             .map(|(name, value)| (*name, value.as_str()))
             .chain([("HOME", "/tmp"), ("TMPDIR", "/tmp")])
+            .chain(
+                urls.step
+                    .iter()
+                    .flat_map(|step| step.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .chain(urls.step.as_ref().map(|_| ("INPUT_DIR", INPUT_DIR))),
+            )
             .collect::<Vec<_>>()),
         volume_mounts: Some(
             [
@@ -250,12 +309,16 @@ pub fn build(run: &Run, settings: &KubernetesSettings, urls: &JobUrls) -> Job {
                     true,
                 )
             }))
+            .chain(urls.step.as_ref().map(|_| mount("input", INPUT_DIR, true)))
             .collect(),
         ),
         resources: Some(resources(
             &format!("{}m", limits.cpu_millis),
             &format!("{}Mi", limits.memory_mib),
-            &format!("{}Mi", u64::from(limits.disk_mib) + data_mib),
+            &format!(
+                "{}Mi",
+                u64::from(limits.disk_mib) + data_mib + input_mib.unwrap_or(0)
+            ),
         )),
         security_context: Some(container_security()),
         ..Container::default()
@@ -302,6 +365,7 @@ pub fn build(run: &Run, settings: &KubernetesSettings, urls: &JobUrls) -> Job {
                 empty_dir("data", Quantity(format!("{data_mib}Mi"))),
             ]
             .into_iter()
+            .chain(input_mib.map(|mib| empty_dir("input", Quantity(format!("{mib}Mi")))))
             .chain(
                 urls.dataset_volumes
                     .iter()
@@ -442,6 +506,8 @@ pub fn sample_run() -> Run {
         started_at: None,
         finished_at: None,
         purged_at: None,
+        pipeline_run_id: None,
+        pipeline_step: None,
     }
 }
 
@@ -469,6 +535,7 @@ pub fn sample_urls(run: &Run) -> JobUrls {
             })
             .collect(),
         dataset_volumes: Vec::new(),
+        step: None,
     }
 }
 

@@ -25,7 +25,8 @@ use coderun_shared::config::{
 };
 use coderun_shared::datasets::Mount;
 use coderun_shared::objects::RunObjects;
-use coderun_shared::runs::Run;
+use coderun_shared::pipelines::{self, StepEnvironment};
+use coderun_shared::runs::{OutputFile, Run};
 use coderun_shared::transient::Dependency;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -35,7 +36,7 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::executor::{Durability, Executor, LaunchError, Prepared, Start, Traits};
+use crate::executor::{Durability, Executor, LaunchError, Prepared, Start, Traits, environment};
 use crate::supervisor::Supervisor;
 
 mod actor;
@@ -237,6 +238,37 @@ pub async fn job_urls(
         outputs,
         datasets,
         dataset_volumes,
+        step: None,
+    })
+}
+
+/// A pipeline step's part of its Job: its `PARAM_<NAME>` variables and a presigned GET of each
+/// output file of the earlier steps (only theirs: nothing else of other runs).
+pub async fn step_urls(
+    presigner: &Presigner,
+    settings: &KubernetesSettings,
+    step: &StepEnvironment,
+    outputs: &[(String, Uuid, Vec<OutputFile>)],
+) -> anyhow::Result<job::StepUrls> {
+    let short = Duration::from_secs(settings.presign_seconds.max(1));
+    let mut inputs = Vec::new();
+    for (name, run, files) in outputs {
+        anyhow::ensure!(
+            pipelines::is_safe_name(name),
+            "step name {name:?} is not simple"
+        );
+        let objects = RunObjects::new(*run);
+        for file in files {
+            inputs.push(job::InputFile {
+                path: format!("{name}/{}", file.path),
+                url: presigner.get(&objects.output(&file.path), short).await?,
+                size: file.size.max(0) as u64,
+            });
+        }
+    }
+    Ok(job::StepUrls {
+        env: environment::param_vars(&step.params),
+        inputs,
     })
 }
 
@@ -283,14 +315,25 @@ impl Inner {
                 Some(_) => LaunchError::Retryable(format!("cannot read the run's datasets: {e:#}")),
                 None => LaunchError::Permanent(format!("{e:#}")),
             })?;
-        let urls = job_urls(&self.presigner, &self.settings, run, &mounts)
-            .await
-            .map_err(|e| {
-                if let Some(dep) = crate::resilience::classify(&e) {
-                    resilience.failure(dep, &e);
+        let urls = async {
+            let mut urls = job_urls(&self.presigner, &self.settings, run, &mounts).await?;
+            if let Some(step) = self.supervisor.step_environment(run.id).await? {
+                let mut outputs = Vec::new();
+                for (name, id) in &step.inputs {
+                    outputs.push((name.clone(), *id, self.supervisor.run_outputs(*id).await?));
                 }
-                LaunchError::Retryable(format!("cannot presign the run's URLs: {e:#}"))
-            })?;
+                urls.step =
+                    Some(step_urls(&self.presigner, &self.settings, &step, &outputs).await?);
+            }
+            anyhow::Ok(urls)
+        }
+        .await
+        .map_err(|e| {
+            if let Some(dep) = crate::resilience::classify(&e) {
+                resilience.failure(dep, &e);
+            }
+            LaunchError::Retryable(format!("cannot presign the run's URLs: {e:#}"))
+        })?;
         let job = job::build(run, &self.settings, &urls);
         self.limiter.until_ready().await;
         let created = tokio::time::timeout(
