@@ -25,3 +25,4 @@ pub mod telemetry;
 pub mod throttle;
 pub mod transient;
 pub mod users;
+pub mod webhooks;

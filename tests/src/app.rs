@@ -362,7 +362,11 @@ impl TestApp {
             'dataset_versions', (SELECT coalesce(json_agg(v ORDER BY v.id), '[]') FROM dataset_versions v),
             'dataset_files', (SELECT coalesce(json_agg(f ORDER BY f.version_id, f.path), '[]') FROM dataset_files f),
             'dataset_uploads', (SELECT coalesce(json_agg(u ORDER BY u.id), '[]') FROM dataset_uploads u),
-            'dataset_sweeps', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM dataset_sweeps w)
+            'dataset_sweeps', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM dataset_sweeps w),
+            'webhook_endpoints', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM webhook_endpoints w),
+            'webhook_events', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM webhook_events w),
+            'webhook_deliveries', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM webhook_deliveries w),
+            'webhook_attempts', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM webhook_attempts w)
         )::text";
         let text: String = sqlx::query_scalar(query).fetch_one(&self.db).await.unwrap();
         serde_json::from_str(&text).unwrap()

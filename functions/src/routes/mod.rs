@@ -18,6 +18,7 @@ pub mod ops;
 pub mod runs;
 pub mod tasks;
 pub mod users;
+pub mod webhooks;
 
 /// Every route of the API with its OpenAPI operation; `limits` size the request bodies the
 /// file routes take.
@@ -30,5 +31,6 @@ pub fn api(limits: &LimitSettings) -> OpenApiRouter<AppState> {
         .merge(runs::router())
         .merge(catalogue::router())
         .merge(datasets::router(limits))
+        .merge(webhooks::router())
         .merge(ops::router())
 }

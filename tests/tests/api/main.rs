@@ -13,3 +13,4 @@ mod storage;
 mod tasks;
 mod users;
 mod web;
+mod webhooks;

@@ -83,6 +83,8 @@ fn uri_of(path: &str) -> String {
     path.replace("{task_id}", &uuid::Uuid::new_v4().to_string())
         .replace("{run_id}", &uuid::Uuid::new_v4().to_string())
         .replace("{path}", "main.py")
+        .replace("{webhook_id}", &uuid::Uuid::new_v4().to_string())
+        .replace("{delivery_id}", &uuid::Uuid::new_v4().to_string())
 }
 
 #[tokio::test]
