@@ -18,7 +18,6 @@ use chrono::Utc;
 use coderun_shared::config::WebhookSettings;
 use coderun_shared::redis;
 use coderun_shared::webhooks::{self, AddressPolicy, Outcome, Outgoing, WebhookQueue};
-use futures::StreamExt;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
@@ -274,9 +273,11 @@ async fn relay(ctx: Context, queue: WebhookQueue, shutdown: CancellationToken) {
     }
 }
 
-/// The sender until `shutdown`: reads entries on a Redis connection of its own, attempts up to
-/// `concurrency` deliveries at once, acknowledges each entry once its attempt is recorded (an
-/// entry whose recording failed stays pending; its delivery comes back through the relay).
+/// The sender until `shutdown`: reads entries on a Redis connection of its own, only as many
+/// as it has free slots (`concurrency`), so a slow endpoint holds one slot and never a batch;
+/// acknowledges each entry once its attempt is recorded (an entry whose recording failed stays
+/// pending, and its delivery comes back through the relay). On shutdown it waits for the
+/// attempts in flight.
 async fn send(ctx: Context, queue: WebhookQueue, sender: Sender, shutdown: CancellationToken) {
     let reader = loop {
         match redis::connect(&ctx.settings.redis).await {
@@ -290,12 +291,22 @@ async fn send(ctx: Context, queue: WebhookQueue, sender: Sender, shutdown: Cance
             }
         }
     };
-    let concurrency = ctx.settings.webhooks.concurrency;
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        ctx.settings.webhooks.concurrency,
+    ));
     let block_ms = ctx.settings.queue.block_ms;
+    let mut in_flight = tokio::task::JoinSet::new();
     loop {
+        while in_flight.try_join_next().is_some() {}
+        // At least one free slot before reading, then as many entries as slots are free.
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+        };
+        let free = 1 + slots.available_permits() as u64;
         let entries = tokio::select! {
             _ = shutdown.cancelled() => break,
-            read = queue.read(&reader, &ctx.name, concurrency as u64, block_ms) => read,
+            read = queue.read(&reader, &ctx.name, free, block_ms) => read,
         };
         let entries = match entries {
             Ok(entries) => entries,
@@ -305,28 +316,37 @@ async fn send(ctx: Context, queue: WebhookQueue, sender: Sender, shutdown: Cance
                 continue;
             }
         };
-        futures::stream::iter(entries)
-            .for_each_concurrent(concurrency, |(entry, delivery)| {
-                let (ctx, queue, sender) = (&ctx, &queue, &sender);
-                async move {
-                    let done = match delivery {
-                        Some(delivery) => deliver(ctx, sender, delivery).await.map(|_| ()),
-                        None => Ok(()),
-                    };
-                    match done {
-                        Ok(()) => {
-                            if let Err(e) = queue.ack(&entry).await {
-                                tracing::warn!(error = %e, %entry, "cannot acknowledge a webhook entry");
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, ?delivery, "a webhook attempt was not recorded")
+        let mut first = Some(first);
+        for (entry, delivery) in entries {
+            let slot = match first.take() {
+                Some(slot) => slot,
+                None => slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed"),
+            };
+            let (ctx, queue, sender) = (ctx.clone(), queue.clone(), sender.clone());
+            in_flight.spawn(async move {
+                let _slot = slot;
+                let done = match delivery {
+                    Some(delivery) => deliver(&ctx, &sender, delivery).await.map(|_| ()),
+                    None => Ok(()),
+                };
+                match done {
+                    Ok(()) => {
+                        if let Err(e) = queue.ack(&entry).await {
+                            tracing::warn!(error = %e, %entry, "cannot acknowledge a webhook entry");
                         }
                     }
+                    Err(e) => {
+                        tracing::warn!(error = %e, ?delivery, "a webhook attempt was not recorded")
+                    }
                 }
-            })
-            .await;
+            });
+        }
     }
+    while in_flight.join_next().await.is_some() {}
 }
 
 /// Starts the relay and the sender; both end when `shutdown` is cancelled.
