@@ -423,3 +423,46 @@ async fn private_and_loopback_addresses_are_refused_even_behind_a_name() {
     assert!(receiver.got().is_empty());
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn deliveries_whose_entry_never_came_or_was_lost_are_sent_from_postgres() {
+    let mut settings = callback_settings();
+    settings.extend([
+        ("webhooks.timeout_ms", "500".to_string()),
+        ("webhooks.requeue_after_seconds", "1".to_string()),
+    ]);
+    let p = platform(settings).await;
+    let receiver = Receiver::start("127.0.0.1").await;
+    let endpoint = receiver.register(&p, &["pipeline_run.status"]).await;
+    let owner = me(&p).await;
+    // No worker yet: the notification finds no relay, so nothing reaches the stream.
+    emit(&p, owner, json!({"n": 1})).await;
+    emit(&p, owner, json!({"n": 2})).await;
+    // The second one's entry "was added and lost" (say, Redis restarted without it).
+    sqlx::query(
+        "UPDATE webhook_deliveries d SET enqueued_at = clock_timestamp()
+         FROM webhook_events e WHERE e.id = d.event_id AND e.data->>'n' = '2'",
+    )
+    .execute(&p.app.db)
+    .await
+    .unwrap();
+    let worker = p.worker("w").await;
+    let got = receiver.wait_for("both events", |got| got.len() >= 2).await;
+    let mut ns: Vec<i64> = got
+        .iter()
+        .map(|g| g.body["data"]["n"].as_i64().unwrap())
+        .collect();
+    ns.sort();
+    assert_eq!(ns, [1, 2]);
+    assert!(got.iter().all(|g| g.verified));
+    let page = deliveries(&p, &endpoint).await;
+    assert!(
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["status"] == "succeeded"),
+        "{page:#}"
+    );
+    worker.stop().await;
+}
