@@ -59,6 +59,8 @@ pub struct Settings {
 pub struct WebhookSettings {
     /// The consumer group of the `{prefix}:webhooks` stream.
     pub group: String,
+    /// Seals endpoints' signing keys at rest when not empty.
+    pub secret_key: SecretString,
     pub max_endpoints_per_user: u32,
     pub max_url_bytes: usize,
     /// One attempt's whole request (connect, send, answer) may take this long.
@@ -638,6 +640,26 @@ mod tests {
             .validate_api()
             .unwrap_err();
         assert!(err.to_string().contains("CHANGE-ME"), "{err}");
+    }
+
+    #[test]
+    fn delays_read_with_their_units_and_refuse_anything_else() {
+        use std::time::Duration;
+        assert_eq!(
+            super::parse_delays("5s 5m, 2h 100ms").unwrap(),
+            [
+                Duration::from_secs(5),
+                Duration::from_secs(300),
+                Duration::from_secs(7200),
+                Duration::from_millis(100),
+            ]
+        );
+        assert!(super::parse_delays("").unwrap().is_empty());
+        for bad in ["5", "5d", "s", "-5s", "5 s"] {
+            assert!(super::parse_delays(bad).is_err(), "{bad}");
+        }
+        let defaults = Settings::with_overrides(local()).unwrap();
+        assert_eq!(defaults.webhooks.retry_schedule.len(), 7);
     }
 
     #[test]

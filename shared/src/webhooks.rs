@@ -265,6 +265,67 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// How signing keys are kept in `webhook_endpoints.secret`: a version byte, then either the key
+/// itself (`0`, no `webhooks.secret_key` set) or (`1`) a random 96-bit nonce and the key sealed
+/// with AES-256-GCM under SHA-256 of `webhooks.secret_key`, bound to the endpoint's id.
+pub struct Sealer(Option<ring::aead::LessSafeKey>);
+
+const PLAIN: u8 = 0;
+const SEALED: u8 = 1;
+
+impl Sealer {
+    pub fn from_settings(settings: &WebhookSettings) -> Self {
+        use secrecy::ExposeSecret;
+        let secret = settings.secret_key.expose_secret();
+        if secret.is_empty() {
+            return Self(None);
+        }
+        let key = <Sha256 as sha2::Digest>::digest(secret.as_bytes());
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &key)
+            .expect("a 32-byte AES-256 key");
+        Self(Some(ring::aead::LessSafeKey::new(key)))
+    }
+
+    /// The stored form of `secret` for endpoint `id`.
+    pub fn seal(&self, id: Uuid, secret: &Secret) -> Vec<u8> {
+        let Some(key) = &self.0 else {
+            return [&[PLAIN][..], secret.bytes()].concat();
+        };
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).expect("the operating system's random source");
+        let mut sealed = secret.bytes().to_vec();
+        key.seal_in_place_append_tag(
+            ring::aead::Nonce::assume_unique_for_key(nonce),
+            ring::aead::Aad::from(id.as_bytes()),
+            &mut sealed,
+        )
+        .expect("AES-GCM seals any key this size");
+        [&[SEALED][..], &nonce, &sealed].concat()
+    }
+
+    /// The signing key of endpoint `id` from its stored form; `None` when it was sealed and
+    /// cannot be opened with the key in force (none set, or another one).
+    pub fn open(&self, id: Uuid, stored: &[u8]) -> Option<Secret> {
+        match stored.split_first() {
+            Some((&PLAIN, key)) => Some(Secret::from_bytes(key.to_vec())),
+            Some((&SEALED, rest)) if rest.len() > 12 => {
+                let key = self.0.as_ref()?;
+                let (nonce, sealed) = rest.split_at(12);
+                let mut buffer = sealed.to_vec();
+                let opened = key
+                    .open_in_place(
+                        ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?,
+                        ring::aead::Aad::from(id.as_bytes()),
+                        &mut buffer,
+                    )
+                    .ok()?;
+                Some(Secret::from_bytes(opened.to_vec()))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// The `webhook-signature` value: `v1,` and the base64 HMAC-SHA256 of `{id}.{timestamp}.{body}`.
 pub fn sign(secret: &Secret, message_id: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.bytes()).expect("HMAC takes any key");
@@ -330,6 +391,7 @@ pub async fn create_endpoint(
     pool: &PgPool,
     new: NewEndpoint,
     max: u32,
+    sealer: &Sealer,
 ) -> Result<(Endpoint, Secret), Error> {
     let mut tx = pool.begin().await?;
     sqlx::query!(
@@ -347,18 +409,20 @@ pub async fn create_endpoint(
     if count >= i64::from(max) {
         return Err(Error::TooManyEndpoints { max });
     }
+    let id = Uuid::new_v4();
     let secret = Secret::generate();
+    let stored = sealer.seal(id, &secret);
     let events: Vec<String> = new.events.iter().map(|e| e.as_str().to_owned()).collect();
     let endpoint = sqlx::query_as!(
         Endpoint,
         "INSERT INTO webhook_endpoints (id, owner_id, url, events, secret)
          VALUES ($1, $2, $3, $4, $5)
          RETURNING id, url, events, created_at, disabled_at, disabled_reason",
-        Uuid::new_v4(),
+        id,
         new.owner_id,
         new.url.as_str(),
         &events,
-        secret.bytes()
+        &stored
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -605,8 +669,13 @@ struct Body<'a> {
     data: &'a serde_json::Value,
 }
 
-/// The delivery, if it is still pending, due, and its endpoint enabled.
-pub async fn outgoing(pool: &PgPool, delivery: Uuid) -> Result<Option<Outgoing>, sqlx::Error> {
+/// The delivery, if it is still pending, due, and its endpoint enabled. An endpoint whose key
+/// cannot be opened (sealed under another `webhooks.secret_key`) is an error: nothing is sent.
+pub async fn outgoing(
+    pool: &PgPool,
+    delivery: Uuid,
+    sealer: &Sealer,
+) -> anyhow::Result<Option<Outgoing>> {
     let Some(row) = sqlx::query!(
         r#"SELECT d.id, d.tries, d.endpoint_id, p.url, p.secret, e.id AS event_id, e.type AS kind,
                 e.sequence, e.data AS "data: sqlx::types::Json<serde_json::Value>", e.created_at
@@ -629,12 +698,18 @@ pub async fn outgoing(pool: &PgPool, delivery: Uuid) -> Result<Option<Outgoing>,
         data: &row.data.0,
     })
     .expect("a JSON value serializes");
+    let secret = sealer.open(row.endpoint_id, &row.secret).ok_or_else(|| {
+        anyhow::anyhow!(
+            "the signing key of endpoint {} is sealed under another webhooks.secret_key",
+            row.endpoint_id
+        )
+    })?;
     Ok(Some(Outgoing {
         delivery_id: row.id,
         endpoint_id: row.endpoint_id,
         tries: row.tries,
         url: row.url,
-        secret: Secret::from_bytes(row.secret),
+        secret,
         message_id: message_id(row.event_id),
         body,
     }))
@@ -1031,6 +1106,35 @@ mod tests {
         assert!(matches!(Outcome::of_status(503), Outcome::Retryable { .. }));
         assert_eq!(Outcome::of_status(400), Outcome::Refused { status: 400 });
         assert_eq!(Outcome::of_status(301), Outcome::Refused { status: 301 });
+    }
+
+    fn settings_with_key(key: &str) -> WebhookSettings {
+        let mut settings =
+            crate::config::Settings::with_overrides([("local_stack", "true".into())])
+                .unwrap()
+                .webhooks;
+        settings.secret_key = key.to_owned().into();
+        settings
+    }
+
+    #[test]
+    fn sealed_keys_open_only_with_their_key_and_endpoint() {
+        let secret = Secret::generate();
+        let (id, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let sealer = Sealer::from_settings(&settings_with_key("a long random string"));
+        let stored = sealer.seal(id, &secret);
+        assert_eq!(stored[0], SEALED);
+        assert!(!stored.windows(32).any(|w| w == secret.bytes()));
+        assert_eq!(sealer.open(id, &stored).unwrap().bytes(), secret.bytes());
+        assert!(sealer.open(other, &stored).is_none());
+        let wrong = Sealer::from_settings(&settings_with_key("another string"));
+        assert!(wrong.open(id, &stored).is_none());
+        let none = Sealer::from_settings(&settings_with_key(""));
+        assert!(none.open(id, &stored).is_none());
+        // Kept plain when no key is set, and still readable once one is.
+        let plain = none.seal(id, &secret);
+        assert_eq!(plain[0], PLAIN);
+        assert_eq!(sealer.open(id, &plain).unwrap().bytes(), secret.bytes());
     }
 
     #[test]

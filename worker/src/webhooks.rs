@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use coderun_shared::config::WebhookSettings;
 use coderun_shared::redis;
-use coderun_shared::webhooks::{self, AddressPolicy, Outcome, Outgoing, WebhookQueue};
+use coderun_shared::webhooks::{self, AddressPolicy, Outcome, Outgoing, Sealer, WebhookQueue};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
@@ -80,6 +80,8 @@ pub struct Sender {
     client: reqwest::Client,
     policy: AddressPolicy,
     settings: WebhookSettings,
+    /// Opens the endpoints' stored signing keys.
+    sealer: Arc<Sealer>,
 }
 
 impl Sender {
@@ -97,6 +99,7 @@ impl Sender {
             client,
             policy,
             settings: settings.clone(),
+            sealer: Arc::new(Sealer::from_settings(settings)),
         })
     }
 
@@ -203,7 +206,7 @@ pub async fn deliver(
     sender: &Sender,
     delivery: Uuid,
 ) -> anyhow::Result<Option<Outcome>> {
-    let Some(out) = webhooks::outgoing(&ctx.db, delivery).await? else {
+    let Some(out) = webhooks::outgoing(&ctx.db, delivery, &sender.sealer).await? else {
         return Ok(None);
     };
     let at = Utc::now();

@@ -160,10 +160,15 @@ impl Receiver {
     }
 }
 
-/// Loopback allowed (the receiver is on 127.0.0.1), retries 100 ms apart, a quick relay.
+/// Loopback allowed (the receiver is on 127.0.0.1), retries 100 ms apart, a quick relay, and
+/// signing keys sealed at rest.
 fn callback_settings() -> Vec<(&'static str, String)> {
     vec![
         ("webhooks.allow_loopback", "true".into()),
+        (
+            "webhooks.secret_key",
+            "a key that seals the signing keys".into(),
+        ),
         ("webhooks.retry_schedule", "100ms 100ms 100ms".into()),
         ("webhooks.poll_ms", "50".into()),
         ("webhooks.timeout_ms", "2000".into()),

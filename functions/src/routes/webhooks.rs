@@ -5,7 +5,9 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use coderun_shared::domain::{Page, PageRequest};
-use coderun_shared::webhooks::{self, Delivery, Endpoint, EndpointUrl, NewEndpoint, parse_events};
+use coderun_shared::webhooks::{
+    self, Delivery, Endpoint, EndpointUrl, NewEndpoint, Sealer, parse_events,
+};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -57,8 +59,13 @@ pub async fn create_webhook(
         url: EndpointUrl::parse(&body.url, settings)?,
         events: parse_events(&body.events)?,
     };
-    let (endpoint, secret) =
-        webhooks::create_endpoint(&state.db, new, settings.max_endpoints_per_user).await?;
+    let (endpoint, secret) = webhooks::create_endpoint(
+        &state.db,
+        new,
+        settings.max_endpoints_per_user,
+        &Sealer::from_settings(settings),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedWebhook {
