@@ -903,6 +903,9 @@ fn random_u32() -> u32 {
     u32::from_le_bytes(bytes)
 }
 
+/// An XREADGROUP answer: entries (id and fields) by stream.
+type XreadReply = HashMap<String, Vec<(String, HashMap<String, String>)>>;
+
 /// The status callbacks stream and its consumer group: one entry per delivery due.
 #[derive(Clone)]
 pub struct WebhookQueue {
@@ -979,8 +982,7 @@ impl WebhookQueue {
         if reply.is_null() {
             return Ok(Vec::new());
         }
-        let response: HashMap<String, Vec<(String, HashMap<String, String>)>> =
-            reply.into_xread_response()?;
+        let response: XreadReply = reply.into_xread_response()?;
         Ok(response
             .into_values()
             .flatten()

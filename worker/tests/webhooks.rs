@@ -185,7 +185,7 @@ async fn emit(p: &Platform, owner: Uuid, data: Value) -> Uuid {
     let subject = Uuid::new_v4();
     let mut tx = p.app.db.begin().await.unwrap();
     coderun_shared::webhooks::emit(
-        &mut *tx,
+        &mut tx,
         owner,
         coderun_shared::webhooks::EventType::PipelineRunStatus,
         subject,
