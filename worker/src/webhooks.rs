@@ -109,6 +109,14 @@ impl Sender {
             Ok(url) => url,
             Err(e) => return blocked(format!("the URL no longer parses: {e}")),
         };
+        // This worker's HTTP client has no TLS yet (docs/decisions.md, "Status callbacks"):
+        // say so once instead of retrying for a day.
+        if url.scheme() != "http" {
+            return blocked(format!(
+                "{} callbacks are not sent by this version yet; use an http URL",
+                url.scheme()
+            ));
+        }
         // A host written as an address is never resolved, so the resolver cannot check it.
         let literal = match url.host() {
             Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
