@@ -15,6 +15,7 @@ use coderun_shared::domain::Invalid;
 use coderun_shared::transient::{self, Dependency};
 use coderun_shared::{
     auth, bundle, files, lifecycle, pipelines, runs, snapshots, storage, tasks, users,
+    webhooks,
 };
 use serde::Serialize;
 
@@ -318,6 +319,18 @@ impl From<coderun_shared::datasets::Error> for ApiError {
             E::TooLarge(detail) => ApiError::PayloadTooLarge(detail),
             E::ChecksumMismatch(detail) => ApiError::Unprocessable(detail),
             E::Storage(e) => e.into(),
+            E::Db(e) => e.into(),
+        }
+    }
+}
+
+impl From<webhooks::Error> for ApiError {
+    fn from(e: webhooks::Error) -> Self {
+        use webhooks::Error as E;
+        match e {
+            E::Invalid(detail) => ApiError::Unprocessable(detail),
+            E::NotFound(what) => ApiError::not_found(what),
+            E::TooManyEndpoints { .. } | E::Disabled(_) => ApiError::Conflict(e.to_string()),
             E::Db(e) => e.into(),
         }
     }

@@ -309,6 +309,8 @@ struct Rules {
     dataset_ref: Rule,
     dataset_title: Rule,
     sha256: Rule,
+    webhook_url: Rule,
+    webhook_event: Rule,
 }
 
 /// The characters of Unicode's control category (what `char::is_control` refuses).
@@ -431,6 +433,17 @@ fn rules(settings: &Settings) -> Rules {
             None,
         ),
         sha256: rule(Some("^[0-9a-fA-F]{64}$".to_owned()), Some(64), Some(64)),
+        // Bytes, counted by the server; an http(s) URL (the rest is checked by the server).
+        webhook_url: rule(
+            Some("^[Hh][Tt][Tt][Pp][Ss]?://".to_owned()),
+            Some(1),
+            Some(settings.webhooks.max_url_bytes),
+        ),
+        webhook_event: one_of(
+            coderun_shared::webhooks::EventType::ALL
+                .map(|e| e.as_str().to_owned())
+                .to_vec(),
+        ),
         // The header (optionally after a byte order mark), then at least one line of a user.
         users_csv: rule(
             Some(format!(r"^\ufeff?{header}\r?\n[\s\S]*[^\r\n][\s\S]*$")),
@@ -463,7 +476,8 @@ fn apply_rules_to_parameter(parameter: &mut Parameter, path: &str, rules: &Rules
 
 /// The properties (of the request schemas) each rule governs.
 fn apply_rules_to_schemas(schemas: &mut BTreeMap<String, RefOr<Schema>>, rules: &Rules) {
-    let properties: [(&str, &str, &Rule); 22] = [
+    let properties: [(&str, &str, &Rule); 23] = [
+        ("CreateWebhook", "url", &rules.webhook_url),
         ("CreateTask", "name", &rules.task_name),
         ("CreateTask", "description", &rules.description),
         ("CreateTask", "language", &rules.language),
@@ -505,6 +519,15 @@ fn apply_rules_to_schemas(schemas: &mut BTreeMap<String, RefOr<Schema>>, rules: 
             && let RefOr::T(Schema::Object(item)) = item.as_mut()
         {
             rules.dataset_ref.apply(item);
+        }
+    }
+    if let Some(Schema::Array(events)) = property_schema(schemas, "CreateWebhook", "events") {
+        events.min_items = Some(1);
+        events.unique_items = true;
+        if let ArrayItems::RefOrSchema(item) = &mut events.items
+            && let RefOr::T(Schema::Object(item)) = item.as_mut()
+        {
+            rules.webhook_event.apply(item);
         }
     }
     // A batch changes something: a non-empty `upsert` or a non-empty `delete`.

@@ -204,6 +204,9 @@ log "starting coderun-functions on $api_host (log: $flog)"
 # glibc's allocator is held to two arenas and a fixed mmap threshold, so the multi-MiB buffers
 # of archiving and snapshotting a task go back to the system when freed (docs/decisions.md,
 # "The API's allocator"); the same variables are set in infra/k8s and infra/sam.
+# Status callbacks may go to a receiver on this machine (loopback) in the local stack only;
+# the API checks an endpoint's literal address, the worker every address it connects to.
+export CODERUN__WEBHOOKS__ALLOW_LOOPBACK=true
 setsid env MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=1048576 "$fbin" </dev/null >>"$flog" 2>&1 &
 fpid=$!
 echo "$fpid" >"$fpidfile"

@@ -51,6 +51,67 @@ pub struct Settings {
     pub kubernetes: KubernetesSettings,
     pub resilience: ResilienceSettings,
     pub datasets: DatasetSettings,
+    pub webhooks: WebhookSettings,
+}
+
+/// Status callbacks (`crate::webhooks`): endpoints, the delivery schedule, where requests may go.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// The consumer group of the `{prefix}:webhooks` stream.
+    pub group: String,
+    /// Seals endpoints' signing keys at rest when not empty.
+    pub secret_key: SecretString,
+    pub max_endpoints_per_user: u32,
+    pub max_url_bytes: usize,
+    /// One attempt's whole request (connect, send, answer) may take this long.
+    pub timeout_ms: u64,
+    /// Bytes of an answer read at most.
+    pub max_response_bytes: usize,
+    /// The delays before each retry; the first attempt is immediate.
+    #[serde(deserialize_with = "delays")]
+    pub retry_schedule: Vec<std::time::Duration>,
+    /// Failures in a row, over at least `disable_after_seconds`, that disable an endpoint.
+    pub disable_after_failures: u32,
+    pub disable_after_seconds: u64,
+    /// Requests may go to loopback addresses (the local stack, tests).
+    pub allow_loopback: bool,
+    /// Requests may go to private, link-local and other non-public addresses.
+    pub allow_private: bool,
+    /// Attempts one worker sends at once.
+    pub concurrency: usize,
+    /// The relay's period when nothing woke it.
+    pub poll_ms: u64,
+    /// An enqueued delivery still unanswered after this long is enqueued again.
+    pub requeue_after_seconds: u64,
+}
+
+/// `"5s 5m 30m 2h"` (also comma-separated; units `ms`, `s`, `m`, `h`) as durations.
+pub fn parse_delays(text: &str) -> Result<Vec<std::time::Duration>, String> {
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let split = part
+                .find(|c: char| !c.is_ascii_digit())
+                .ok_or_else(|| format!("`{part}` has no unit (ms, s, m or h)"))?;
+            let (number, unit) = part.split_at(split);
+            let number: u64 = number
+                .parse()
+                .map_err(|_| format!("`{part}` is not a number and a unit"))?;
+            let millis = match unit {
+                "ms" => number,
+                "s" => number * 1_000,
+                "m" => number * 60_000,
+                "h" => number * 3_600_000,
+                _ => return Err(format!("`{part}`: the unit must be ms, s, m or h")),
+            };
+            Ok(std::time::Duration::from_millis(millis))
+        })
+        .collect()
+}
+
+fn delays<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<std::time::Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_delays(&text).map_err(serde::de::Error::custom)
 }
 
 /// Datasets teachers publish (`crate::datasets`): their quotas and uploads.
@@ -491,6 +552,19 @@ impl Settings {
                 )));
             }
         }
+        let hooks = &self.webhooks;
+        if hooks.timeout_ms == 0
+            || hooks.concurrency == 0
+            || hooks.poll_ms == 0
+            || hooks.disable_after_failures == 0
+            || hooks.requeue_after_seconds * 1000 <= hooks.timeout_ms
+        {
+            return Err(Error::Invalid(
+                "webhooks: timeout_ms, concurrency, poll_ms and disable_after_failures must be at \
+                 least 1, and requeue_after_seconds must exceed timeout_ms"
+                    .into(),
+            ));
+        }
         if self.limits.max_per_page == 0 || self.limits.default_per_page > self.limits.max_per_page
         {
             return Err(Error::Invalid(
@@ -566,6 +640,26 @@ mod tests {
             .validate_api()
             .unwrap_err();
         assert!(err.to_string().contains("CHANGE-ME"), "{err}");
+    }
+
+    #[test]
+    fn delays_read_with_their_units_and_refuse_anything_else() {
+        use std::time::Duration;
+        assert_eq!(
+            super::parse_delays("5s 5m, 2h 100ms").unwrap(),
+            [
+                Duration::from_secs(5),
+                Duration::from_secs(300),
+                Duration::from_secs(7200),
+                Duration::from_millis(100),
+            ]
+        );
+        assert!(super::parse_delays("").unwrap().is_empty());
+        for bad in ["5", "5d", "s", "-5s", "5 s"] {
+            assert!(super::parse_delays(bad).is_err(), "{bad}");
+        }
+        let defaults = Settings::with_overrides(local()).unwrap();
+        assert_eq!(defaults.webhooks.retry_schedule.len(), 7);
     }
 
     #[test]

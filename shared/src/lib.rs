@@ -26,3 +26,4 @@ pub mod telemetry;
 pub mod throttle;
 pub mod transient;
 pub mod users;
+pub mod webhooks;

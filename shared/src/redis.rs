@@ -47,6 +47,11 @@ impl Keys {
         format!("{}:runs", self.prefix)
     }
 
+    /// The status callbacks stream: one entry `{delivery_id}` per delivery attempt due.
+    pub fn webhooks(&self) -> String {
+        format!("{}:webhooks", self.prefix)
+    }
+
     /// Entries delivered too often, with the reason.
     pub fn dead_letters(&self) -> String {
         format!("{}:runs:dead", self.prefix)

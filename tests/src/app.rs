@@ -367,7 +367,11 @@ impl TestApp {
             'pipeline_versions', (SELECT coalesce(json_agg(v ORDER BY v.pipeline_id, v.version), '[]') FROM pipeline_versions v),
             'pipeline_runs', (SELECT coalesce(json_agg(r ORDER BY r.id), '[]') FROM pipeline_runs r),
             'pipeline_steps', (SELECT coalesce(json_agg(s ORDER BY s.pipeline_run_id, s.name), '[]') FROM pipeline_steps s),
-            'pipeline_approvals', (SELECT coalesce(json_agg(a ORDER BY a.pipeline_run_id, a.stage), '[]') FROM pipeline_approvals a)
+            'pipeline_approvals', (SELECT coalesce(json_agg(a ORDER BY a.pipeline_run_id, a.stage), '[]') FROM pipeline_approvals a),
+            'webhook_endpoints', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM webhook_endpoints w),
+            'webhook_events', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM webhook_events w),
+            'webhook_deliveries', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM webhook_deliveries w),
+            'webhook_attempts', (SELECT coalesce(json_agg(w ORDER BY w.id), '[]') FROM webhook_attempts w)
         )::text";
         let text: String = sqlx::query_scalar(query).fetch_one(&self.db).await.unwrap();
         serde_json::from_str(&text).unwrap()

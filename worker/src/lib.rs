@@ -10,6 +10,7 @@
 //! [`reconciler`] repairs lost entries and lost executions; [`stops`] carries stop requests to
 //! executions; [`resilience`] waits out outages of the dependencies (retries and circuit
 //! breakers); [`sweeper`] removes deleted and expired runs' objects from the bucket;
+//! [`webhooks`] relays status callbacks from Postgres to their stream and sends them;
 //! [`metrics`] and [`http`] show all of it to an operator.
 
 use std::future::Future;
@@ -35,6 +36,7 @@ pub mod sandbox;
 pub mod stops;
 pub mod supervisor;
 pub mod sweeper;
+pub mod webhooks;
 
 pub use context::Context;
 
@@ -64,6 +66,7 @@ pub async fn run(ctx: Context, shutdown: impl Future<Output = ()>) -> anyhow::Re
         tokio::spawn(stops::run(ctx.clone(), stop_background.clone())),
         tokio::spawn(http::serve(ctx.clone(), stop_background.clone())),
         tokio::spawn(sweeper::run(ctx.clone(), stop_background.clone())),
+        tokio::spawn(webhooks::run(ctx.clone(), stop_background.clone())),
         tokio::spawn({
             let (executor, stop) = (ctx.executor.clone(), stop_background.clone());
             async move { executor.run(stop).await }

@@ -44,6 +44,10 @@ pub const DEAD_LETTERS: &str = "worker_dead_letters_total";
 /// Executor failures, by executor and kind (`launch_retryable`, `launch_permanent`, `stop`).
 pub const EXECUTOR_ERRORS: &str = "worker_executor_errors_total";
 
+/// Status callback attempts this worker made, by outcome (`delivered`, `retryable`, `refused`,
+/// `blocked`).
+pub const WEBHOOK_ATTEMPTS: &str = "worker_webhook_attempts_total";
+
 /// The process-wide recorder, installed on first use. Another recorder may be installed
 /// already (an embedding process, a test running the API beside workers): then this one renders
 /// nothing, which is still a valid exposition, and the worker's series appear in that one.
@@ -108,6 +112,7 @@ pub fn register(executor: ExecutorKind) {
         "Stream entries moved to the dead-letter stream"
     );
     describe_counter!(EXECUTOR_ERRORS, "Executor failures, by kind");
+    describe_counter!(WEBHOOK_ATTEMPTS, "Status callback attempts, by outcome");
     let executor = executor.as_str();
     metrics::counter!(LAUNCHES, "executor" => executor).increment(0);
     metrics::counter!(JANITOR_CLAIMS).increment(0);
@@ -153,6 +158,18 @@ pub fn repaired(kind: &'static str, count: usize) {
 }
 
 /// An entry went to the dead-letter stream.
+/// A status callback attempt ended so.
+pub fn webhook_attempt(outcome: &coderun_shared::webhooks::Outcome) {
+    use coderun_shared::webhooks::Outcome;
+    let kind = match outcome {
+        Outcome::Delivered { .. } => "delivered",
+        Outcome::Retryable { .. } => "retryable",
+        Outcome::Refused { .. } => "refused",
+        Outcome::Blocked { .. } => "blocked",
+    };
+    metrics::counter!(WEBHOOK_ATTEMPTS, "outcome" => kind).increment(1);
+}
+
 pub fn dead_lettered() {
     metrics::counter!(DEAD_LETTERS).increment(1);
 }

@@ -19,6 +19,7 @@ pub mod pipelines;
 pub mod runs;
 pub mod tasks;
 pub mod users;
+pub mod webhooks;
 
 /// Every route of the API with its OpenAPI operation; `limits` size the request bodies the
 /// file routes take.
@@ -32,5 +33,6 @@ pub fn api(limits: &LimitSettings) -> OpenApiRouter<AppState> {
         .merge(catalogue::router())
         .merge(datasets::router(limits))
         .merge(pipelines::router())
+        .merge(webhooks::router())
         .merge(ops::router())
 }

@@ -14,3 +14,4 @@ mod storage;
 mod tasks;
 mod users;
 mod web;
+mod webhooks;

@@ -86,6 +86,8 @@ fn uri_of(path: &str) -> String {
         .replace("{pipeline_id}", &uuid::Uuid::new_v4().to_string())
         .replace("{pipeline_run_id}", &uuid::Uuid::new_v4().to_string())
         .replace("{stage}", "1")
+        .replace("{webhook_id}", &uuid::Uuid::new_v4().to_string())
+        .replace("{delivery_id}", &uuid::Uuid::new_v4().to_string())
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 
 use coderun_shared::pipelines;
 use coderun_shared::runs::{self, RunStatus};
-use coderun_tests::app::{TestApp, spawn_app};
+use coderun_tests::app::{TestApp, spawn_app, spawn_app_with};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -563,4 +563,67 @@ async fn run_values_may_set_only_declared_parameters() {
         .problem(422);
     assert!(problem["detail"].as_str().unwrap().contains("UNKNOWN"));
     assert_eq!(app.snapshot().await, before);
+}
+
+#[tokio::test]
+async fn pipeline_status_changes_and_approval_requests_are_status_callbacks() {
+    let app = spawn_app_with(vec![("webhooks.allow_loopback", "true".into())]).await;
+    let (token, task) = setup(&app).await;
+    let (_, teacher) = app.user("teacher").await;
+    let hook = |events: Value| json!({"url": "http://127.0.0.1:9/hook", "events": events});
+    app.post(
+        "/api/v1/webhooks",
+        &token,
+        hook(json!(["pipeline_run.status", "approval.requested"])),
+    )
+    .await
+    .expect(201);
+    // A teacher hears approval requests of everyone's pipeline runs, not their status.
+    app.post(
+        "/api/v1/webhooks",
+        &teacher,
+        hook(json!(["approval.requested"])),
+    )
+    .await
+    .expect(201);
+    let mut body = three_stages(&task);
+    body["stages"][1]["approval"] = json!(true);
+    let pipeline = create(&app, &token, body).await;
+    let run = start(&app, &token, &pipeline, json!({})).await;
+    complete(&app, run_id(&run, "prep"), 0).await;
+    assert_eq!(read(&app, &token, &run).await["status"], "awaiting_approval");
+
+    let id: Uuid = run["id"].as_str().unwrap().parse().unwrap();
+    let events: Vec<(String, Uuid, i64, sqlx::types::Json<Value>)> = sqlx::query_as(
+        "SELECT type, owner_id, sequence, data FROM webhook_events WHERE subject = $1
+         ORDER BY sequence",
+    )
+    .bind(id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    let statuses: Vec<&str> = events
+        .iter()
+        .filter(|e| e.0 == "pipeline_run.status")
+        .map(|e| e.3["pipeline_run"]["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["queued", "running", "awaiting_approval"], "{events:?}");
+    let requests: Vec<&(String, Uuid, i64, sqlx::types::Json<Value>)> = events
+        .iter()
+        .filter(|e| e.0 == "approval.requested")
+        .collect();
+    assert_eq!(requests.len(), 2, "the owner's and the teacher's: {events:?}");
+    assert!(requests.iter().all(|e| e.3["stage"] == "train"));
+    assert_ne!(requests[0].1, requests[1].1);
+    // Every event has one delivery, to the endpoint of the user it was recorded for.
+    let deliveries: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_deliveries d JOIN webhook_events e ON e.id = d.event_id
+         JOIN webhook_endpoints w ON w.id = d.endpoint_id AND w.owner_id = e.owner_id
+         WHERE e.subject = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(deliveries, events.len() as i64);
 }
