@@ -17,8 +17,8 @@
 //! image-pull timeouts).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -51,6 +51,11 @@ pub(super) struct Stores {
     pub(super) jobs: Store<Job>,
     pub(super) pods: Store<Pod>,
     namespace: String,
+    /// The names of each run's Pods, kept by the watch loop beside the pod store
+    /// ([`Stores::note_pod`]): the store is keyed by pod name, and looking a run's Pod up by
+    /// scanning it made every actor's step cost a pass over all Pods — with 2,000 Jobs and
+    /// every actor looking each second, most of a worker's CPU.
+    pod_names: Arc<Mutex<HashMap<Uuid, Vec<String>>>>,
 }
 
 /// The write halves of [`Stores`], taken by the one watch loop.
@@ -68,6 +73,7 @@ pub(super) fn stores(namespace: &str) -> (Stores, Writers) {
             jobs,
             pods,
             namespace: namespace.to_owned(),
+            pod_names: Arc::default(),
         },
         Writers {
             jobs: job_writer,
@@ -83,19 +89,58 @@ impl Stores {
             .get(&ObjectRef::new(&job::job_name(run)).within(&self.namespace))
     }
 
-    /// The run's newest Pod, as last seen (a run has normally one). The store is keyed by pod
-    /// name, so this looks through it: pods are at most the running runs plus those of
-    /// recently finished Jobs.
+    /// The run's newest Pod, as last seen (a run has normally one).
     pub(super) fn pod(&self, run: Uuid) -> Option<Arc<Pod>> {
-        self.pods
-            .state()
-            .into_iter()
-            .filter(|pod| run_of(&pod.metadata) == Some(run))
+        let names = self
+            .pod_names
+            .lock()
+            .expect("pod names")
+            .get(&run)
+            .cloned()?;
+        names
+            .iter()
+            .filter_map(|name| self.pods.get(&ObjectRef::new(name).within(&self.namespace)))
             .max_by(|a, b| {
                 a.metadata
                     .creation_timestamp
                     .cmp(&b.metadata.creation_timestamp)
             })
+    }
+
+    /// Keeps the run → pod names index in step with a pod event the store has applied: an
+    /// applied Pod is named under its run, a deleted one forgotten, and the end of a re-list
+    /// rebuilds the index from the store (which has just swapped in the listed Pods).
+    pub(super) fn note_pod(&self, event: &watcher::Event<Pod>) {
+        let mut index = self.pod_names.lock().expect("pod names");
+        match event {
+            watcher::Event::Apply(pod) => {
+                if let (Some(run), Some(name)) = (run_of(&pod.metadata), &pod.metadata.name) {
+                    let names = index.entry(run).or_default();
+                    if !names.contains(name) {
+                        names.push(name.clone());
+                    }
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                if let (Some(run), Some(name)) = (run_of(&pod.metadata), &pod.metadata.name)
+                    && let Some(names) = index.get_mut(&run)
+                {
+                    names.retain(|n| n != name);
+                    if names.is_empty() {
+                        index.remove(&run);
+                    }
+                }
+            }
+            watcher::Event::InitDone => {
+                index.clear();
+                for pod in self.pods.state() {
+                    if let (Some(run), Some(name)) = (run_of(&pod.metadata), &pod.metadata.name) {
+                        index.entry(run).or_default().push(name.clone());
+                    }
+                }
+            }
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
     }
 
     /// The newest Pod of every run, in one pass.
@@ -249,6 +294,7 @@ impl Inner {
     }
 
     fn on_pod(self: &Arc<Self>, event: watcher::Event<Pod>, shutdown: &CancellationToken) {
+        self.stores.note_pod(&event);
         match event {
             watcher::Event::Apply(pod) | watcher::Event::Delete(pod) => {
                 if let Some(run) = run_of(&pod.metadata) {
@@ -414,9 +460,9 @@ mod tests {
         let old: Pod = labelled("run-a", run, "2026-01-01T00:00:00Z");
         let new: Pod = labelled("run-b", run, "2026-01-01T00:01:00Z");
         for pod in [&new, &old] {
-            writers
-                .pods
-                .apply_watcher_event(&watcher::Event::Apply(pod.clone()));
+            let event = watcher::Event::Apply(pod.clone());
+            writers.pods.apply_watcher_event(&event);
+            stores.note_pod(&event);
         }
         assert_eq!(
             stores.pod(run).unwrap().metadata.name.as_deref(),
@@ -435,6 +481,30 @@ mod tests {
         assert!(stores.job(run).is_some());
         writers.jobs.apply_watcher_event(&watcher::Event::InitDone);
         assert!(stores.job(run).is_none());
+
+        // The pods' index follows deletions, and a re-list that lacks a pod forgets it.
+        let event = watcher::Event::Delete(new.clone());
+        writers.pods.apply_watcher_event(&event);
+        stores.note_pod(&event);
+        assert_eq!(
+            stores.pod(run).unwrap().metadata.name.as_deref(),
+            Some("run-a")
+        );
+        let other = Uuid::new_v4();
+        let listed: Pod = labelled("other-a", other, "2026-01-01T00:02:00Z");
+        for event in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(listed),
+            watcher::Event::InitDone,
+        ] {
+            writers.pods.apply_watcher_event(&event);
+            stores.note_pod(&event);
+        }
+        assert!(stores.pod(run).is_none());
+        assert_eq!(
+            stores.pod(other).unwrap().metadata.name.as_deref(),
+            Some("other-a")
+        );
     }
 
     /// A Job as the API server holds it: the built Job (its pod template with the presigned
