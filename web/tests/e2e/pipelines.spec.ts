@@ -104,3 +104,40 @@ test('a teacher approves a stage awaiting approval with a comment, and the run g
   await expect(page.getByText('Approved', { exact: false })).toContainText('looks good');
   await expect(page.locator('.pipeline-status')).toHaveText('succeeded', { timeout: 50_000 });
 });
+
+test('the owner stops a pipeline run and retries it; a teacher finds the pipeline from the user list', async ({ page }) => {
+  test.skip(!hasPipelines, 'the API contract has no pipelines yet');
+  const alice = await Api.as('alice');
+  const task = await alice.createTask(unique('pipe forever'), { 'main.py': 'import time\nprint("started", flush=True)\nwhile True:\n    time.sleep(0.5)\n' });
+  const name = unique('stoppable');
+  const pipeline = await alice.json('POST', '/pipelines', { name, stages: [{ name: 'long', steps: [{ name: 'forever', task_id: task.id }] }] });
+  const run = await alice.json('POST', `/pipelines/${pipeline.id}/runs`, {});
+  let retried: string | null = null;
+  try {
+    await login(page, 'alice', `/pipeline-runs/${run.id}`);
+    await expect(page.getByRole('list', { name: 'Steps of long' })).toContainText(/running|queued|dispatched|pending/);
+    await page.getByRole('button', { name: 'Stop' }).click();
+    await expect(page.locator('.pipeline-status')).toHaveText('stopped', { timeout: 45_000 });
+    await page.getByRole('button', { name: 'Retry' }).click();
+    await expect(page).not.toHaveURL(new RegExp(run.id));
+    retried = page.url().split('/').pop()!;
+    await expect(page.getByRole('link', { name: 'the run it retries' })).toBeVisible();
+    await expect(page.getByRole('button', { name: 'Stop' })).toBeVisible();
+  } finally {
+    if (retried) await alice.json('POST', `/pipeline-runs/${retried}/stop`);
+    await alice.settle(task.id);
+  }
+
+  await page.getByRole('button', { name: 'Log out' }).click();
+  await login(page, 'teacher');
+  await page.getByRole('link', { name: 'Users' }).click();
+  await page.getByRole('link', { name: 'alice', exact: true }).click();
+  await page.getByRole('link', { name: 'Pipelines of alice' }).click();
+  await expect(page.getByRole('heading', { name: 'Pipelines of alice' })).toBeVisible();
+  await page.getByRole('list', { name: 'Pipelines' }).getByRole('link', { name }).click();
+  await expect(page.getByRole('heading', { name, level: 1 })).toBeVisible();
+  // Staff read another user's pipeline; editing and starting stay the owner's.
+  await expect(page.getByRole('button', { name: 'Start run' })).toHaveCount(0);
+  await expect(page.getByRole('button', { name: 'Edit' })).toHaveCount(0);
+  await expect(page.getByRole('table', { name: 'Pipeline runs' }).getByRole('row')).toHaveCount(3);
+});
