@@ -8,6 +8,11 @@ describe('routes', () => {
     expect(parseRoute('/tasks/abc', '?run=r1')).toEqual({ name: 'task', id: 'abc', run: 'r1' });
     expect(parseRoute('/users', '')).toEqual({ name: 'users' });
     expect(parseRoute('/users/u1', '?name=alice')).toEqual({ name: 'user', id: 'u1', username: 'alice' });
+    expect(parseRoute('/pipelines', '')).toEqual({ name: 'pipelines', owner: null, username: null });
+    expect(parseRoute('/pipelines', '?owner=u1&name=alice')).toEqual({ name: 'pipelines', owner: 'u1', username: 'alice' });
+    expect(parseRoute('/pipelines/p1', '?status=failed')).toEqual({ name: 'pipeline', id: 'p1', status: 'failed' });
+    expect(parseRoute('/pipelines/p1', '')).toEqual({ name: 'pipeline', id: 'p1', status: '' });
+    expect(parseRoute('/pipeline-runs/r1', '')).toEqual({ name: 'pipelineRun', id: 'r1' });
     expect(parseRoute('/nope/x/y', '')).toEqual({ name: 'notfound' });
   });
 

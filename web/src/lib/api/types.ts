@@ -81,3 +81,12 @@ export type ContractDataset = Fits<S['Dataset'], DatasetSummary>;
 export type ContractDatasetDetail = Fits<S['DatasetDetail'], DatasetDetail>;
 export type ContractDatasetFile = Fits<S['FileEntry'], DatasetFile>;
 export type ContractUpload = Fits<S['CreatedUpload'], MultipartUpload>;
+
+// Pipelines (issue 11): a pipeline is its newest version; a pipeline run carries its grid.
+export type Pipeline = S['Pipeline'];
+export type PipelineRun = S['PipelineRun'];
+export type PipelineStatus = S['PipelineStatus'];
+export type StageView = S['StageView'];
+export type StepView = S['StepView'];
+export type StageDefinition = S['StageDefinition'];
+export type StepDefinition = S['StepDefinition'];

@@ -8,6 +8,9 @@ export type Route =
   | { name: 'user'; id: string; username: string | null }
   | { name: 'datasets' }
   | { name: 'dataset'; dataset: string; version: string | null }
+  | { name: 'pipelines'; owner: string | null; username: string | null }
+  | { name: 'pipeline'; id: string; status: string }
+  | { name: 'pipelineRun'; id: string }
   | { name: 'notfound' };
 
 export function parseRoute(pathname: string, search: string): Route {
@@ -24,6 +27,9 @@ export function parseRoute(pathname: string, search: string): Route {
   if (parts[0] === 'users' && parts.length === 2) return { name: 'user', id: parts[1], username: params.get('name') };
   if (parts[0] === 'datasets' && parts.length === 1) return { name: 'datasets' };
   if (parts[0] === 'datasets' && parts.length === 2) return { name: 'dataset', dataset: parts[1], version: params.get('version') };
+  if (parts[0] === 'pipelines' && parts.length === 1) return { name: 'pipelines', owner: params.get('owner'), username: params.get('name') };
+  if (parts[0] === 'pipelines' && parts.length === 2) return { name: 'pipeline', id: parts[1], status: params.get('status') ?? '' };
+  if (parts[0] === 'pipeline-runs' && parts.length === 2) return { name: 'pipelineRun', id: parts[1] };
   return { name: 'notfound' };
 }
 
