@@ -14,8 +14,7 @@ use axum::response::{IntoResponse, Response};
 use coderun_shared::domain::Invalid;
 use coderun_shared::transient::{self, Dependency};
 use coderun_shared::{
-    auth, bundle, files, lifecycle, pipelines, runs, snapshots, storage, tasks, users,
-    webhooks,
+    auth, bundle, files, lifecycle, pipelines, runs, snapshots, storage, tasks, users, webhooks,
 };
 use serde::Serialize;
 

@@ -176,7 +176,7 @@ async fn memory(options: &Options, table: &Table, worker: &Path) -> anyhow::Resu
         }
         table.record(
             "kubernetes",
-            "worker resident memory, 1,000 Jobs",
+            &format!("worker resident memory, {n} Jobs"),
             peak,
             "MiB",
             Some(Target::at_most(64.0)),

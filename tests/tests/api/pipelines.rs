@@ -591,7 +591,10 @@ async fn pipeline_status_changes_and_approval_requests_are_status_callbacks() {
     let pipeline = create(&app, &token, body).await;
     let run = start(&app, &token, &pipeline, json!({})).await;
     complete(&app, run_id(&run, "prep"), 0).await;
-    assert_eq!(read(&app, &token, &run).await["status"], "awaiting_approval");
+    assert_eq!(
+        read(&app, &token, &run).await["status"],
+        "awaiting_approval"
+    );
 
     let id: Uuid = run["id"].as_str().unwrap().parse().unwrap();
     let events: Vec<(String, Uuid, i64, sqlx::types::Json<Value>)> = sqlx::query_as(
@@ -607,12 +610,20 @@ async fn pipeline_status_changes_and_approval_requests_are_status_callbacks() {
         .filter(|e| e.0 == "pipeline_run.status")
         .map(|e| e.3["pipeline_run"]["status"].as_str().unwrap())
         .collect();
-    assert_eq!(statuses, ["queued", "running", "awaiting_approval"], "{events:?}");
+    assert_eq!(
+        statuses,
+        ["queued", "running", "awaiting_approval"],
+        "{events:?}"
+    );
     let requests: Vec<&(String, Uuid, i64, sqlx::types::Json<Value>)> = events
         .iter()
         .filter(|e| e.0 == "approval.requested")
         .collect();
-    assert_eq!(requests.len(), 2, "the owner's and the teacher's: {events:?}");
+    assert_eq!(
+        requests.len(),
+        2,
+        "the owner's and the teacher's: {events:?}"
+    );
     assert!(requests.iter().all(|e| e.3["stage"] == "train"));
     assert_ne!(requests[0].1, requests[1].1);
     // Every event has one delivery, to the endpoint of the user it was recorded for.
