@@ -140,6 +140,10 @@ pub async fn list(
     filter: &TaskFilter,
     page: PageRequest,
 ) -> Result<(Vec<Task>, i64), sqlx::Error> {
+    // Postgres text cannot hold NUL (the query would fail), and no name holds one: no match.
+    if filter.q.as_deref().is_some_and(|q| q.contains('\0')) {
+        return Ok((Vec::new(), 0));
+    }
     // strpos needs no escaping of LIKE's wildcards.
     let total = sqlx::query_scalar!(
         r#"SELECT count(*) AS "count!" FROM tasks

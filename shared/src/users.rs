@@ -119,6 +119,10 @@ pub async fn list_with_counts(
     filter: &UserFilter,
     page: crate::domain::PageRequest,
 ) -> Result<(Vec<UserSummary>, i64), sqlx::Error> {
+    // Postgres text cannot hold NUL (the query would fail), and no name holds one: no match.
+    if filter.q.as_deref().is_some_and(|q| q.contains('\0')) {
+        return Ok((Vec::new(), 0));
+    }
     // strpos needs no escaping of LIKE's wildcards.
     let role = filter.role.map(Role::as_str);
     let total = sqlx::query_scalar!(

@@ -216,6 +216,7 @@ pub struct ListPipelineRunsQuery {
     /// Items per page.
     pub per_page: Option<i64>,
     /// Only runs in this status.
+    #[param(value_type = Option<PipelineStatus>)]
     pub status: Option<String>,
 }
 
