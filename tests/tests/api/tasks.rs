@@ -206,6 +206,10 @@ async fn the_list_shows_the_callers_tasks_newest_change_first_with_paging_and_fi
         wildcard["total"], 0,
         "q is a plain substring, not a LIKE pattern"
     );
+    // Postgres text cannot hold NUL and no name holds one: nothing matches (it was a 500).
+    let nul = app.get("/api/v1/tasks?q=SO%00RT", &token).await.expect(200);
+    assert_eq!(nul["total"], 0);
+    assert_eq!(nul["items"].as_array().unwrap().len(), 0);
 
     for bad in [
         "page=0",

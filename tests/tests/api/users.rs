@@ -107,6 +107,12 @@ async fn the_user_list_filters_by_name_and_role_and_pages() {
         .await
         .expect(200);
     assert_eq!(all["total"], 3);
+    // Postgres text cannot hold NUL and no name holds one: nothing matches (it was a 500).
+    let nul = app
+        .get(&format!("/api/v1/users?q={tag}%00"), &admin)
+        .await
+        .expect(200);
+    assert_eq!(nul["total"], 0);
     // Case-insensitive.
     let upper = tag.to_uppercase();
     let shouting = app
