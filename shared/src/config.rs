@@ -77,6 +77,9 @@ pub struct WebhookSettings {
     pub allow_loopback: bool,
     /// Requests may go to private, link-local and other non-public addresses.
     pub allow_private: bool,
+    /// A PEM file of extra certificate authorities https endpoints may be signed by, beside
+    /// the system's (empty: the system's only).
+    pub extra_roots_file: String,
     /// Attempts one worker sends at once.
     pub concurrency: usize,
     /// The relay's period when nothing woke it.

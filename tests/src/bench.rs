@@ -24,7 +24,7 @@ pub struct Options {
     /// The admin's password (the local stack's is `admin`).
     #[arg(long, default_value = "admin")]
     pub admin_password: String,
-    /// Which benchmarks: `files`, `runs`, `kubernetes`, `memory`, `login` or `all`.
+    /// Which benchmarks: `files`, `runs`, `pipelines`, `kubernetes`, `memory`, `login` or `all`.
     #[arg(long, default_value = "all")]
     pub suite: String,
     /// The local stack's Redis (the runs suite pauses the fleet through the capacity key).
@@ -66,6 +66,10 @@ pub struct Options {
     /// The launch benchmark is skipped then, and the figures measure the profiler too.
     #[arg(long)]
     pub kube_profile_with: Option<String>,
+    /// The kubernetes suite's workers log with this filter (e.g. `warn,coderun_worker=debug`
+    /// for the consumer's per-batch timings), and their logs are kept (the folder is printed).
+    #[arg(long)]
+    pub kube_log_filter: Option<String>,
     /// The API's pid file (for its resident memory in the login suite).
     #[arg(long, default_value = ".local/run/functions.pid")]
     pub functions_pid_file: String,
@@ -225,6 +229,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         && let Err(e) = crate::bench_memory::run(&options, &table).await
     {
         failures.push(format!("memory: {e:#}"));
+    }
+    // Before the runs suite, whose burst leaves canceled entries the fleet skips through.
+    if wanted("pipelines")
+        && let Err(e) = crate::bench_pipelines::run(&options, &table).await
+    {
+        failures.push(format!("pipelines: {e:#}"));
     }
     if wanted("runs")
         && let Err(e) = crate::bench_runs::run(&options, &table).await

@@ -266,6 +266,8 @@ struct Scenario {
     dir: PathBuf,
     /// The command workers are started under (`--kube-profile-with`), if any.
     profile_with: Option<String>,
+    /// The workers' log filter (`--kube-log-filter`); set, their logs are kept.
+    log_filter: Option<String>,
 }
 
 impl Scenario {
@@ -338,6 +340,7 @@ impl Scenario {
             workers: Vec::new(),
             dir,
             profile_with: options.kube_profile_with.clone(),
+            log_filter: options.kube_log_filter.clone(),
         };
         for i in 0..replicas {
             match scenario.spawn_worker(worker, i) {
@@ -378,7 +381,12 @@ impl Scenario {
                 self.kube.kubeconfig().display().to_string(),
             ),
             ("CODERUN__KUBERNETES__CREATES_PER_SECOND", "100000".into()),
-            ("CODERUN__LOG__FILTER", "warn,coderun_worker=info".into()),
+            (
+                "CODERUN__LOG__FILTER",
+                self.log_filter
+                    .clone()
+                    .unwrap_or_else(|| "warn,coderun_worker=info".into()),
+            ),
         ];
         let mut command = match &self.profile_with {
             Some(wrapper) => {
@@ -615,7 +623,14 @@ impl Scenario {
             .storage
             .delete_keys(&[RunObjects::snapshot(&self.code_sha256)])
             .await;
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.log_filter.is_some() {
+            println!(
+                "kubernetes: the workers' logs are kept in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

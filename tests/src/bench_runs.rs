@@ -26,13 +26,13 @@ use serde_json::{Value, json};
 use crate::bench::{Options, percentile, post};
 use crate::bench_table::{Floor, Table, Target};
 
-struct Api {
-    client: reqwest::Client,
-    base: String,
+pub(crate) struct Api {
+    pub(crate) client: reqwest::Client,
+    pub(crate) base: String,
 }
 
 impl Api {
-    async fn login(&self, username: &str, password: &str) -> anyhow::Result<String> {
+    pub(crate) async fn login(&self, username: &str, password: &str) -> anyhow::Result<String> {
         let body = post(
             &self.client,
             format!("{}/api/v1/auth/login", self.base),
@@ -43,7 +43,7 @@ impl Api {
         Ok(body["token"].as_str().context("no token")?.to_owned())
     }
 
-    async fn get(&self, path: &str, token: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn get(&self, path: &str, token: &str) -> anyhow::Result<Value> {
         let response = self
             .client
             .get(format!("{}{path}", self.base))
@@ -56,7 +56,7 @@ impl Api {
         Ok(body)
     }
 
-    async fn submit(
+    pub(crate) async fn submit(
         &self,
         token: &str,
         task: &str,
@@ -74,7 +74,7 @@ impl Api {
         Ok((status, body["id"].as_str().map(str::to_owned)))
     }
 
-    async fn wait_terminal(
+    pub(crate) async fn wait_terminal(
         &self,
         token: &str,
         run: &str,
@@ -98,11 +98,11 @@ impl Api {
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn event_at(run: &Value, phase: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+pub(crate) fn event_at(run: &Value, phase: &str) -> Option<chrono::DateTime<chrono::Utc>> {
     run["events"]
         .as_array()?
         .iter()
@@ -145,20 +145,20 @@ pub async fn run(options: &Options, table: &Table) -> anyhow::Result<()> {
 /// Students and their tasks, written straight to the stack's Postgres with the shared library
 /// and given tokens signed with the stack's key: thousands of Argon2 logins would take minutes
 /// and trip the login limits, and only the measured requests need to cross the API.
-struct Class {
-    pool: sqlx::PgPool,
-    settings: Settings,
+pub(crate) struct Class {
+    pub(crate) pool: sqlx::PgPool,
+    pub(crate) settings: Settings,
     auth: Authenticator,
 }
 
 /// One student of the class: their token and their tasks' ids.
-struct Student {
-    token: String,
-    tasks: Vec<String>,
+pub(crate) struct Student {
+    pub(crate) token: String,
+    pub(crate) tasks: Vec<String>,
 }
 
 impl Class {
-    async fn connect(options: &Options) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(options: &Options) -> anyhow::Result<Self> {
         // The local stack's settings: its signing key and limits are the defaults.
         let settings = Settings::with_overrides([
             ("local_stack", "true".to_owned()),
@@ -177,7 +177,7 @@ impl Class {
 
     /// `students` new students with `tasks` Python tasks each whose main file is `code` (with
     /// `{n}` replaced by a number unique in the class, when it appears).
-    async fn students(
+    pub(crate) async fn students(
         &self,
         students: usize,
         tasks: usize,

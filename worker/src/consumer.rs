@@ -136,11 +136,13 @@ pub async fn process_next(ctx: &Context) -> anyhow::Result<Step> {
     if let Some(open) = paused(ctx).await {
         return Ok(Step::Paused(open));
     }
+    let reserving = Instant::now();
     let mut reservations = ctx
         .permits
         .reserve_many(ctx.settings.queue.read_batch.max(1))
         .await
         .map_err(|e| noted(ctx, e.into()))?;
+    let reserved = reserving.elapsed();
     ctx.resilience.success(Dependency::Redis);
     if reservations.is_empty() {
         return Ok(Step::NoCapacity);
@@ -160,11 +162,22 @@ pub async fn process_next(ctx: &Context) -> anyhow::Result<Step> {
         ctx.permits.cancel_many(spare).await;
         read = ctx.queue.read_new(&ctx.reader, &ctx.name, 1, true).await;
     }
+    let read_in = reserving.elapsed() - reserved;
     let step = match read {
         Ok(entries) if entries.is_empty() => Ok(Step::Idle),
-        Ok(entries) => handle_batch(ctx, &entries, &reservations)
-            .await
-            .map(Step::Handled),
+        Ok(entries) => {
+            let handled = handle_batch(ctx, &entries, &reservations).await;
+            // Where a batch's time goes (`--kube-log-filter` of the bench shows these).
+            tracing::debug!(
+                batch = entries.len(),
+                seats = reservations.len(),
+                reserve_us = reserved.as_micros() as u64,
+                read_us = read_in.as_micros() as u64,
+                handle_us = (reserving.elapsed() - reserved - read_in).as_micros() as u64,
+                "batch handed off"
+            );
+            handled.map(Step::Handled)
+        }
         Err(e) => {
             if e.details().starts_with("NOGROUP") {
                 // Redis restarted without its last writes, the consumer group among them.
@@ -227,6 +240,7 @@ async fn handle_batch(
     }
 
     let mut ready: Vec<(usize, Ready)> = Vec::new();
+    let binding = Instant::now();
     let bound = bind_batch(
         ctx,
         entries,
@@ -256,6 +270,7 @@ async fn handle_batch(
         return Ok(outcomes.into_iter().flatten().collect());
     }
     crash_point(ctx, "after_permit");
+    let bound_in = binding.elapsed();
 
     let (indices, ready): (Vec<usize>, Vec<Ready>) = ready.into_iter().unzip();
     match launch(ctx, &ready, &mut acks).await {
@@ -274,10 +289,18 @@ async fn handle_batch(
         }
     }
     crash_point(ctx, "before_ack");
+    let acking = Instant::now();
     // Unacknowledged, the entries would be claimed later and skipped (their runs have moved on).
     if let Err(e) = ctx.queue.ack_all(&acks).await {
         tracing::warn!(error = %e, "cannot ack handed-off entries; they will be skipped");
     }
+    tracing::debug!(
+        runs = ready.len(),
+        bind_us = bound_in.as_micros() as u64,
+        launch_us = (acking - binding - bound_in).as_micros() as u64,
+        ack_us = acking.elapsed().as_micros() as u64,
+        "batch settled"
+    );
     Ok(outcomes.into_iter().flatten().collect())
 }
 
@@ -528,6 +551,7 @@ async fn launch(
         }
     }))
     .await;
+    let prepared_in = preparing.elapsed();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; ready.len()];
     let mut good: Vec<(usize, Box<dyn Prepared>)> = Vec::new();
     let mut failed = Vec::new();
@@ -606,8 +630,16 @@ async fn launch(
                 }
             }
         }
+        let recorded_in = preparing.elapsed() - prepared_in;
         let started: Vec<usize> = starts.iter().map(|(i, _)| *i).collect();
         futures::future::join_all(starts.into_iter().map(|(_, p)| p.start())).await;
+        tracing::debug!(
+            runs = ready.len(),
+            prepare_us = prepared_in.as_micros() as u64,
+            dispatched_us = recorded_in.as_micros() as u64,
+            start_us = (preparing.elapsed() - prepared_in - recorded_in).as_micros() as u64,
+            "batch launched"
+        );
         for i in started {
             let r = &ready[i];
             let waited = (chrono::Utc::now() - r.run.queued_at).to_std().ok();

@@ -78,12 +78,16 @@ impl Supervisor {
             .collect()
     }
 
-    /// A pipeline step's parameters and earlier steps (`None` for a run of no pipeline).
+    /// A pipeline step's parameters and earlier steps (`None` for a run of no pipeline, without
+    /// asking Postgres: every launch comes through here).
     pub async fn step_environment(
         &self,
-        run: Uuid,
+        run: &Run,
     ) -> anyhow::Result<Option<coderun_shared::pipelines::StepEnvironment>> {
-        Ok(coderun_shared::pipelines::step_environment(&self.recorder.db, run).await?)
+        if run.pipeline_run_id.is_none() {
+            return Ok(None);
+        }
+        Ok(coderun_shared::pipelines::step_environment(&self.recorder.db, run.id).await?)
     }
 
     /// The output files a finished run left.

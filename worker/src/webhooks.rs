@@ -14,6 +14,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use chrono::Utc;
 use coderun_shared::config::WebhookSettings;
 use coderun_shared::redis;
@@ -87,7 +88,23 @@ pub struct Sender {
 impl Sender {
     pub fn new(settings: &WebhookSettings) -> anyhow::Result<Self> {
         let policy = AddressPolicy::from_settings(settings);
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if !settings.extra_roots_file.is_empty() {
+            let pem = std::fs::read(&settings.extra_roots_file).with_context(|| {
+                format!(
+                    "read webhooks.extra_roots_file {}",
+                    settings.extra_roots_file
+                )
+            })?;
+            let roots = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+                format!(
+                    "webhooks.extra_roots_file {} is not PEM",
+                    settings.extra_roots_file
+                )
+            })?;
+            builder = builder.tls_certs_merge(roots);
+        }
+        let client = builder
             .timeout(Duration::from_millis(settings.timeout_ms))
             .redirect(reqwest::redirect::Policy::none())
             // A proxy would connect on our behalf to addresses we never checked.
@@ -109,13 +126,8 @@ impl Sender {
             Ok(url) => url,
             Err(e) => return blocked(format!("the URL no longer parses: {e}")),
         };
-        // This worker's HTTP client has no TLS yet (docs/decisions.md, "Status callbacks"):
-        // say so once instead of retrying for a day.
-        if url.scheme() != "http" {
-            return blocked(format!(
-                "{} callbacks are not sent by this version yet; use an http URL",
-                url.scheme()
-            ));
+        if !matches!(url.scheme(), "http" | "https") {
+            return blocked(format!("{} URLs are not callbacks", url.scheme()));
         }
         // A host written as an address is never resolved, so the resolver cannot check it.
         let literal = match url.host() {

@@ -13,6 +13,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use coderun_tests::https::{self, Certificate};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -100,6 +101,15 @@ async fn receive(
 
 impl Receiver {
     async fn start(host: &str) -> Self {
+        Self::start_on(host, None).await
+    }
+
+    /// The same receiver behind TLS, presenting `certificate`.
+    async fn start_https(host: &str, certificate: Certificate) -> Self {
+        Self::start_on(host, Some(certificate)).await
+    }
+
+    async fn start_on(host: &str, tls: Option<Certificate>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let inbox = Arc::new(Mutex::new(Inbox {
@@ -109,10 +119,19 @@ impl Receiver {
         let router = axum::Router::new()
             .route("/hook", axum::routing::post(receive))
             .with_state(inbox.clone());
-        tokio::spawn(async move { axum::serve(listener, router).await });
+        let scheme = match tls {
+            Some(certificate) => {
+                https::serve(listener, router, certificate).unwrap();
+                "https"
+            }
+            None => {
+                tokio::spawn(async move { axum::serve(listener, router).await });
+                "http"
+            }
+        };
         Self {
             inbox,
-            url: format!("http://{host}:{port}/hook"),
+            url: format!("{scheme}://{host}:{port}/hook"),
         }
     }
 
@@ -383,6 +402,40 @@ async fn an_endpoint_failing_consistently_is_disabled_with_the_reason() {
         .await
         .problem(409);
     assert_eq!(receiver.got().len(), 3);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn https_endpoints_are_called_over_tls_and_an_untrusted_certificate_is_refused() {
+    let mut settings = callback_settings();
+    settings.push((
+        "webhooks.extra_roots_file",
+        https::ca_file().display().to_string(),
+    ));
+    let p = platform(settings).await;
+    let trusted = Receiver::start_https("localhost", Certificate::SignedByTestCa).await;
+    let untrusted = Receiver::start_https("localhost", Certificate::Untrusted).await;
+    trusted.register(&p, &["pipeline_run.status"]).await;
+    let refused = untrusted.register(&p, &["pipeline_run.status"]).await;
+    let worker = p.worker("w").await;
+    let owner = me(&p).await;
+    emit(&p, owner, json!({"n": 1})).await;
+
+    let got = trusted
+        .wait_for("the callback over https", |got| !got.is_empty())
+        .await;
+    assert!(got[0].verified, "{got:#?}");
+    assert_eq!(got[0].body["data"]["n"], 1);
+    // The self-signed certificate fails the handshake: nothing reaches that receiver, and the
+    // attempt says why (and is retried, as a network error is).
+    let delivery = wait_delivery(&p, &refused, |d| {
+        d["attempts"].as_array().is_some_and(|a| !a.is_empty())
+    })
+    .await;
+    let error = delivery["attempts"][0]["error"].as_str().unwrap();
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
+    assert!(delivery["attempts"][0]["status_code"].is_null());
+    assert!(untrusted.got().is_empty());
     worker.stop().await;
 }
 

@@ -367,7 +367,7 @@ impl Inner {
                 .retry("fetch the datasets", || self.fetch_datasets(run, work_dir))
                 .await?
         };
-        let step = self.supervisor.step_environment(run.id).await?;
+        let step = self.supervisor.step_environment(run).await?;
         let inputs = match &step {
             Some(step) => {
                 let resilience = self.supervisor.resilience();

@@ -123,8 +123,14 @@ impl Actor {
 
     async fn step(&mut self) -> anyhow::Result<Step> {
         let inner = self.inner.clone();
+        // Another live worker owns the run: it records the phases and finishes the run, so this
+        // one reads Postgres only to learn when to stop looking (see `ended`), not on every
+        // wake-up while the launch is recorded.
+        let elsewhere = inner
+            .ownership
+            .held_elsewhere(inner.supervisor.me(), self.id);
         let run = match &self.run {
-            Some(run) if run.status != RunStatus::Queued => run.clone(),
+            Some(run) if run.status != RunStatus::Queued || elsewhere => run.clone(),
             _ => match inner.supervisor.run(self.id).await? {
                 Some(run) if !run.status.is_terminal() => {
                     self.run = Some(run.clone());
@@ -133,7 +139,7 @@ impl Actor {
                 _ => return Ok(self.done()),
             },
         };
-        if run.status == RunStatus::Queued {
+        if run.status == RunStatus::Queued && !elsewhere {
             // Its launch (create, then `dispatched`) is under way: phases wait for it.
             return Ok(Step::Continue);
         }
@@ -199,7 +205,10 @@ impl Actor {
         }
     }
 
-    /// Records `phase` once per actor (the reports are idempotent anyway).
+    /// Records `phase` once per actor, when this worker owns the run: with every worker of a
+    /// fleet watching every Job, phases reported by all of them multiplied the writes of a
+    /// launch burst by the fleet's size (the reports are idempotent, so an owner that changes
+    /// may report one again).
     async fn record(&mut self, phase: RunStatus, detail: &str) -> anyhow::Result<()> {
         let rank = |s: RunStatus| match s {
             RunStatus::Pending => 1,
@@ -207,6 +216,12 @@ impl Actor {
             _ => 0,
         };
         if self.recorded.is_some_and(|r| rank(r) >= rank(phase)) {
+            return Ok(());
+        }
+        let Some(run) = self.run.clone() else {
+            return Ok(());
+        };
+        if !self.claim(&run).await {
             return Ok(());
         }
         self.inner.supervisor.phase(self.id, phase, detail).await?;

@@ -317,7 +317,7 @@ impl Inner {
             })?;
         let urls = async {
             let mut urls = job_urls(&self.presigner, &self.settings, run, &mounts).await?;
-            if let Some(step) = self.supervisor.step_environment(run.id).await? {
+            if let Some(step) = self.supervisor.step_environment(run).await? {
                 let mut outputs = Vec::new();
                 for (name, id) in &step.inputs {
                     outputs.push((name.clone(), *id, self.supervisor.run_outputs(*id).await?));
@@ -378,6 +378,10 @@ impl Inner {
 impl Executor for KubernetesExecutor {
     async fn prepare(&self, run: &Run) -> Result<Box<dyn Prepared>, LaunchError> {
         self.inner.create(run).await?;
+        // This worker holds the run's permit: its actor owns the run from the first look.
+        self.inner
+            .ownership
+            .hold(self.inner.supervisor.me(), run.id);
         Ok(Box::new(Created {
             inner: self.inner.clone(),
             run: run.id,

@@ -27,6 +27,26 @@ impl Ownership {
         Ok(())
     }
 
+    /// Whether the run's permit is, as last read, held by another worker that is alive: that
+    /// worker does the run's work and records its phases; this one only keeps watching.
+    pub(super) fn held_elsewhere(&self, me: &str, run: uuid::Uuid) -> bool {
+        let holders = self.holders.read().expect("holders");
+        holders
+            .of
+            .get(&run)
+            .is_some_and(|holder| holder != me && holders.alive.contains(holder))
+    }
+
+    /// Notes that this worker holds the run's permit (it has just launched the run), so its
+    /// first look needs no claim.
+    pub(super) fn hold(&self, me: &str, run: uuid::Uuid) {
+        self.holders
+            .write()
+            .expect("holders")
+            .of
+            .insert(run, me.to_owned());
+    }
+
     /// Whether this worker owns `run` now: it holds the run's permit, or has just taken it
     /// from a dead holder or from nobody. Never from a live holder.
     pub(super) async fn claim(&self, supervisor: &Supervisor, run: &Run) -> bool {
