@@ -129,6 +129,15 @@ impl Actor {
         let elsewhere = inner
             .ownership
             .held_elsewhere(inner.supervisor.me(), self.id);
+        let launched = inner
+            .launched
+            .lock()
+            .expect("launched")
+            .remove(&self.id)
+            .map(|(run, _)| run);
+        if let Some(run) = launched {
+            self.run = Some(run);
+        }
         let run = match &self.run {
             Some(run) if run.status != RunStatus::Queued || elsewhere => run.clone(),
             _ => match inner.supervisor.run(self.id).await? {

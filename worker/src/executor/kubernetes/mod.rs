@@ -26,7 +26,7 @@ use coderun_shared::config::{
 use coderun_shared::datasets::Mount;
 use coderun_shared::objects::RunObjects;
 use coderun_shared::pipelines::{self, StepEnvironment};
-use coderun_shared::runs::{OutputFile, Run};
+use coderun_shared::runs::{OutputFile, Run, RunStatus};
 use coderun_shared::transient::Dependency;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -93,6 +93,10 @@ pub(crate) struct Inner {
     ownership: Ownership,
     /// Runs being finished now (log, outputs, end): what `drain` waits for.
     finishing: AtomicUsize,
+    /// Runs this worker has just launched, as they were when `dispatched` was recorded: their
+    /// actors take them from here instead of reading each run back from Postgres. Entries no
+    /// actor took are dropped after a minute.
+    launched: Mutex<HashMap<Uuid, (Run, tokio::time::Instant)>>,
 }
 
 impl KubernetesExecutor {
@@ -132,6 +136,7 @@ impl KubernetesExecutor {
                 done: Mutex::new(HashMap::new()),
                 ownership: Ownership::default(),
                 finishing: AtomicUsize::new(0),
+                launched: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -280,15 +285,28 @@ pub fn outputs_key(run: Uuid) -> String {
 /// A created Job: it runs already.
 struct Created {
     inner: Arc<Inner>,
-    run: Uuid,
+    run: Run,
 }
 
 #[async_trait]
 impl Prepared for Created {
-    async fn start(self: Box<Self>) {}
+    /// The Job runs already; `dispatched` is recorded: the run's actor learns it from here.
+    async fn start(self: Box<Self>) {
+        let Created { inner, mut run } = *self;
+        let id = run.id;
+        run.status = RunStatus::Dispatched;
+        inner
+            .launched
+            .lock()
+            .expect("launched")
+            .insert(id, (run, tokio::time::Instant::now()));
+        if let Some(notify) = inner.actors.lock().expect("actors").get(&id) {
+            notify.notify_one();
+        }
+    }
 
     async fn discard(self: Box<Self>) {
-        self.inner.stop(self.run).await;
+        self.inner.stop(self.run.id).await;
     }
 }
 
@@ -384,7 +402,7 @@ impl Executor for KubernetesExecutor {
             .hold(self.inner.supervisor.me(), run.id);
         Ok(Box::new(Created {
             inner: self.inner.clone(),
-            run: run.id,
+            run: run.clone(),
         }))
     }
 

@@ -346,6 +346,10 @@ impl Inner {
             .lock()
             .expect("done")
             .retain(|_, at| at.elapsed() < ttl);
+        self.launched
+            .lock()
+            .expect("launched")
+            .retain(|_, (_, at)| at.elapsed() < Duration::from_secs(60));
     }
 
     /// Wakes the actor of `run`, starting one if there is none and the run is not known to
