@@ -86,6 +86,9 @@ pub struct WebhookSettings {
     pub poll_ms: u64,
     /// An enqueued delivery still unanswered after this long is enqueued again.
     pub requeue_after_seconds: u64,
+    /// Events older than this many days, none of whose deliveries is still pending, are
+    /// deleted with their deliveries and attempts. 0: kept forever.
+    pub keep_days: u32,
 }
 
 /// `"5s 5m 30m 2h"` (also comma-separated; units `ms`, `s`, `m`, `h`) as durations.

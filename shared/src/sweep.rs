@@ -49,6 +49,9 @@ pub struct Swept {
     /// Abandoned dataset uploads aborted, and dataset objects removed (deleted datasets and
     /// versions, replaced draft files): [`crate::datasets::sweep`].
     pub datasets: crate::datasets::Swept,
+    /// Status-callback events past `webhooks.keep_days`, deleted with their deliveries and
+    /// attempts: [`crate::webhooks::prune`].
+    pub webhook_events: usize,
 }
 
 /// One round of all three sweeps.

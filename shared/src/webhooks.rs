@@ -715,6 +715,36 @@ pub async fn outgoing(
     }))
 }
 
+/// Deletes, at most `batch` at a time, the events older than `keep_days` none of whose
+/// deliveries is still pending, with their deliveries and attempts (by cascade). Returns how
+/// many events went. `keep_days` 0 keeps everything.
+pub async fn prune(pool: &PgPool, keep_days: u32, batch: i64) -> Result<usize, sqlx::Error> {
+    if keep_days == 0 {
+        return Ok(0);
+    }
+    let mut total = 0usize;
+    loop {
+        let deleted = sqlx::query(
+            "DELETE FROM webhook_events WHERE id IN (
+                 SELECT e.id FROM webhook_events e
+                 WHERE e.created_at < now() - make_interval(days => $1)
+                   AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                                   WHERE d.event_id = e.id AND d.status = 'pending')
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(keep_days as i32)
+        .bind(batch)
+        .execute(pool)
+        .await?
+        .rows_affected() as usize;
+        total += deleted;
+        if (deleted as i64) < batch {
+            return Ok(total);
+        }
+    }
+}
+
 /// How an attempt went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -1,6 +1,6 @@
 //! The sweeper: every `retention.sweep_seconds`, removes the objects of deleted runs, applies
-//! the retention, deletes snapshots nothing uses, aborts abandoned dataset uploads and removes
-//! deleted datasets' objects (the work itself is in
+//! the retention, deletes snapshots nothing uses, aborts abandoned dataset uploads, removes
+//! deleted datasets' objects and deletes old status-callback events (the work itself is in
 //! [`coderun_shared::sweep`]). Every worker sweeps; rows are claimed with `SKIP LOCKED`, so the
 //! fleet shares the work and a worker that dies mid-sweep leaves it to the next round.
 
@@ -20,6 +20,8 @@ pub async fn sweep_once(ctx: &Context) -> anyhow::Result<Swept> {
         Duration::from_secs(ctx.settings.datasets.upload_max_age_seconds),
     )
     .await?;
+    swept.webhook_events =
+        coderun_shared::webhooks::prune(&ctx.db, ctx.settings.webhooks.keep_days, 1000).await?;
     Ok(swept)
 }
 

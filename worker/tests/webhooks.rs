@@ -440,6 +440,70 @@ async fn https_endpoints_are_called_over_tls_and_an_untrusted_certificate_is_ref
 }
 
 #[tokio::test]
+async fn old_events_are_pruned_with_their_deliveries_once_none_is_pending() {
+    let p = platform(callback_settings()).await;
+    let receiver = Receiver::start("127.0.0.1").await;
+    receiver.register(&p, &["pipeline_run.status"]).await;
+    let owner = me(&p).await;
+    // No worker: every delivery stays pending until the test settles it.
+    let old_done = emit(&p, owner, json!({"n": 1})).await;
+    let old_pending = emit(&p, owner, json!({"n": 2})).await;
+    let recent_done = emit(&p, owner, json!({"n": 3})).await;
+    let db = &p.app.db;
+    for (subject, age_days, status) in [
+        (old_done, 40, "succeeded"),
+        (old_pending, 40, "pending"),
+        (recent_done, 1, "succeeded"),
+    ] {
+        sqlx::query(
+            "UPDATE webhook_events SET created_at = now() - make_interval(days => $2)
+             WHERE subject = $1",
+        )
+        .bind(subject)
+        .bind(age_days)
+        .execute(db)
+        .await
+        .unwrap();
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = $2
+             WHERE event_id = (SELECT id FROM webhook_events WHERE subject = $1)",
+        )
+        .bind(subject)
+        .bind(status)
+        .execute(db)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, at, status_code, duration_ms)
+             SELECT d.id, now(), 204, 1 FROM webhook_deliveries d
+             JOIN webhook_events e ON e.id = d.event_id WHERE e.subject = $1",
+        )
+        .bind(subject)
+        .execute(db)
+        .await
+        .unwrap();
+    }
+
+    // Kept forever with 0; then only the old event whose delivery is over goes, in batches.
+    assert_eq!(coderun_shared::webhooks::prune(db, 0, 1).await.unwrap(), 0);
+    assert_eq!(coderun_shared::webhooks::prune(db, 30, 1).await.unwrap(), 1);
+    let left: Vec<Uuid> =
+        sqlx::query_scalar("SELECT subject FROM webhook_events ORDER BY sequence")
+            .fetch_all(db)
+            .await
+            .unwrap();
+    assert_eq!(left, vec![old_pending, recent_done]);
+    let (deliveries, attempts): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM webhook_deliveries), (SELECT count(*) FROM webhook_attempts)",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap();
+    assert_eq!((deliveries, attempts), (2, 2));
+    assert_eq!(coderun_shared::webhooks::prune(db, 30, 1).await.unwrap(), 0);
+}
+
+#[tokio::test]
 async fn private_and_loopback_addresses_are_refused_even_behind_a_name() {
     // Loopback not allowed: `localhost` resolves to it, and the check is on the resolved address.
     let mut settings = callback_settings();
