@@ -9,6 +9,7 @@ import {
   eventsLabel,
   isDeliveryActive,
   lastOutcome,
+  subjectKind,
   WEBHOOK_EVENTS,
 } from '../../src/lib/logic/webhooks';
 
@@ -61,6 +62,13 @@ describe('deliveries', () => {
     expect(attemptsLabel(0)).toBe('0 attempts');
     expect(attemptsLabel(3)).toBe('3 attempts');
   });
+
+  it('names what an event is about', () => {
+    expect(subjectKind('run.status')).toBe('run');
+    expect(subjectKind('pipeline_run.status')).toBe('pipeline run');
+    expect(subjectKind('approval.requested')).toBe('pipeline run');
+    expect(subjectKind('other')).toBe('subject');
+  });
 });
 
 describe('endpoints', () => {
@@ -69,8 +77,9 @@ describe('endpoints', () => {
     expect(endpointState({})).toEqual({ disabled: false, text: 'Active' });
     expect(endpointState({ disabled_at: '2026-01-01T00:00:00Z', disabled_reason: 'disabled after 20 failed attempts in a row over at least 86400 s; the last: answered 500' })).toEqual({
       disabled: true,
-      text: 'Disabled: disabled after 20 failed attempts in a row over at least 86400 s; the last: answered 500',
+      text: 'Disabled after 20 failed attempts in a row over at least 86400 s; the last: answered 500',
     });
+    expect(endpointState({ disabled_at: '2026-01-01T00:00:00Z', disabled_reason: 'the key cannot be opened' })).toEqual({ disabled: true, text: 'Disabled: the key cannot be opened' });
     expect(endpointState({ disabled_at: '2026-01-01T00:00:00Z', disabled_reason: null })).toEqual({ disabled: true, text: 'Disabled' });
   });
 

@@ -52,6 +52,13 @@ export function lastOutcome(d: Pick<Delivery, 'attempts'>): string {
   return last ? attemptOutcome(last) : 'not tried yet';
 }
 
+/** What a delivery's subject is, by its event type: a run, or a pipeline run. */
+export function subjectKind(type: string): string {
+  if (type === 'run.status') return 'run';
+  if (type === 'pipeline_run.status' || type === 'approval.requested') return 'pipeline run';
+  return 'subject';
+}
+
 /** "1 attempt", "3 attempts". */
 export function attemptsLabel(n: number): string {
   return `${n} ${n === 1 ? 'attempt' : 'attempts'}`;
@@ -61,7 +68,10 @@ export function attemptsLabel(n: number): string {
 export function endpointState(w: Pick<Webhook, 'disabled_at' | 'disabled_reason'>): { disabled: boolean; text: string } {
   if (!w.disabled_at) return { disabled: false, text: 'Active' };
   const reason = w.disabled_reason?.trim();
-  return { disabled: true, text: reason ? `Disabled: ${reason}` : 'Disabled' };
+  if (!reason) return { disabled: true, text: 'Disabled' };
+  // The server's reason reads "disabled after 20 failed attempts …": not "Disabled: disabled …".
+  if (/^disabled\b/i.test(reason)) return { disabled: true, text: reason[0].toUpperCase() + reason.slice(1) };
+  return { disabled: true, text: `Disabled: ${reason}` };
 }
 
 /**
