@@ -104,34 +104,41 @@ test("an endpoint's deliveries show their attempts, and one can be resent", asyn
   await expect(page.getByRole('heading', { name: url, level: 1 })).toBeVisible();
   await expect(page.getByText('Run status', { exact: true }).first()).toBeVisible();
 
-  // One delivery per status change of the run, each tried once and failed for good.
+  // One delivery per status change of the run, each tried at once. The stack refuses loopback,
+  // so each fails for good; were loopback allowed, port 9 would refuse and they would wait
+  // for a retry: nothing below depends on which.
   const deliveries = page.getByRole('list', { name: 'Deliveries' }).getByRole('listitem');
-  await expect.poll(async () => (await bob.json('GET', `/webhooks/${endpoint.id}/deliveries`)).items.filter((d: any) => d.status === 'pending').length, { timeout: 30_000 }).toBe(0);
+  const listed = () => bob.json('GET', `/webhooks/${endpoint.id}/deliveries`);
+  await expect.poll(async () => (await listed()).items.every((d: any) => d.attempts.length > 0), { timeout: 30_000 }).toBe(true);
   await page.getByRole('button', { name: 'Refresh' }).click();
-  const api = await bob.json('GET', `/webhooks/${endpoint.id}/deliveries`);
+  const api = await listed();
   expect(api.total).toBeGreaterThanOrEqual(2);
-  expect(api.items.every((d: any) => d.subject === run.id && d.attempts.length === 1)).toBe(true);
+  expect(api.items.every((d: any) => d.type === 'run.status' && d.subject === run.id)).toBe(true);
   await expect(deliveries).toHaveCount(api.total);
+  const first = api.items[0];
   const newest = deliveries.first();
-  await expect(newest).toContainText('failed');
-  await expect(newest).toContainText('1 attempt');
-  await expect(newest).toContainText(run.id);
-  await expect(newest).toContainText(api.items[0].attempts[0].error);
-  await newest.getByText('Attempts').click();
-  const attempts = newest.getByRole('table', { name: /^Attempts of Run status #\d+$/ });
-  await expect(attempts.getByRole('row')).toHaveCount(2);
+  await expect(newest).toContainText(first.status);
+  await expect(newest).toContainText(`${first.attempts.length} attempt`);
+  await expect(newest).toContainText(`about run ${run.id}`);
+  await expect(newest).toContainText(first.attempts.at(-1).error);
+  await newest.getByText('Attempts', { exact: true }).click();
+  const attempts = newest.getByRole('table', { name: `Attempts of Run status #${first.sequence}` });
+  await expect(attempts.getByRole('row')).toHaveCount(1 + first.attempts.length);
   await expect(attempts).toContainText('localhost');
   await screenshot(page, 'webhook-deliveries');
   await checkA11y(page, 'deliveries');
 
-  // Resend: the delivery goes back to pending and gets a second attempt, listed after the first.
-  const sequence = api.items[0].sequence;
-  await newest.getByRole('button', { name: `Resend Run status #${sequence}` }).click();
-  const resent = deliveries.filter({ hasText: `Event #${sequence} about` });
-  await expect(resent).toContainText('2 attempts', { timeout: 20_000 });
-  await expect(resent).toContainText('failed');
-  await resent.getByText('Attempts').click();
-  await expect(resent.getByRole('table').getByRole('row')).toHaveCount(3);
+  // Resend: the delivery goes back to pending and gets another attempt, listed after the others.
+  await newest.getByRole('button', { name: `Resend Run status #${first.sequence}` }).click();
+  await expect
+    .poll(async () => (await listed()).items.find((d: any) => d.id === first.id).attempts.length, { timeout: 20_000 })
+    .toBeGreaterThan(first.attempts.length);
+  const after = (await listed()).items.find((d: any) => d.id === first.id);
+  await page.getByRole('button', { name: 'Refresh' }).click();
+  const resent = deliveries.filter({ hasText: `Event #${first.sequence} about` });
+  await expect(resent).toContainText(`${after.attempts.length} attempts`);
+  // Its attempts stay open across the refreshes.
+  await expect(resent.getByRole('table').getByRole('row')).toHaveCount(1 + after.attempts.length);
 
   // A disabled endpoint (20 failures over a day, too slow to bring about here: the list answer
   // is altered in the browser) shows why, and its deliveries cannot be resent.
