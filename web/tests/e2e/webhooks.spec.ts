@@ -56,7 +56,7 @@ test('register an endpoint, see its secret once, find it listed, delete it; a re
   await shown.getByRole('button', { name: 'Copy' }).click();
   await expect(shown.getByRole('status')).toHaveText('Copied to the clipboard.');
   expect(await page.evaluate(() => navigator.clipboard.readText())).toBe(secret);
-  await screenshot(page, 'webhook-secret');
+  await screenshot(page, 'webhooks-secret');
   await checkA11y(page, 'secret dialog');
   await shown.getByRole('button', { name: 'I have saved the secret' }).click();
   await expect(shown).toBeHidden();
@@ -72,7 +72,7 @@ test('register an endpoint, see its secret once, find it listed, delete it; a re
   expect(await page.content()).not.toContain(secret);
   const stored = await bob.json('GET', '/webhooks');
   expect(stored.items.map((w: any) => [w.url, w.events])).toEqual([[url, ['run.status', 'approval.requested']]]);
-  await screenshot(page, 'webhooks');
+  await screenshot(page, 'webhooks-list');
   await checkA11y(page, 'callbacks');
 
   // Delete, after a confirmation.
@@ -125,7 +125,7 @@ test("an endpoint's deliveries show their attempts, and one can be resent", asyn
   const attempts = newest.getByRole('table', { name: `Attempts of Run status #${first.sequence}` });
   await expect(attempts.getByRole('row')).toHaveCount(1 + first.attempts.length);
   await expect(attempts).toContainText('localhost');
-  await screenshot(page, 'webhook-deliveries');
+  await screenshot(page, 'webhooks');
   await checkA11y(page, 'deliveries');
 
   // Resend: the delivery goes back to pending and gets another attempt, listed after the others.
