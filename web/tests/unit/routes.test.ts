@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { loginPath, parseRoute } from '../../src/lib/logic/routes';
+import { loginPath, pageParam, parseRoute } from '../../src/lib/logic/routes';
 import { atBottom, visibleRange } from '../../src/lib/logic/viewport';
 
 describe('routes', () => {
@@ -13,7 +13,21 @@ describe('routes', () => {
     expect(parseRoute('/pipelines/p1', '?status=failed')).toEqual({ name: 'pipeline', id: 'p1', status: 'failed' });
     expect(parseRoute('/pipelines/p1', '')).toEqual({ name: 'pipeline', id: 'p1', status: '' });
     expect(parseRoute('/pipeline-runs/r1', '')).toEqual({ name: 'pipelineRun', id: 'r1' });
+    expect(parseRoute('/callbacks', '')).toEqual({ name: 'callbacks' });
+    expect(parseRoute('/callbacks/w1', '')).toEqual({ name: 'callback', id: 'w1', page: 1 });
+    expect(parseRoute('/callbacks/w1', '?page=3')).toEqual({ name: 'callback', id: 'w1', page: 3 });
+    expect(parseRoute('/callbacks/w1/x', '')).toEqual({ name: 'notfound' });
     expect(parseRoute('/nope/x/y', '')).toEqual({ name: 'notfound' });
+  });
+
+  it('reads a page number from the address, the first page when it is not one', () => {
+    expect(pageParam('2')).toBe(2);
+    expect(pageParam(null)).toBe(1);
+    expect(pageParam('0')).toBe(1);
+    expect(pageParam('-4')).toBe(1);
+    expect(pageParam('2.5')).toBe(1);
+    expect(pageParam('x')).toBe(1);
+    expect(pageParam('99999999999')).toBe(1);
   });
 
   it('comes back to where it was after logging in, but never to another site', () => {

@@ -90,3 +90,10 @@ export type StageView = S['StageView'];
 export type StepView = S['StepView'];
 export type StageDefinition = S['StageDefinition'];
 export type StepDefinition = S['StepDefinition'];
+
+// Status callbacks (issue 11): the caller's endpoints, their deliveries with every attempt.
+export type Webhook = S['Endpoint'];
+export type CreatedWebhook = S['CreatedWebhook'];
+export type WebhookEvent = S['CreateWebhook']['events'][number];
+export type Delivery = S['Delivery'];
+export type DeliveryAttempt = S['Attempt'];

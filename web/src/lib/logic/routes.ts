@@ -11,6 +11,8 @@ export type Route =
   | { name: 'pipelines'; owner: string | null; username: string | null }
   | { name: 'pipeline'; id: string; status: string }
   | { name: 'pipelineRun'; id: string }
+  | { name: 'callbacks' }
+  | { name: 'callback'; id: string; page: number }
   | { name: 'notfound' };
 
 export function parseRoute(pathname: string, search: string): Route {
@@ -30,7 +32,15 @@ export function parseRoute(pathname: string, search: string): Route {
   if (parts[0] === 'pipelines' && parts.length === 1) return { name: 'pipelines', owner: params.get('owner'), username: params.get('name') };
   if (parts[0] === 'pipelines' && parts.length === 2) return { name: 'pipeline', id: parts[1], status: params.get('status') ?? '' };
   if (parts[0] === 'pipeline-runs' && parts.length === 2) return { name: 'pipelineRun', id: parts[1] };
+  if (parts[0] === 'callbacks' && parts.length === 1) return { name: 'callbacks' };
+  if (parts[0] === 'callbacks' && parts.length === 2) return { name: 'callback', id: parts[1], page: pageParam(params.get('page')) };
   return { name: 'notfound' };
+}
+
+/** A `?page=` value: a whole number from 1, anything else the first page. */
+export function pageParam(raw: string | null): number {
+  const n = raw !== null && /^\d{1,6}$/.test(raw) ? Number(raw) : 1;
+  return n >= 1 ? n : 1;
 }
 
 export function loginPath(next: string): string {
