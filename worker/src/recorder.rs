@@ -150,11 +150,12 @@ impl Recorder {
                 Ok(runs::finish(&self.db, run, status, change).await?)
             })
             .await?;
-        if let Err(e) = self.live_log.expire(run, self.live_log_ttl_seconds).await {
-            tracing::warn!(%run, error = %e, "cannot set the live log's expiry");
-        }
+        // The next stage first: its dispatch is what a pipeline waits for.
         if ended.is_some() {
             self.enqueue_next_steps(run).await;
+        }
+        if let Err(e) = self.live_log.expire(run, self.live_log_ttl_seconds).await {
+            tracing::warn!(%run, error = %e, "cannot set the live log's expiry");
         }
         Ok(ended)
     }
@@ -175,8 +176,11 @@ impl Recorder {
                 return;
             }
         };
-        for next in queued {
-            if let Err(e) = self.queue.enqueue(next).await {
+        // Sent together: the client pipelines them on its connection.
+        let added =
+            futures::future::join_all(queued.iter().map(|next| self.queue.enqueue(*next))).await;
+        for (next, added) in queued.iter().zip(added) {
+            if let Err(e) = added {
                 tracing::warn!(run = %next, error = %e,
                     "cannot enqueue a step run; the reconciler will enqueue it");
             }

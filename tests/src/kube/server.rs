@@ -460,8 +460,14 @@ fn get(shared: &Arc<Shared>, kind: Kind, ns: &str, name: &str) -> Response {
 
 // ---------------------------------------------------------------- watch
 
-fn event_line(typ: &str, object: &Value) -> String {
-    let mut line = json!({"type": typ, "object": object}).to_string();
+pub(crate) fn event_line(typ: &str, object: &Value) -> String {
+    #[derive(serde::Serialize)]
+    struct Event<'a> {
+        #[serde(rename = "type")]
+        typ: &'a str,
+        object: &'a Value,
+    }
+    let mut line = serde_json::to_string(&Event { typ, object }).expect("an event serializes");
     line.push('\n');
     line
 }
@@ -521,9 +527,11 @@ impl Watch {
             return Some(expired_line(self.cursor, st.rv));
         }
         let mut out = String::new();
-        for change in st.history.iter().filter(|c| c.rv > self.cursor) {
+        // The history is in resource-version order: start after the cursor, not at the front.
+        let first = st.history.partition_point(|c| c.rv <= self.cursor);
+        for change in st.history.range(first..) {
             if self.matches(change.kind, &change.ns, &change.object) {
-                out.push_str(&event_line(change.typ, &change.object));
+                out.push_str(&change.line);
             }
         }
         self.cursor = self.cursor.max(st.rv);

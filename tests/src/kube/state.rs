@@ -93,8 +93,11 @@ pub(crate) struct Change {
     pub(crate) rv: u64,
     pub(crate) kind: Kind,
     pub(crate) ns: String,
-    pub(crate) typ: &'static str,
     pub(crate) object: Value,
+    /// The watch event's line, rendered once when the change happened (as an API server's
+    /// watch cache does): every watcher sends the same bytes, and none serializes under the
+    /// store's lock.
+    pub(crate) line: Arc<str>,
 }
 
 #[derive(Debug, Clone)]
@@ -474,12 +477,13 @@ impl State {
 
     fn push(&mut self, kind: Kind, ns: &str, typ: &'static str, object: Value) {
         let rv = self.rv;
+        let line = crate::kube::server::event_line(typ, &object).into();
         self.history.push_back(Change {
             rv,
             kind,
             ns: ns.to_string(),
-            typ,
             object,
+            line,
         });
         while self.history.len() > self.history_cap {
             if let Some(old) = self.history.pop_front() {

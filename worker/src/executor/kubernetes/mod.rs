@@ -324,6 +324,7 @@ impl Inner {
 
     /// Creates the run's Job; one that exists already was launched before.
     async fn create(&self, run: &Run) -> Result<(), LaunchError> {
+        let started = tokio::time::Instant::now();
         let resilience = self.supervisor.resilience();
         let mounts = self
             .supervisor
@@ -353,7 +354,9 @@ impl Inner {
             LaunchError::Retryable(format!("cannot presign the run's URLs: {e:#}"))
         })?;
         let job = job::build(run, &self.settings, &urls);
+        let built = started.elapsed();
         self.limiter.until_ready().await;
+        let sending = tokio::time::Instant::now();
         let created = tokio::time::timeout(
             CREATE_TIMEOUT,
             self.jobs.create(&PostParams::default(), &job),
@@ -369,7 +372,13 @@ impl Inner {
         }
         match created {
             Ok(Ok(_)) => {
-                tracing::info!(run = %run.id, job = %job::job_name(run.id), "created the Job");
+                tracing::info!(
+                    run = %run.id,
+                    job = %job::job_name(run.id),
+                    build_us = built.as_micros() as u64,
+                    create_us = sending.elapsed().as_micros() as u64,
+                    "created the Job"
+                );
                 Ok(())
             }
             Ok(Err(kube::Error::Api(status))) if status.is_already_exists() => {
