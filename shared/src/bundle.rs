@@ -137,8 +137,33 @@ pub fn extract(
             actual,
         });
     }
+    unpack(bytes, into, max_bytes)
+}
+
+/// [`extract`] of a bundle held in the file `bundle` (a large one is not read into memory):
+/// the file is hashed first, then unpacked from the disk.
+pub fn extract_file(
+    bundle: &Path,
+    expected_sha256: &str,
+    into: &Path,
+    max_bytes: u64,
+) -> Result<Vec<String>, Error> {
+    let mut hasher = Sha256::new();
+    io::copy(&mut fs::File::open(bundle)?, &mut hasher)?;
+    let actual = hex::encode(hasher.finalize());
+    if !actual.eq_ignore_ascii_case(expected_sha256) {
+        return Err(Error::Checksum {
+            expected: expected_sha256.to_owned(),
+            actual,
+        });
+    }
+    unpack(io::BufReader::new(fs::File::open(bundle)?), into, max_bytes)
+}
+
+/// Unpacks a checked bundle (see [`extract`] for the rules).
+fn unpack(bundle: impl Read, into: &Path, max_bytes: u64) -> Result<Vec<String>, Error> {
     fs::create_dir_all(into)?;
-    let mut archive = tar::Archive::new(GzDecoder::new(bytes));
+    let mut archive = tar::Archive::new(GzDecoder::new(bundle));
     let mut written = Vec::new();
     let mut total: u64 = 0;
     for entry in archive.entries()? {
@@ -304,6 +329,38 @@ mod tests {
             let mode = fs::metadata(&target).unwrap().permissions();
             assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o111, 0);
         }
+    }
+
+    #[test]
+    fn a_bundle_in_a_file_is_checked_then_unpacked_like_one_in_memory() {
+        let bundle = create(&files()).unwrap();
+        let dir = TempDir::new();
+        let file = dir.0.join("code.tar.gz");
+        fs::write(&file, &bundle.bytes).unwrap();
+
+        let refused = extract_file(&file, &"0".repeat(64), &dir.0.join("refused"), 1 << 20);
+        assert!(
+            matches!(refused, Err(Error::Checksum { .. })),
+            "{refused:?}"
+        );
+        assert!(
+            !dir.0.join("refused").exists(),
+            "nothing unpacked before the check"
+        );
+
+        let out = dir.0.join("code");
+        let written = extract_file(&file, &bundle.sha256, &out, 1 << 20).unwrap();
+        let expected: Vec<String> = files().into_iter().map(|(p, _)| p).collect();
+        assert_eq!(written, expected);
+        for (path, content) in files() {
+            assert_eq!(
+                fs::read_to_string(out.join(&path)).unwrap(),
+                content,
+                "{path}"
+            );
+        }
+        let small = extract_file(&file, &bundle.sha256, &dir.0.join("small"), 4);
+        assert!(matches!(small, Err(Error::TooLarge { .. })), "{small:?}");
     }
 
     #[test]

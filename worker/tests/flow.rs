@@ -61,6 +61,51 @@ async fn a_python_run_goes_from_submit_to_succeeded_with_its_log_and_outputs_sto
 }
 
 #[tokio::test]
+async fn a_code_bundle_too_large_to_cache_is_spooled_to_disk_and_runs() {
+    let work_dir = std::env::temp_dir().join(format!("coderun-spool-{}", uuid::Uuid::new_v4()));
+    let p = platform(vec![("worker.work_dir", work_dir.display().to_string())]).await;
+    let worker = p.worker("w").await;
+    // 800 KB of hex digits: about 400 KB gzipped, above the worker's 256 KiB in-memory limit.
+    let mut noise = String::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while noise.len() < 800_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.push_str(&format!("{x:016x}"));
+    }
+    let code = format!("NOISE = '{noise}'\nprint(len(NOISE))\n");
+    let id = p.submit_python(&code, json!({})).await;
+    let run = p.wait_terminal(&id, T).await;
+    assert_eq!(run["status"], "succeeded", "{run}");
+    let (lines, _) = p.log(&id).await;
+    assert_eq!(lines, [noise.len().to_string()]);
+    // The spooled bundle is gone once unpacked.
+    let spooled: Vec<_> = walk(&work_dir)
+        .into_iter()
+        .filter(|f| f.ends_with("code.tar.gz"))
+        .collect();
+    assert!(spooled.is_empty(), "{spooled:?}");
+    worker.stop().await;
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(walk(&path));
+            } else {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
 async fn a_failing_program_reports_its_exit_code_and_its_stderr() {
     let p = platform(vec![]).await;
     let worker = p.worker("w").await;

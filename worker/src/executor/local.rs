@@ -16,6 +16,7 @@ use bytes::Bytes;
 use coderun_shared::bundle;
 use coderun_shared::config::{ExecutorKind, LimitSettings, RunLimits, Settings};
 use coderun_shared::runs::{Run, RunStatus};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -453,28 +454,62 @@ impl Inner {
     /// outage of object storage is waited out here, the run pending; only a bundle that is
     /// missing or does not match its checksum fails the run.
     async fn fetch_code(&self, run: &Run, code_dir: &Path) -> anyhow::Result<()> {
-        let bytes = match self.bundles.get(&run.code_sha256) {
-            Some(bytes) => bytes,
-            None => {
-                self.supervisor
-                    .resilience()
-                    .retry("fetch the code", || async move {
-                        let url = self
-                            .supervisor
-                            .storage()
-                            .presigned_get_internal(&run.code_key())
-                            .await?;
-                        let response = self.http.get(url).send().await?.error_for_status()?;
-                        Ok(response.bytes().await?)
-                    })
-                    .await?
-            }
-        };
         let (sha, max) = (run.code_sha256.clone(), self.paths.max_task_bytes);
-        let (into, checked) = (code_dir.to_owned(), bytes.clone());
-        tokio::task::spawn_blocking(move || bundle::extract(&checked, &sha, &into, max)).await??;
-        // Only a bundle that matched its sha256 is kept.
-        self.bundles.put(&run.code_sha256, bytes);
+        if let Some(bytes) = self.bundles.get(&run.code_sha256) {
+            let into = code_dir.to_owned();
+            tokio::task::spawn_blocking(move || bundle::extract(&bytes, &sha, &into, max))
+                .await??;
+            return Ok(());
+        }
+        // A bundle too large for the cache goes to a file beside the code folder as it arrives
+        // (a task may hold a gigabyte; the worker's memory must not), and is unpacked from there.
+        let spool = code_dir.with_extension("tar.gz");
+        let fetched = self
+            .supervisor
+            .resilience()
+            .retry("fetch the code", || {
+                let spool = spool.clone();
+                async move {
+                    let url = self
+                        .supervisor
+                        .storage()
+                        .presigned_get_internal(&run.code_key())
+                        .await?;
+                    let mut response = self.http.get(url).send().await?.error_for_status()?;
+                    if response
+                        .content_length()
+                        .is_some_and(|n| n as usize <= BUNDLE_CACHE_ENTRY_BYTES)
+                    {
+                        return Ok(Fetched::Bytes(response.bytes().await?));
+                    }
+                    let mut file = tokio::fs::File::create(&spool).await?;
+                    while let Some(chunk) = response.chunk().await? {
+                        file.write_all(&chunk).await?;
+                    }
+                    file.flush().await?;
+                    Ok(Fetched::File)
+                }
+            })
+            .await?;
+        let into = code_dir.to_owned();
+        match fetched {
+            Fetched::Bytes(bytes) => {
+                let checked = bytes.clone();
+                tokio::task::spawn_blocking(move || bundle::extract(&checked, &sha, &into, max))
+                    .await??;
+                // Only a bundle that matched its sha256 is kept.
+                self.bundles.put(&run.code_sha256, bytes);
+            }
+            Fetched::File => {
+                let file = spool.clone();
+                let unpacked = tokio::task::spawn_blocking(move || {
+                    bundle::extract_file(&file, &sha, &into, max)
+                })
+                .await;
+                let _ = tokio::fs::remove_file(&spool).await;
+                unpacked??;
+            }
+        }
         Ok(())
     }
 
@@ -559,6 +594,12 @@ impl Inner {
         }
         Ok(mounted)
     }
+}
+
+/// Where a fetched bundle is: in memory (small enough for the cache), or spooled to a file.
+enum Fetched {
+    Bytes(Bytes),
+    File,
 }
 
 /// Recent code bundles by sha256, at most `max_bytes` of them (the oldest go first), none larger
