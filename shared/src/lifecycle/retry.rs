@@ -43,7 +43,8 @@ impl Lifecycle<'_> {
             other => other?,
         };
         let new = NewRun {
-            id: Uuid::new_v4(),
+            // Time-ordered, as a submit's (see `submit`).
+            id: Uuid::now_v7(),
             task_id: original.task_id,
             owner_id: original.owner_id,
             command: original.command.clone(),
