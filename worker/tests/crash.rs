@@ -18,22 +18,12 @@ use std::time::Duration;
 use coderun_tests::kube::{NAMESPACE as NS, StandIn};
 use coderun_worker::executor::kubernetes::job;
 use serde_json::json;
-use support::{Platform, kubernetes_env, kubernetes_settings, platform, run_permits};
+use support::{Platform, kubernetes_env, kubernetes_settings, platform, wait_no_run_permits};
 
 const T: Duration = Duration::from_secs(60);
 
 fn count(phases: &[String], phase: &str) -> usize {
     phases.iter().filter(|p| *p == phase).count()
-}
-
-async fn wait_no_run_permits(ctx: &coderun_worker::Context) {
-    for _ in 0..200 {
-        if run_permits(ctx).await.is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("run permits still held: {:?}", run_permits(ctx).await);
 }
 
 #[tokio::test]

@@ -56,7 +56,7 @@ async fn a_python_run_goes_from_submit_to_succeeded_with_its_log_and_outputs_sto
     assert_eq!(reqwest::get(url).await.unwrap().text().await.unwrap(), "42");
 
     // The permit came back.
-    assert!(support::run_permits(&worker.ctx).await.is_empty());
+    support::wait_no_run_permits(&worker.ctx).await;
     worker.stop().await;
 }
 
@@ -243,7 +243,7 @@ async fn stopping_a_running_run_ends_it_stopped_with_its_log_kept() {
     let (lines, complete) = p.log(&id).await;
     assert_eq!(lines, ["started"]);
     assert!(complete);
-    assert!(support::run_permits(&worker.ctx).await.is_empty());
+    support::wait_no_run_permits(&worker.ctx).await;
     // Stopping again changes nothing.
     p.app
         .post(&format!("/api/v1/runs/{id}/stop"), &p.token, json!({}))
@@ -406,7 +406,7 @@ async fn the_sandbox_limits_end_runs_with_the_right_reasons() {
     let run = p.run(flood).await;
     assert_eq!(run["log_truncated"], true);
     assert!(run["log_bytes"].as_i64().unwrap() <= 65536);
-    assert!(support::run_permits(&worker.ctx).await.is_empty());
+    support::wait_no_run_permits(&worker.ctx).await;
     worker.stop().await;
 }
 

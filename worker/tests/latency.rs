@@ -52,7 +52,7 @@ async fn phases_recorded_alongside_the_fetch_and_the_sandbox_setup_stay_in_order
     let run = p.wait_terminal(&id, T).await;
     assert_eq!(run["status"], "succeeded", "{run}");
     assert_eq!(p.log(&id).await.0, ["another"]);
-    assert!(support::run_permits(&worker.ctx).await.is_empty());
+    support::wait_no_run_permits(&worker.ctx).await;
     worker.stop().await;
 }
 

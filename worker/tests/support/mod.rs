@@ -319,6 +319,18 @@ impl Drop for WorkerProcess {
 }
 
 /// The permits held by runs (an idle worker also holds a reservation while it reads).
+/// Waits (up to 10 s) until no run holds a permit: a worker gives a run's permit back right
+/// after it records the run's end, so a test that saw the end may look a moment early.
+pub async fn wait_no_run_permits(ctx: &Context) {
+    for _ in 0..200 {
+        if run_permits(ctx).await.is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("run permits still held: {:?}", run_permits(ctx).await);
+}
+
 pub async fn run_permits(ctx: &Context) -> Vec<String> {
     ctx.permits
         .holders()
