@@ -576,13 +576,24 @@ pub async fn transition_from(
     to: RunStatus,
     change: &Change,
 ) -> Result<bool, sqlx::Error> {
+    Ok(move_run(pool, id, from, to, change).await?.is_some())
+}
+
+/// [`transition_from`]; when the run moved, `Some` of the pipeline run it is a step of.
+async fn move_run(
+    pool: &PgPool,
+    id: Uuid,
+    from: &[RunStatus],
+    to: RunStatus,
+    change: &Change,
+) -> Result<Option<Option<Uuid>>, sqlx::Error> {
     let sources: Vec<RunStatus> = from
         .iter()
         .copied()
         .filter(|s| to.sources().contains(s))
         .collect();
     let sources = RunStatus::names(&sources);
-    let moved = sqlx::query_scalar!(
+    let moved = sqlx::query!(
         "WITH moved AS (
             UPDATE runs SET
                 status = $2,
@@ -596,9 +607,11 @@ pub async fn transition_from(
                 started_at = CASE WHEN $2 = $13 THEN coalesce(started_at, now()) ELSE started_at END,
                 finished_at = CASE WHEN $2 = ANY($14) THEN now() ELSE finished_at END
             WHERE id = $1 AND status = ANY($3)
-            RETURNING id)
-         INSERT INTO run_events (run_id, phase, source, detail)
-         SELECT id, $2, $10, $11 FROM moved RETURNING run_id",
+            RETURNING id, pipeline_run_id),
+         event AS (
+            INSERT INTO run_events (run_id, phase, source, detail)
+            SELECT id, $2, $10, $11 FROM moved)
+         SELECT pipeline_run_id FROM moved",
         id,
         to.as_str(),
         &sources,
@@ -616,7 +629,7 @@ pub async fn transition_from(
     )
     .fetch_optional(pool)
     .await?;
-    Ok(moved.is_some())
+    Ok(moved.map(|row| row.pipeline_run_id))
 }
 
 /// [`transition`] for every run of `ids` in one statement (one event each, with the same
@@ -667,22 +680,37 @@ pub async fn transition_many(
     .await
 }
 
+/// How [`finish`] ended a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    /// The phase it ended in.
+    pub status: RunStatus,
+    /// The pipeline run it is a step of, whose next stage its end may have queued.
+    pub pipeline_run_id: Option<Uuid>,
+}
+
 /// Records the end of an execution: `to` (succeeded or failed) — unless the run is being
-/// stopped, in which case stop wins and it ends `stopped`. Returns the phase it ended in, or
-/// `None` when it had already ended.
+/// stopped, in which case stop wins and it ends `stopped`. Returns how it ended, or `None`
+/// when it had already ended.
 pub async fn finish(
     pool: &PgPool,
     id: Uuid,
     to: RunStatus,
     change: &Change,
-) -> Result<Option<RunStatus>, sqlx::Error> {
-    if transition(pool, id, to, change).await? {
-        return Ok(Some(to));
+) -> Result<Option<Ended>, sqlx::Error> {
+    if let Some(pipeline_run_id) = move_run(pool, id, to.sources(), to, change).await? {
+        return Ok(Some(Ended {
+            status: to,
+            pipeline_run_id,
+        }));
     }
     let mut stopped = change.clone();
     stopped.reason = Some(Reason::StoppedByUser);
-    if transition(pool, id, Stopped, &stopped).await? {
-        return Ok(Some(Stopped));
+    if let Some(pipeline_run_id) = move_run(pool, id, Stopped.sources(), Stopped, &stopped).await? {
+        return Ok(Some(Ended {
+            status: Stopped,
+            pipeline_run_id,
+        }));
     }
     Ok(None)
 }

@@ -151,13 +151,13 @@ impl Recorder {
             })
             .await?;
         // The next stage first: its dispatch is what a pipeline waits for.
-        if ended.is_some() {
+        if ended.is_some_and(|e| e.pipeline_run_id.is_some()) {
             self.enqueue_next_steps(run).await;
         }
         if let Err(e) = self.live_log.expire(run, self.live_log_ttl_seconds).await {
             tracing::warn!(%run, error = %e, "cannot set the live log's expiry");
         }
-        Ok(ended)
+        Ok(ended.map(|e| e.status))
     }
 
     /// A pipeline step's end, once committed, may have queued the next stage's runs (the

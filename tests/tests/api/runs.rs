@@ -67,6 +67,7 @@ pub(crate) async fn end(app: &TestApp, run_id: Uuid, exit_code: i32) -> RunStatu
         .await
         .unwrap()
         .unwrap()
+        .status
 }
 
 /// Stores `text` as the run's `log.txt` with its line index, as the worker does.
@@ -490,7 +491,7 @@ async fn stopping_a_running_run_moves_it_to_stopping_and_tells_the_workers() {
     )
     .await
     .unwrap();
-    assert_eq!(ended, Some(RunStatus::Stopped));
+    assert_eq!(ended.map(|e| e.status), Some(RunStatus::Stopped));
     let done = app.post(&stop, &token, json!({})).await.expect(200);
     assert_eq!(done["status"], "stopped");
     assert_eq!(done["reason"], Reason::StoppedByUser.as_str());
