@@ -33,6 +33,7 @@ pub mod reconciler;
 pub mod recorder;
 pub mod resilience;
 pub mod sandbox;
+mod stages;
 pub mod stops;
 pub mod supervisor;
 pub mod sweeper;

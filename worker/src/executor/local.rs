@@ -28,6 +28,7 @@ use crate::executor::{Durability, Executor, LaunchError, Prepared, Start, Traits
 use crate::sandbox::{
     self, Limits, Sandbox, SandboxConfig, SandboxRequest, create_run_dir, remove_work_dir,
 };
+use crate::stages::Stages;
 use crate::supervisor::Supervisor;
 
 /// Local programs die with their worker and wait for their start.
@@ -341,7 +342,7 @@ impl Inner {
         work_dir: &Path,
         stop: &CancellationToken,
     ) -> anyhow::Result<Ending> {
-        let mut stages = Stages::new(run.id);
+        let mut stages = Stages::new("local run stages", run.id);
         // An earlier attempt of this run, lost with its worker, may have left its folder.
         match tokio::fs::remove_dir_all(work_dir).await {
             Ok(()) => {}
@@ -644,39 +645,6 @@ impl BundleCache {
                 None => break,
             }
         }
-    }
-}
-
-/// How long each stage of a local run took, logged at its end (debug): the breakdown of a run's
-/// latency.
-struct Stages {
-    run: Uuid,
-    last: std::time::Instant,
-    took: Vec<(&'static str, Duration)>,
-}
-
-impl Stages {
-    fn new(run: Uuid) -> Self {
-        Self {
-            run,
-            last: std::time::Instant::now(),
-            took: Vec::with_capacity(4),
-        }
-    }
-
-    fn mark(&mut self, stage: &'static str) {
-        let now = std::time::Instant::now();
-        self.took.push((stage, now - self.last));
-        self.last = now;
-    }
-
-    fn done(&self) {
-        let stages: Vec<String> = self
-            .took
-            .iter()
-            .map(|(stage, took)| format!("{stage} {:.2} ms", took.as_secs_f64() * 1e3))
-            .collect();
-        tracing::debug!(run = %self.run, stages = %stages.join(", "), "local run stages");
     }
 }
 

@@ -47,6 +47,7 @@ pub use runfs::remove_work_dir;
 pub use runtime::{BUILD_HINT, Runtime, ensure_built, runtimes_dir};
 pub use workdir::{create_run_dir, create_work_root};
 
+use crate::stages::Stages;
 use cgroup::{Cgroups, RunCgroup};
 use command::{Identity, Launch};
 use uids::UidPool;
@@ -302,6 +303,7 @@ impl Sandbox {
     ) -> Result<SandboxOutcome, SandboxError> {
         validate(&request)?;
         self.runtime_of(&request)?;
+        let mut stages = Stages::new("sandbox stages", request.run_id);
         let lease = match &self.uids {
             Some(pool) => Some(
                 pool.acquire()
@@ -361,6 +363,7 @@ impl Sandbox {
                 return Err(SandboxError::NotReady(format!("{e:#}")));
             }
         }
+        stages.mark("files + ready");
 
         let cgroup = self
             .cgroups
@@ -380,9 +383,11 @@ impl Sandbox {
             child_pid: None,
             lease,
         };
+        stages.mark("cgroup");
         let result = self
-            .run_in(&request, &layout, identity, &mut guard, log, stop)
+            .run_in(&request, &layout, identity, &mut guard, &mut stages, log, stop)
             .await;
+        stages.done();
         drop(guard);
         if result.is_err() {
             // `run_in` gives the folder back to the worker on success; here it did not get
@@ -401,6 +406,7 @@ impl Sandbox {
         layout: &RunLayout,
         identity: Identity,
         guard: &mut RunGuard,
+        stages: &mut Stages,
         log: mpsc::Sender<String>,
         stop: CancellationToken,
     ) -> Result<SandboxOutcome, SandboxError> {
@@ -452,6 +458,7 @@ impl Sandbox {
         // dies.
         drop(cmd);
         guard.child_pid = child.id();
+        stages.mark("spawn");
 
         let (trip_tx, mut trips) = mpsc::channel::<Trip>(4);
         let pump = tokio::spawn(log::pump(
@@ -496,6 +503,7 @@ impl Sandbox {
             guard.kill_all(tripped_at.get_or_insert_with(Instant::now).elapsed());
         };
         let duration = started.elapsed();
+        stages.mark("program");
         guard.child_pid = None;
         let status = status.map_err(SandboxError::io("waiting for the sandbox"))?;
 
@@ -521,6 +529,7 @@ impl Sandbox {
             source: std::io::Error::other(e),
         })?;
         restored.map_err(SandboxError::io("giving the work dir back to the worker"))?;
+        stages.mark("cgroup removed + files restored");
         if status.code() == Some(command::JOIN_FAILED) && !joined {
             return Err(SandboxError::Launch(format!(
                 "the first process could not join the cgroup of run {}",
@@ -548,6 +557,7 @@ impl Sandbox {
                 }
             }
         };
+        stages.mark("log drained");
         // A tripped cap may still be in the channel if the program ended on its own at the
         // same moment; the log says it was cut, so the reason says so too.
         if tripped.is_none() && log_summary.truncated {
