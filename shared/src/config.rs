@@ -459,6 +459,9 @@ pub struct KubernetesSettings {
     /// dataset version, `{dataset_volume_prefix}{name}-v{N}`, prepared once by the operator).
     pub dataset_source: DatasetSource,
     pub dataset_volume_prefix: String,
+    /// Speak HTTP/2 without TLS (prior knowledge) for the log followers' connections to an
+    /// `http://` API server. Over `https` HTTP/2 is negotiated whatever this says.
+    pub log_streams_h2c: bool,
 }
 
 /// `kubernetes.dataset_source`.

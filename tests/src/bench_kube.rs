@@ -381,6 +381,7 @@ impl Scenario {
                 self.kube.kubeconfig().display().to_string(),
             ),
             ("CODERUN__KUBERNETES__CREATES_PER_SECOND", "100000".into()),
+            ("CODERUN__KUBERNETES__LOG_STREAMS_H2C", "true".into()),
             (
                 "CODERUN__LOG__FILTER",
                 self.log_filter

@@ -306,6 +306,39 @@ async fn a_failing_program_reports_its_exit_code_and_its_log() {
     worker.stop().await;
 }
 
+/// The live log streams over HTTP/2 where the server speaks it (here by prior knowledge, as
+/// `kubernetes.log_streams_h2c` says; over TLS by ALPN) and over HTTP/1.1 otherwise, with the
+/// same lines either way.
+#[tokio::test]
+async fn the_live_log_streams_over_http2_when_the_server_speaks_it_and_http1_otherwise() {
+    for (h2c, version) in [(true, "HTTP/2.0"), (false, "HTTP/1.1")] {
+        let (kube, p) = setup(vec![("kubernetes.log_streams_h2c", h2c.to_string())]).await;
+        let worker = p.worker("w").await;
+        let (id, pod) = running_run(&kube, &p).await;
+        kube.append_log(NS, &pod, "streamed\n");
+        wait_log(&p, &id, &["streamed"]).await;
+        let versions: Vec<String> = kube
+            .follow_versions()
+            .iter()
+            .map(|v| format!("{v:?}"))
+            .collect();
+        assert!(!versions.is_empty(), "no follow reached the server");
+        assert!(
+            versions.iter().all(|v| v == version),
+            "h2c = {h2c}: the follows came as {versions:?}"
+        );
+        kube.append_log(NS, &pod, "and the end\n");
+        kube.set_pod_succeeded(NS, &pod);
+        let run = p.wait_terminal(&id, T).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+        let (lines, complete) = p.log(&id).await;
+        assert_eq!(lines, ["streamed", "and the end"]);
+        assert!(complete);
+        wait_no_permits(&worker.ctx).await;
+        worker.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn an_oom_killed_program_ends_oom_killed() {
     let (kube, p) = setup(vec![]).await;

@@ -1,5 +1,7 @@
 //! A stand-in for the Kubernetes API, served over plain HTTP on 127.0.0.1 and reached through a
-//! kubeconfig, for testing the Kubernetes Job executor with the real kube client.
+//! kubeconfig, for testing the Kubernetes Job executor with the real kube client. It speaks
+//! HTTP/1.1 and, with prior knowledge, HTTP/2 (the worker's log followers use it with
+//! `kubernetes.log_streams_h2c`, as they use HTTP/2 over TLS with a real API server).
 //!
 //! It serves, for any namespace: `batch/v1` Jobs (create, get, list, watch, delete), core/v1
 //! Pods (get, list, watch, delete, log), `networking.k8s.io/v1` NetworkPolicies (create, get,
@@ -401,6 +403,11 @@ users:
     /// (kind — "Job" / "Pod" / "NetworkPolicy", name, propagationPolicy from the body or query).
     pub fn deletes(&self) -> Vec<(String, String, Option<String>)> {
         self.shared.read(|st| st.deletes.clone())
+    }
+
+    /// The HTTP version of every log request that followed (`follow=true`), in order.
+    pub fn follow_versions(&self) -> Vec<http::Version> {
+        self.shared.read(|st| st.follow_versions.clone())
     }
 
     /// Every request received, as `METHOD path?query`, in order.

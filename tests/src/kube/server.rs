@@ -166,6 +166,7 @@ fn flag(q: &HashMap<String, String>, key: &str) -> bool {
 
 pub(crate) async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) -> Response {
     let method = req.method().clone();
+    let version = req.version();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or_default().to_string();
     let target = if query.is_empty() {
@@ -203,6 +204,9 @@ pub(crate) async fn handle(AxState(shared): AxState<Arc<Shared>>, req: Request) 
 
     let fault = shared.write(|st| {
         st.requests.push(format!("{method} {target}"));
+        if path.ends_with("/log") && query.split('&').any(|kv| kv == "follow=true") {
+            st.follow_versions.push(version);
+        }
         if is_job_create {
             st.job_creates += 1;
         }

@@ -135,6 +135,8 @@ pub(crate) struct State {
     pub(crate) job_creates: usize,
     pub(crate) deletes: Vec<(String, String, Option<String>)>,
     pub(crate) requests: Vec<String>,
+    /// The HTTP version of every log request that follows (`follow=true`), in order.
+    pub(crate) follow_versions: Vec<http::Version>,
     pub(crate) restricted: BTreeSet<String>,
     pub(crate) pod_create_failures: Vec<(String, String, String)>,
     pub(crate) pod_counter: u64,
@@ -163,6 +165,7 @@ impl Shared {
                 job_creates: 0,
                 deletes: Vec::new(),
                 requests: Vec::new(),
+                follow_versions: Vec::new(),
                 restricted: BTreeSet::new(),
                 pod_create_failures: Vec::new(),
                 pod_counter: 0,

@@ -350,6 +350,7 @@ pub fn kubernetes_settings(kubeconfig: &std::path::Path) -> Vec<(&'static str, S
         ("kubernetes.kubeconfig", kubeconfig.display().to_string()),
         ("kubernetes.image_pull_timeout_seconds", "2".into()),
         ("kubernetes.creates_per_second", "50".into()),
+        ("kubernetes.log_streams_h2c", "true".into()),
     ]
 }
 
@@ -367,5 +368,6 @@ pub fn kubernetes_env(kubeconfig: &std::path::Path) -> Vec<(&'static str, String
             "2".into(),
         ),
         ("CODERUN__KUBERNETES__CREATES_PER_SECOND", "50".into()),
+        ("CODERUN__KUBERNETES__LOG_STREAMS_H2C", "true".into()),
     ]
 }

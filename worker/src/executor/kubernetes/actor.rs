@@ -254,7 +254,7 @@ impl Actor {
         self.stop_streamer();
         let state = Arc::new(StreamState::default());
         let task = tokio::spawn(logs::follow(
-            self.inner.pods.clone(),
+            self.inner.log_streams.clone(),
             pod.clone(),
             self.inner.supervisor.clone(),
             run.id,

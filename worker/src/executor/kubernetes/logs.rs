@@ -23,6 +23,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::job::MAIN;
+use super::streams::LogStreams;
 use crate::lines::{LineSplitter, MAX_LINE_BYTES};
 use crate::supervisor::Supervisor;
 
@@ -41,7 +42,7 @@ pub struct StreamState {
 /// Follows the main container's log of `pod` into the live log until it ends or the task is
 /// aborted; reopens a broken stream. `changed` is notified when the log passes its cap.
 pub async fn follow(
-    pods: Api<Pod>,
+    streams: Arc<LogStreams>,
     pod: String,
     supervisor: Supervisor,
     run: Uuid,
@@ -65,7 +66,9 @@ pub async fn follow(
             ..LogParams::default()
         };
         let result = async {
-            let reader = pods.log_stream(&pod, &params).await?;
+            // The stream's place on a connection, held while it is read.
+            let stream = streams.acquire()?;
+            let reader = stream.pods.log_stream(&pod, &params).await?;
             pump(reader, &supervisor, run, &mut written, cap).await
         }
         .await;

@@ -48,11 +48,13 @@ pub mod observe;
 pub mod outputs;
 mod ownership;
 pub mod presign;
+pub mod streams;
 mod watch;
 
 use limiter::RateLimiter;
 use ownership::Ownership;
 use presign::Presigner;
+use streams::LogStreams;
 use watch::{Stores, Writers};
 /// Jobs outlive their worker and run from their creation.
 const TRAITS: Traits = Traits {
@@ -76,6 +78,8 @@ pub(crate) struct Inner {
     paths: LimitSettings,
     jobs: Api<Job>,
     pods: Api<Pod>,
+    /// The connections the log followers stream over (HTTP/2 where the server speaks it).
+    log_streams: Arc<LogStreams>,
     supervisor: Supervisor,
     presigner: Presigner,
     limiter: RateLimiter,
@@ -104,7 +108,13 @@ impl KubernetesExecutor {
     /// fails loudly rather than consuming runs it cannot launch.
     pub async fn connect(settings: &Settings, supervisor: Supervisor) -> anyhow::Result<Self> {
         let k8s = &settings.kubernetes;
-        let client = client(k8s).await?;
+        let config = config(k8s).await?;
+        let client = Client::try_from(config.clone())?;
+        let log_streams = Arc::new(LogStreams::new(
+            config,
+            &k8s.namespace,
+            k8s.log_streams_h2c,
+        ));
         let jobs: Api<Job> = Api::namespaced(client.clone(), &k8s.namespace);
         let pods: Api<Pod> = Api::namespaced(client, &k8s.namespace);
         jobs.list(&ListParams::default().labels(job::SELECTOR).limit(1))
@@ -126,6 +136,7 @@ impl KubernetesExecutor {
                 paths: settings.limits.clone(),
                 jobs,
                 pods,
+                log_streams,
                 supervisor,
                 presigner: Presigner::new(&settings.storage),
                 limiter: RateLimiter::new(k8s.creates_per_second),
@@ -144,6 +155,11 @@ impl KubernetesExecutor {
 
 /// A client from `kubernetes.kubeconfig`, or inferred (in-cluster, `$KUBECONFIG`, `~/.kube`).
 pub async fn client(settings: &KubernetesSettings) -> anyhow::Result<Client> {
+    Ok(Client::try_from(config(settings).await?)?)
+}
+
+/// The client configuration from `kubernetes.kubeconfig`, or inferred.
+async fn config(settings: &KubernetesSettings) -> anyhow::Result<kube::Config> {
     let config = if settings.kubeconfig.is_empty() {
         kube::Config::infer().await.map_err(|e| {
             anyhow::anyhow!(
@@ -167,7 +183,7 @@ pub async fn client(settings: &KubernetesSettings) -> anyhow::Result<Client> {
                 )
             })?
     };
-    Ok(Client::try_from(config)?)
+    Ok(config)
 }
 
 fn source_of(settings: &KubernetesSettings) -> String {
