@@ -51,7 +51,9 @@ pub async fn follow(
     changed: Arc<Notify>,
 ) {
     // Lines the live log holds already (from this worker before a reconnect, or another).
-    let mut written = match supervisor.live_log().len(run).await {
+    // The futures of the calls made once per follow are boxed: inline, they would make every
+    // follower's task as large as the largest of them (12 KiB in all) for as long as it streams.
+    let mut written = match Box::pin(supervisor.live_log().len(run)).await {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(%run, error = %e, "cannot read the live log's length");
@@ -68,7 +70,7 @@ pub async fn follow(
         let result = async {
             // The stream's place on a connection, held while it is read.
             let stream = streams.acquire()?;
-            let reader = stream.pods.log_stream(&pod, &params).await?;
+            let reader = Box::pin(stream.pods.log_stream(&pod, &params)).await?;
             pump(reader, &supervisor, run, &mut written, cap).await
         }
         .await;
