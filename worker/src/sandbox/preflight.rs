@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use nix::unistd::{getegid, geteuid};
 use uuid::Uuid;
 
-use super::cgroup::Cgroups;
+use super::cgroup::{Cgroups, FavorMoves};
 use super::command::{Identity, Launch, Tools};
 use super::runtime::Runtime;
 use super::uids::UidPool;
@@ -236,6 +236,19 @@ pub(super) fn build(config: SandboxConfig) -> Result<Sandbox, PreflightError> {
         );
     }
 
+    if root {
+        match super::cgroup::favor_moves() {
+            FavorMoves::Already => tracing::debug!("cgroup moves favoured already (favordynmods)"),
+            FavorMoves::Mounted => tracing::info!(
+                at = super::cgroup::FAVOR_MOUNT,
+                "cgroup moves favoured: mounted a hierarchy with favordynmods"
+            ),
+            FavorMoves::Unavailable(why) => tracing::info!(
+                %why,
+                "cgroup moves not favoured: each run's start waits for an RCU grace period"
+            ),
+        }
+    }
     let uids = root.then(|| UidPool::new(config.uid_base, config.uid_count));
     if let Some(pool) = &uids {
         for uid in pool.uids() {

@@ -201,6 +201,31 @@ async fn hello_world_exits_0_with_its_lines() {
     assert!(!done.outcome.log_truncated);
 }
 
+/// A root worker makes moving a run's first process into its cgroups cheap (`favordynmods`)
+/// where the kernel has the option (Linux 6.1 and later), once per host; runs are confined as
+/// before (every other test here runs with it on).
+#[tokio::test]
+async fn cgroup_moves_are_favoured_where_the_kernel_has_the_option() {
+    let Some(_sandbox) = sandbox() else { return };
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut numbers = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    let favoured = cgroup::cgroup_mounts()
+        .unwrap()
+        .iter()
+        .any(|m| m.options.iter().any(|o| o == "favordynmods"));
+    if version >= (6, 1) {
+        assert!(favoured, "Linux {release}: no cgroup hierarchy has favordynmods");
+    }
+    if favoured {
+        // Building another sandbox mounts nothing more.
+        assert_eq!(cgroup::favor_moves(), cgroup::FavorMoves::Already);
+    }
+}
+
 #[tokio::test]
 async fn exit_code_is_reported() {
     let Some(sb) = sandbox() else { return };
