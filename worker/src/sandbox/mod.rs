@@ -385,7 +385,15 @@ impl Sandbox {
         };
         stages.mark("cgroup");
         let result = self
-            .run_in(&request, &layout, identity, &mut guard, &mut stages, log, stop)
+            .run_in(
+                &request,
+                &layout,
+                identity,
+                &mut guard,
+                &mut stages,
+                log,
+                stop,
+            )
             .await;
         stages.done();
         drop(guard);

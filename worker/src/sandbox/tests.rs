@@ -218,7 +218,10 @@ async fn cgroup_moves_are_favoured_where_the_kernel_has_the_option() {
         .iter()
         .any(|m| m.options.iter().any(|o| o == "favordynmods"));
     if version >= (6, 1) {
-        assert!(favoured, "Linux {release}: no cgroup hierarchy has favordynmods");
+        assert!(
+            favoured,
+            "Linux {release}: no cgroup hierarchy has favordynmods"
+        );
     }
     if favoured {
         // Building another sandbox mounts nothing more.

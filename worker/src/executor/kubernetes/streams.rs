@@ -133,8 +133,16 @@ fn multiplexed_client(config: &kube::Config, h2c: bool) -> anyhow::Result<Client
         .build(connector);
     let service = tower::ServiceBuilder::new()
         .layer(config.base_uri_layer())
-        .option_layer(config.auth_layer().context("the kubeconfig's credentials")?)
-        .layer(config.extra_headers_layer().context("the kubeconfig's headers")?)
+        .option_layer(
+            config
+                .auth_layer()
+                .context("the kubeconfig's credentials")?,
+        )
+        .layer(
+            config
+                .extra_headers_layer()
+                .context("the kubeconfig's headers")?,
+        )
         // The auth layer's errors are boxed: the connection's must be too.
         .map_err(tower::BoxError::from)
         .service(hyper);
