@@ -102,6 +102,13 @@ impl Sender {
                     settings.extra_roots_file
                 )
             })?;
+            // A file of anything but certificates parses as none: callbacks would then fail
+            // their handshakes one by one instead of the worker saying why at start.
+            anyhow::ensure!(
+                !roots.is_empty(),
+                "webhooks.extra_roots_file {} holds no PEM certificate",
+                settings.extra_roots_file
+            );
             builder = builder.tls_certs_merge(roots);
         }
         let client = builder

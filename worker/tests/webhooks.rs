@@ -405,6 +405,45 @@ async fn an_endpoint_failing_consistently_is_disabled_with_the_reason() {
     worker.stop().await;
 }
 
+/// A `webhooks.extra_roots_file` that cannot be read, or holds no certificate, stops the
+/// sender (so the worker) at start with the setting named: callbacks are never sent without
+/// the roots the operator meant them to trust.
+#[test]
+fn an_unreadable_or_certificate_less_extra_roots_file_is_refused_at_start() {
+    let base = coderun_shared::config::Settings::with_overrides([("local_stack", "true".into())])
+        .unwrap()
+        .webhooks;
+    let dir = std::env::temp_dir().join(format!("coderun-roots-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_pem = dir.join("not-pem.txt");
+    std::fs::write(&not_pem, "these are not the roots you are looking for\n").unwrap();
+    for (file, says) in [
+        (
+            "/nonexistent/roots.pem".to_owned(),
+            "read webhooks.extra_roots_file",
+        ),
+        (not_pem.display().to_string(), "holds no PEM certificate"),
+    ] {
+        let settings = coderun_shared::config::WebhookSettings {
+            extra_roots_file: file.clone(),
+            ..base.clone()
+        };
+        let error = match coderun_worker::webhooks::Sender::new(&settings) {
+            Ok(_) => panic!("{file}: the sender was built"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(error.contains(says), "{file}: {error}");
+        assert!(error.contains(&file), "{file}: {error}");
+    }
+    // The test CA's file is fine.
+    let settings = coderun_shared::config::WebhookSettings {
+        extra_roots_file: https::ca_file().display().to_string(),
+        ..base
+    };
+    assert!(coderun_worker::webhooks::Sender::new(&settings).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn https_endpoints_are_called_over_tls_and_an_untrusted_certificate_is_refused() {
     let mut settings = callback_settings();
