@@ -406,6 +406,9 @@ impl Scenario {
             // The worker starts itself again with its allocator tunables unless they are set;
             // under a profiler that second start would run unprofiled.
             command.env("GLIBC_TUNABLES", "glibc.malloc.arena_max=2");
+            // The profiler and the worker it starts are one process group, ended together:
+            // killing the profiler alone left its worker running.
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
         }
         command
             .stdin(Stdio::null())
@@ -577,9 +580,9 @@ impl Scenario {
 
     /// Kills the workers, drops the database, deletes the prefix's keys and the bundle.
     async fn stop(mut self) {
+        let grouped = self.profile_with.is_some();
         for child in &mut self.workers {
-            let _ = child.kill();
-            let _ = child.wait();
+            end_worker(child, grouped);
         }
         self.pool.close().await;
         let dropped = async {
@@ -638,11 +641,34 @@ impl Scenario {
 impl Drop for Scenario {
     fn drop(&mut self) {
         // On a panic or an early return: never leave worker processes behind.
+        let grouped = self.profile_with.is_some();
         for child in &mut self.workers {
-            let _ = child.kill();
-            let _ = child.wait();
+            end_worker(child, grouped);
         }
     }
+}
+
+/// Ends a worker: killed at once, or — started under a profiler, in a process group of its
+/// own — the worker asked to stop, the profiler given 30 s to write its data and end, then
+/// whatever is left of the group killed.
+fn end_worker(child: &mut Child, grouped: bool) {
+    if !grouped {
+        let _ = child.kill();
+        let _ = child.wait();
+        return;
+    }
+    let group = child.id().to_string();
+    let _ = Command::new("pkill")
+        .args(["-TERM", "-g", group.as_str(), "-x", "coderun-worker"])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("pkill")
+        .args(["-KILL", "-g", group.as_str()])
+        .status();
+    let _ = child.wait();
 }
 
 /// Settings for the local stack (`--database-url` / `--redis-url` / `--s3-endpoint`).
