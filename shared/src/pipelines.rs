@@ -1121,14 +1121,9 @@ impl Lifecycle<'_> {
     /// Adds the stream entries of step runs an advance queued; a lost one is re-enqueued by
     /// the reconciler, like any queued run's.
     pub async fn enqueue_steps(&self, runs: &[Uuid]) {
-        // Sent together: the client pipelines them on its connection.
-        let added =
-            futures::future::join_all(runs.iter().map(|run| self.queue.enqueue(*run))).await;
-        for (run, added) in runs.iter().zip(added) {
-            if let Err(e) = added {
-                tracing::warn!(run_id = %run, error = %e,
-                    "could not add a step run to the stream; the reconciler will enqueue it");
-            }
+        for (run, e) in self.queue.enqueue_each(runs).await {
+            tracing::warn!(run_id = %run, error = %e,
+                "could not add a step run to the stream; the reconciler will enqueue it");
         }
     }
 }

@@ -106,6 +106,16 @@ impl RunQueue {
             .await
     }
 
+    /// [`enqueue`](Self::enqueue) of each run, sent together (the client pipelines them on its
+    /// connection); the runs whose entry could not be added, with why.
+    pub async fn enqueue_each(&self, runs: &[Uuid]) -> Vec<(Uuid, Error)> {
+        let added = futures::future::join_all(runs.iter().map(|run| self.enqueue(*run))).await;
+        runs.iter()
+            .zip(added)
+            .filter_map(|(run, added)| added.err().map(|e| (*run, e)))
+            .collect()
+    }
+
     /// Creates the consumer group (and the stream) if missing. It starts at the stream's
     /// beginning, so entries added before any worker existed are delivered too.
     pub async fn ensure_group(&self) -> Result<(), Error> {

@@ -176,14 +176,9 @@ impl Recorder {
                 return;
             }
         };
-        // Sent together: the client pipelines them on its connection.
-        let added =
-            futures::future::join_all(queued.iter().map(|next| self.queue.enqueue(*next))).await;
-        for (next, added) in queued.iter().zip(added) {
-            if let Err(e) = added {
-                tracing::warn!(run = %next, error = %e,
-                    "cannot enqueue a step run; the reconciler will enqueue it");
-            }
+        for (next, e) in self.queue.enqueue_each(&queued).await {
+            tracing::warn!(run = %next, error = %e,
+                "cannot enqueue a step run; the reconciler will enqueue it");
         }
     }
 }
