@@ -110,7 +110,14 @@ impl KubernetesExecutor {
         let k8s = &settings.kubernetes;
         let config = config(k8s).await?;
         let client = Client::try_from(config.clone())?;
-        let log_streams = Arc::new(LogStreams::new(config, &k8s.namespace, k8s.log_streams_h2c));
+        let log_streams = Arc::new(
+            LogStreams::new(config, &k8s.namespace, k8s.log_streams_h2c).map_err(|e| {
+                anyhow::anyhow!(
+                    "the log streams' connections cannot be set up ({}): {e:#}",
+                    source_of(k8s)
+                )
+            })?,
+        );
         let jobs: Api<Job> = Api::namespaced(client.clone(), &k8s.namespace);
         let pods: Api<Pod> = Api::namespaced(client, &k8s.namespace);
         jobs.list(&ListParams::default().labels(job::SELECTOR).limit(1))

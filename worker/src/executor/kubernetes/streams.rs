@@ -45,6 +45,15 @@ struct Shard {
     slots: Arc<Semaphore>,
 }
 
+impl Shard {
+    fn new(config: &kube::Config, namespace: &str, h2c: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            pods: Api::namespaced(multiplexed_client(config, h2c)?, namespace),
+            slots: Arc::new(Semaphore::new(STREAMS_PER_CONNECTION)),
+        })
+    }
+}
+
 /// One follow's place on a connection: give it back by dropping it.
 pub struct LogStream {
     pub pods: Api<Pod>,
@@ -52,14 +61,17 @@ pub struct LogStream {
 }
 
 impl LogStreams {
-    /// Shards for the API server of `config`, opened as follows need them.
-    pub fn new(config: kube::Config, namespace: &str, h2c: bool) -> Self {
-        Self {
+    /// Shards for the API server of `config`, opened as follows need them. The first one's
+    /// client is built now, so settings it cannot use (a bad `tls-server-name`, unreadable
+    /// certificates) stop the worker at start instead of every follow failing later.
+    pub fn new(config: kube::Config, namespace: &str, h2c: bool) -> anyhow::Result<Self> {
+        let first = Shard::new(&config, namespace, h2c)?;
+        Ok(Self {
             config,
             namespace: namespace.to_owned(),
             h2c,
-            shards: Mutex::new(Vec::new()),
-        }
+            shards: Mutex::new(vec![first]),
+        })
     }
 
     /// A place for one follow: on the first shard with a free stream, else on a new one.
@@ -73,11 +85,7 @@ impl LogStreams {
                 });
             }
         }
-        let client = multiplexed_client(&self.config, self.h2c)?;
-        let shard = Shard {
-            pods: Api::namespaced(client, &self.namespace),
-            slots: Arc::new(Semaphore::new(STREAMS_PER_CONNECTION)),
-        };
+        let shard = Shard::new(&self.config, &self.namespace, self.h2c)?;
         let slot = shard
             .slots
             .clone()
@@ -155,7 +163,18 @@ mod tests {
 
     fn streams() -> LogStreams {
         let config = kube::Config::new("http://127.0.0.1:1".parse().expect("a URL"));
-        LogStreams::new(config, "coderun-jobs", true)
+        LogStreams::new(config, "coderun-jobs", true).expect("usable settings")
+    }
+
+    #[tokio::test]
+    async fn settings_no_connection_can_use_are_refused_when_the_streams_are_built() {
+        let mut config = kube::Config::new("https://127.0.0.1:1".parse().expect("a URL"));
+        config.tls_server_name = Some("not a host name".into());
+        let error = match LogStreams::new(config, "coderun-jobs", false) {
+            Ok(_) => panic!("built with a tls-server-name that is no name"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(error.contains("tls-server-name"), "{error}");
     }
 
     #[tokio::test]
