@@ -502,11 +502,14 @@ pub async fn task_has_active(pool: &PgPool, task_id: Uuid) -> Result<bool, sqlx:
     .await
 }
 
-/// Every run in an active phase (for the reconciler), oldest first.
+/// Every run in an active phase (for the reconciler), oldest first. The statuses are written
+/// out as the partial indexes of active runs name them (a test compares those with
+/// [`RunStatus::ACTIVE`]), so that every plan, a generic one too, reads `runs_owner_active`
+/// instead of the whole table (migration 0012).
 pub async fn active(pool: &PgPool) -> Result<Vec<Run>, sqlx::Error> {
     select_runs!(
-        "WHERE status = ANY($1) ORDER BY queued_at",
-        &RunStatus::names(&RunStatus::ACTIVE),
+        "WHERE status IN ('queued', 'dispatched', 'pending', 'running', 'stopping')
+         ORDER BY queued_at"
     )
     .fetch_all(pool)
     .await

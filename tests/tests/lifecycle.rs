@@ -433,6 +433,203 @@ async fn concurrent_submits_of_one_user_never_exceed_the_active_cap() {
     assert_eq!(enqueued(&app).await.len(), 3, "one entry per accepted run");
 }
 
+/// PL/pgSQL prepares each statement of a function once per connection and, after a few calls,
+/// may keep a generic plan, made without the parameters' values. Every such plan of
+/// `admit_run` must find the task's and the owner's active runs through an index: reading the
+/// whole table would make each submission cost as much as the history of every run
+/// (migration 0012).
+#[tokio::test]
+async fn admitting_a_run_reads_runs_through_indexes_even_in_generic_plans() {
+    let app = spawn_app().await;
+    let (actor, first) = actor_with_task(&app, Role::Student).await;
+    let mut tasks = more_tasks(&app, &actor, 2).await;
+    tasks.push(first);
+    // One connection that plans as that cached plan does, and reads a whole table only where
+    // no index serves.
+    let generic = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::query("SET plan_cache_mode = force_generic_plan")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("SET enable_seqscan = off")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect_with((*app.state.db.connect_options()).clone())
+        .await
+        .unwrap();
+    let lifecycle = Lifecycle {
+        db: &generic,
+        ..app.state.lifecycle()
+    };
+    let before = whole_reads_of_runs(&generic).await;
+    for task in &tasks {
+        lifecycle
+            .submit(&actor, *task, defaults(&app), None)
+            .await
+            .unwrap();
+    }
+    // The first task is busy now: refused through the same checks.
+    let busy = lifecycle
+        .submit(&actor, first, defaults(&app), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(busy, Error::Run(runs::Error::TaskBusy)),
+        "{busy:?}"
+    );
+    assert_eq!(whole_reads_of_runs(&generic).await, before);
+}
+
+/// A burst the statistics have not seen yet (autovacuum analyses `runs` a minute later at the
+/// soonest): they still say hardly any run is active. A submission's checks must go through
+/// the task's and the owner's own entries, never through the index of every active run nor the
+/// whole table, or each submission of a burst reads every run queued before it.
+#[tokio::test]
+async fn admitting_after_a_burst_the_statistics_missed_reads_only_its_own_entries() {
+    let app = spawn_app().await;
+    let (actor, task) = actor_with_task(&app, Role::Student).await;
+    let (other, _) = actor_with_task(&app, Role::Student).await;
+    let db = &app.state.db;
+    // A history of finished runs, analysed: "hardly any run is active" …
+    runs_of_new_tasks(db, other.id, "Done", "canceled").await;
+    sqlx::query("ANALYZE runs").execute(db).await.unwrap();
+    // … then a burst of queued runs that the statistics have not seen.
+    runs_of_new_tasks(db, other.id, "Burst", "queued").await;
+    // One connection, so that its reads can be counted.
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*db.connect_options()).clone())
+        .await
+        .unwrap();
+    let lifecycle = Lifecycle {
+        db: &one,
+        ..app.state.lifecycle()
+    };
+    let before = reads_of_runs(&one).await;
+    lifecycle
+        .submit(&actor, task, defaults(&app), None)
+        .await
+        .unwrap();
+    let after = reads_of_runs(&one).await;
+    let own = [
+        "runs_pkey",
+        "runs_task_created",
+        "runs_owner_active",
+        "runs_owner_kept",
+        "runs_one_active_per_task",
+    ];
+    for (how, count) in &after {
+        if !own.contains(&how.as_str()) {
+            assert_eq!(
+                before.get(how),
+                Some(count),
+                "{how}: {before:?} -> {after:?}"
+            );
+        }
+    }
+}
+
+/// 3,000 new tasks of `owner`'s, each with one run in `status`, written straight to the table.
+async fn runs_of_new_tasks(db: &sqlx::PgPool, owner: Uuid, name: &str, status: &str) {
+    sqlx::query(
+        "WITH t AS (
+             INSERT INTO tasks (id, owner_id, name, language)
+             SELECT gen_random_uuid(), $1, $2 || ' ' || g, 'python'
+             FROM generate_series(1, 3000) g
+             RETURNING id)
+         INSERT INTO runs (id, task_id, owner_id, status, command, language, image, spec_name,
+                           spec, snapshot_of, code_sha256)
+         SELECT gen_random_uuid(), t.id, $1, $3, 'true', 'python', 'python', 'default', '{}',
+                t.id, 'none' FROM t",
+    )
+    .bind(owner)
+    .bind(name)
+    .bind(status)
+    .execute(db)
+    .await
+    .unwrap();
+}
+
+/// Per index of `runs` (and `seq` for the whole table), how many scans the connection of `pool`
+/// (one) has made.
+async fn reads_of_runs(pool: &sqlx::PgPool) -> std::collections::BTreeMap<String, i64> {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query_as(
+        "SELECT indexrelname::text, idx_scan FROM pg_stat_user_indexes WHERE relname = 'runs'
+         UNION ALL SELECT 'seq', seq_scan FROM pg_stat_user_tables WHERE relname = 'runs'",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect()
+}
+
+/// How many times the connection of `pool` (one) has read the whole `runs` table.
+async fn whole_reads_of_runs(pool: &sqlx::PgPool) -> i64 {
+    // A connection's counts reach the statistics when it is next idle; this forces it.
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query_scalar("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'runs'")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The partial indexes on active runs, and `admit_run`'s count that relies on them, name exactly
+/// the statuses the code calls active: "one active run per task" means what the code means,
+/// and the checks that pass `RunStatus::ACTIVE` can use the indexes.
+#[tokio::test]
+async fn the_active_run_indexes_name_exactly_the_active_statuses() {
+    let app = spawn_app().await;
+    let mut active = RunStatus::names(&RunStatus::ACTIVE);
+    active.sort_unstable();
+    let predicates: Vec<(String, String)> = sqlx::query_as(
+        "SELECT indexrelid::regclass::text, pg_get_expr(indpred, indrelid) FROM pg_index
+         WHERE indexrelid::regclass::text IN
+               ('runs_one_active_per_task', 'runs_owner_active', 'runs_active_datasets')",
+    )
+    .fetch_all(&app.state.db)
+    .await
+    .unwrap();
+    assert_eq!(predicates.len(), 3);
+    for (index, predicate) in predicates {
+        let mut named: Vec<String> = predicate
+            .split('\'')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect();
+        named.sort_unstable();
+        assert_eq!(named, active, "{index}: {predicate}");
+    }
+    // The owner's active count names them too, so that a generic plan can use its index.
+    let listed = format!(
+        "IN ({})",
+        RunStatus::names(&RunStatus::ACTIVE)
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let source: String =
+        sqlx::query_scalar("SELECT prosrc FROM pg_proc WHERE proname = 'admit_run'")
+            .fetch_one(&app.state.db)
+            .await
+            .unwrap();
+    assert!(source.contains(&listed), "{source}");
+}
+
 #[tokio::test]
 async fn concurrent_submits_of_one_user_meet_the_quota_exactly() {
     let app = spawn_app().await;
