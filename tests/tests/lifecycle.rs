@@ -446,27 +446,19 @@ async fn admitting_a_run_reads_runs_through_indexes_even_in_generic_plans() {
     tasks.push(first);
     // One connection that plans as that cached plan does, and reads a whole table only where
     // no index serves.
-    let generic = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .after_connect(|conn, _| {
-            Box::pin(async move {
-                sqlx::query("SET plan_cache_mode = force_generic_plan")
-                    .execute(&mut *conn)
-                    .await?;
-                sqlx::query("SET enable_seqscan = off")
-                    .execute(&mut *conn)
-                    .await?;
-                Ok(())
-            })
-        })
-        .connect_with((*app.state.db.connect_options()).clone())
-        .await
-        .unwrap();
+    let generic = one_connection(
+        &app,
+        &[
+            "SET plan_cache_mode = force_generic_plan",
+            "SET enable_seqscan = off",
+        ],
+    )
+    .await;
     let lifecycle = Lifecycle {
         db: &generic,
         ..app.state.lifecycle()
     };
-    let before = whole_reads_of_runs(&generic).await;
+    let before = reads_of_runs(&generic).await["seq"];
     for task in &tasks {
         lifecycle
             .submit(&actor, *task, defaults(&app), None)
@@ -482,7 +474,7 @@ async fn admitting_a_run_reads_runs_through_indexes_even_in_generic_plans() {
         matches!(busy, Error::Run(runs::Error::TaskBusy)),
         "{busy:?}"
     );
-    assert_eq!(whole_reads_of_runs(&generic).await, before);
+    assert_eq!(reads_of_runs(&generic).await["seq"], before);
 }
 
 /// A burst the statistics have not seen yet (autovacuum analyses `runs` a minute later at the
@@ -501,11 +493,7 @@ async fn admitting_after_a_burst_the_statistics_missed_reads_only_its_own_entrie
     // … then a burst of queued runs that the statistics have not seen.
     runs_of_new_tasks(db, other.id, "Burst", "queued").await;
     // One connection, so that its reads can be counted.
-    let one = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with((*db.connect_options()).clone())
-        .await
-        .unwrap();
+    let one = one_connection(&app, &[]).await;
     let lifecycle = Lifecycle {
         db: &one,
         ..app.state.lifecycle()
@@ -555,6 +543,24 @@ async fn runs_of_new_tasks(db: &sqlx::PgPool, owner: Uuid, name: &str, status: &
     .unwrap();
 }
 
+/// A pool of one connection to the app's database (so that its reads can be counted), which
+/// runs `settings` when it connects.
+async fn one_connection(app: &TestApp, settings: &'static [&'static str]) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                for setting in settings {
+                    sqlx::query(*setting).execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with((*app.state.db.connect_options()).clone())
+        .await
+        .unwrap()
+}
+
 /// Per index of `runs` (and `seq` for the whole table), how many scans the connection of `pool`
 /// (one) has made.
 async fn reads_of_runs(pool: &sqlx::PgPool) -> std::collections::BTreeMap<String, i64> {
@@ -571,19 +577,6 @@ async fn reads_of_runs(pool: &sqlx::PgPool) -> std::collections::BTreeMap<String
     .unwrap()
     .into_iter()
     .collect()
-}
-
-/// How many times the connection of `pool` (one) has read the whole `runs` table.
-async fn whole_reads_of_runs(pool: &sqlx::PgPool) -> i64 {
-    // A connection's counts reach the statistics when it is next idle; this forces it.
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(pool)
-        .await
-        .unwrap();
-    sqlx::query_scalar("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'runs'")
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 /// The partial indexes on active runs, and `admit_run`'s count that relies on them, name exactly
