@@ -813,3 +813,40 @@ async fn concurrent_replacements_keep_the_tasks_totals_exact_and_only_owners_wri
     .await
     .problem(404);
 }
+
+/// A save rewrites its task's change time and totals, and its file's content, size and time.
+/// None of those may be indexed: an update that changes an indexed column cannot stay on its
+/// page (HOT), so every save would write new entries into all of the table's indexes and leave
+/// dead ones behind — at an editor's rate of saves, the indexes of a few hundred tasks grew to
+/// megabytes within minutes.
+#[tokio::test]
+async fn no_column_a_save_writes_is_indexed() {
+    let app = spawn_app().await;
+    let written = [
+        ("tasks", ["updated_at", "total_size", "file_count"].as_slice()),
+        ("task_files", ["content", "size", "updated_at"].as_slice()),
+    ];
+    for (table, columns) in written {
+        let indexes: Vec<(String, Vec<String>, bool)> = sqlx::query_as(
+            "SELECT i.indexrelid::regclass::text,
+                    array(SELECT a.attname::text FROM pg_attribute a
+                          WHERE a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)),
+                    i.indexprs IS NOT NULL OR i.indpred IS NOT NULL
+               FROM pg_index i WHERE i.indrelid = $1::regclass",
+        )
+        .bind(table)
+        .fetch_all(&app.state.db)
+        .await
+        .unwrap();
+        assert!(!indexes.is_empty(), "{table} has no index");
+        for (index, keys, with_expressions) in indexes {
+            assert!(!with_expressions, "{index} indexes an expression of {table}");
+            for column in columns {
+                assert!(
+                    !keys.iter().any(|k| k == column),
+                    "{index} indexes {table}.{column}, which every save writes"
+                );
+            }
+        }
+    }
+}
