@@ -20,7 +20,6 @@ use axum::http::StatusCode;
 use fred::prelude::*;
 use fred::types::streams::XReadResponse;
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::bench::percentile;
@@ -265,74 +264,80 @@ pub async fn handoff(
     })
 }
 
-/// bubblewrap with a run's mounts starting `/usr/bin/python3 -c pass`, `rounds` times.
-pub async fn sandbox(runtimes: &Path, rounds: usize) -> anyhow::Result<Load> {
-    let runtime = coderun_worker::sandbox::Runtime::load("python", runtimes)
-        .map_err(|e| anyhow::anyhow!("the Python runtime for the sandbox floor: {e}"))?;
-    let code = tempdir()?;
-    std::fs::write(code.join("main.py"), "pass\n")?;
-    let mut argv: Vec<std::ffi::OsString> = [
-        "--unshare-all",
-        "--unshare-user",
-        "--die-with-parent",
-        "--new-session",
-        "--clearenv",
-        "--setenv",
-        "PATH",
-        "/usr/bin:/bin",
-    ]
-    .iter()
-    .map(Into::into)
-    .collect();
-    argv.extend([
-        "--ro-bind".into(),
-        runtime.usr.clone().into_os_string(),
-        "/usr".into(),
-    ]);
-    for (target, link) in &runtime.links {
+/// The bare sandbox: bubblewrap with the run's mounts starting `python3 -c pass`, started one
+/// at a time ([`SandboxFloor::once`]) so that a figure's rounds and the floor's can alternate
+/// and both see the machine in the same state.
+pub struct SandboxFloor {
+    argv: Vec<std::ffi::OsString>,
+    code: std::path::PathBuf,
+}
+
+impl SandboxFloor {
+    pub fn new(runtimes: &Path) -> anyhow::Result<Self> {
+        let runtime = coderun_worker::sandbox::Runtime::load("python", runtimes)
+            .map_err(|e| anyhow::anyhow!("the Python runtime for the sandbox floor: {e}"))?;
+        let code = tempdir()?;
+        std::fs::write(code.join("main.py"), "pass\n")?;
+        let mut argv: Vec<std::ffi::OsString> = [
+            "--unshare-all",
+            "--unshare-user",
+            "--die-with-parent",
+            "--new-session",
+            "--clearenv",
+            "--setenv",
+            "PATH",
+            "/usr/bin:/bin",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
         argv.extend([
-            "--symlink".into(),
-            target.clone().into(),
-            link.clone().into(),
+            "--ro-bind".into(),
+            runtime.usr.clone().into_os_string(),
+            "/usr".into(),
         ]);
+        for (target, link) in &runtime.links {
+            argv.extend([
+                "--symlink".into(),
+                target.clone().into(),
+                link.clone().into(),
+            ]);
+        }
+        argv.extend([
+            "--ro-bind".into(),
+            runtime.etc.clone().into_os_string(),
+            "/etc".into(),
+        ]);
+        for a in [
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind",
+        ] {
+            argv.push(a.into());
+        }
+        argv.extend([code.clone().into_os_string(), "/code".into()]);
+        for a in ["--chdir", "/code", "--", "/usr/bin/python3", "-c", "pass"] {
+            argv.push(a.into());
+        }
+        Ok(Self { argv, code })
     }
-    argv.extend([
-        "--ro-bind".into(),
-        runtime.etc.clone().into_os_string(),
-        "/etc".into(),
-    ]);
-    for a in [
-        "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind",
-    ] {
-        argv.push(a.into());
-    }
-    argv.extend([code.clone().into_os_string(), "/code".into()]);
-    for a in ["--chdir", "/code", "--", "/usr/bin/python3", "-c", "pass"] {
-        argv.push(a.into());
-    }
-    let gate = Semaphore::new(1);
-    let mut latencies = Vec::with_capacity(rounds);
-    let started = Instant::now();
-    for _ in 0..rounds {
-        let _one = gate.acquire().await?;
+
+    /// Starts the bare sandbox once and waits for it: how long that took.
+    pub async fn once(&self) -> anyhow::Result<Duration> {
         let t = Instant::now();
         let status = tokio::process::Command::new("bwrap")
-            .args(&argv)
+            .args(&self.argv)
             .env_clear()
             .status()
             .await
             .context("start bwrap")?;
         anyhow::ensure!(status.success(), "bwrap python3 -c pass failed: {status}");
-        latencies.push(t.elapsed());
+        Ok(t.elapsed())
     }
-    let elapsed = started.elapsed();
-    let _ = std::fs::remove_dir_all(&code);
-    latencies.sort();
-    Ok(Load {
-        per_second: rounds as f64 / elapsed.as_secs_f64(),
-        p50: percentile(&latencies, 50.0),
-        p99: percentile(&latencies, 99.0),
-    })
+}
+
+impl Drop for SandboxFloor {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.code);
+    }
 }
 
 fn tempdir() -> anyhow::Result<std::path::PathBuf> {
