@@ -823,7 +823,10 @@ async fn concurrent_replacements_keep_the_tasks_totals_exact_and_only_owners_wri
 async fn no_column_a_save_writes_is_indexed() {
     let app = spawn_app().await;
     let written = [
-        ("tasks", ["updated_at", "total_size", "file_count"].as_slice()),
+        (
+            "tasks",
+            ["updated_at", "total_size", "file_count"].as_slice(),
+        ),
         ("task_files", ["content", "size", "updated_at"].as_slice()),
     ];
     for (table, columns) in written {
@@ -840,7 +843,10 @@ async fn no_column_a_save_writes_is_indexed() {
         .unwrap();
         assert!(!indexes.is_empty(), "{table} has no index");
         for (index, keys, with_expressions) in indexes {
-            assert!(!with_expressions, "{index} indexes an expression of {table}");
+            assert!(
+                !with_expressions,
+                "{index} indexes an expression of {table}"
+            );
             for column in columns {
                 assert!(
                     !keys.iter().any(|k| k == column),
