@@ -582,9 +582,29 @@ pub async fn transition_from(
     Ok(move_run(pool, id, from, to, change).await?.is_some())
 }
 
+/// Moves the run through `steps` in order, in one transaction: one commit for phases that
+/// follow each other at once (a local run whose code is at hand is `pending` only for as long
+/// as its own commit would take). Each step keeps the forward-only rule and writes its own
+/// event; `true` when the last step moved the run.
+pub async fn transition_through(
+    pool: &PgPool,
+    id: Uuid,
+    steps: &[(RunStatus, &Change)],
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut moved = false;
+    for (to, change) in steps {
+        moved = move_run(&mut *tx, id, to.sources(), *to, change)
+            .await?
+            .is_some();
+    }
+    tx.commit().await?;
+    Ok(moved)
+}
+
 /// [`transition_from`]; when the run moved, `Some` of the pipeline run it is a step of.
 async fn move_run(
-    pool: &PgPool,
+    conn: impl sqlx::PgExecutor<'_>,
     id: Uuid,
     from: &[RunStatus],
     to: RunStatus,
@@ -630,7 +650,7 @@ async fn move_run(
         Running.as_str(),
         &RunStatus::names(&RunStatus::TERMINAL),
     )
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?;
     Ok(moved.map(|row| row.pipeline_run_id))
 }

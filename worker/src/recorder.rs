@@ -51,6 +51,27 @@ impl Recorder {
             .await
     }
 
+    /// Records `pending`, then `running`, in one commit (see [`runs::transition_through`]).
+    pub async fn pending_and_running(
+        &self,
+        run: Uuid,
+        pending: &str,
+        running: &str,
+    ) -> anyhow::Result<bool> {
+        let pending = &Change::by(self.source.clone()).detail(pending);
+        let running = &Change::by(self.source.clone()).detail(running);
+        self.resilience
+            .retry("record a phase", || async move {
+                Ok(runs::transition_through(
+                    &self.db,
+                    run,
+                    &[(RunStatus::Pending, pending), (RunStatus::Running, running)],
+                )
+                .await?)
+            })
+            .await
+    }
+
     /// Appends log lines to the live log, numbered from `first_line`.
     pub async fn log_lines(
         &self,

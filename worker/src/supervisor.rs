@@ -110,6 +110,18 @@ impl Supervisor {
         self.recorder.phase(run, status, detail).await
     }
 
+    /// Records `pending` and `running` in one commit: the run went through both at once.
+    pub async fn pending_and_running(
+        &self,
+        run: Uuid,
+        pending: &str,
+        running: &str,
+    ) -> anyhow::Result<bool> {
+        self.recorder
+            .pending_and_running(run, pending, running)
+            .await
+    }
+
     /// The program printed `lines`, numbered from `first`.
     pub async fn log_lines(&self, run: Uuid, first: u64, lines: &[String]) -> anyhow::Result<()> {
         self.recorder.log_lines(run, first, lines).await

@@ -677,3 +677,52 @@ async fn the_workers_metrics_show_the_operators_numbers_after_a_real_run() {
         0.0
     );
 }
+
+/// A run whose code the worker holds already (the same starter code, a retry) records
+/// `pending` and `running` in one commit; one whose code it fetches is `pending` on its own
+/// while the code comes.
+#[tokio::test]
+async fn a_run_whose_code_the_worker_holds_records_pending_and_running_in_one_commit() {
+    let p = platform(vec![]).await;
+    let worker = p.worker("w").await;
+    let code = "print('the same code twice')\n";
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let id = p.submit_python(code, json!({})).await;
+        let run = p.wait_terminal(&id, T).await;
+        assert_eq!(run["status"], "succeeded", "{run}");
+        assert_eq!(
+            Platform::phases(&run),
+            ["queued", "dispatched", "pending", "running", "succeeded"]
+        );
+        assert_eq!(p.log(&id).await.0, ["the same code twice"]);
+        runs.push((id, run));
+    }
+    let detail = |run: &serde_json::Value, phase: &str| {
+        run["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["phase"] == phase)
+            .unwrap()["detail"]
+            .clone()
+    };
+    assert_eq!(detail(&runs[0].1, "pending"), "fetching the code");
+    assert_eq!(detail(&runs[1].1, "pending"), "the code was at hand");
+    // Rows written by one transaction carry its id.
+    let mut commits = Vec::new();
+    for (id, _) in &runs {
+        let run_id: uuid::Uuid = id.parse().unwrap();
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT xmin::text) FROM run_events
+             WHERE run_id = $1 AND phase IN ('pending', 'running')",
+        )
+        .bind(run_id)
+        .fetch_one(&p.app.db)
+        .await
+        .unwrap();
+        commits.push(count);
+    }
+    assert_eq!(commits, [2, 1]);
+    worker.stop().await;
+}
