@@ -76,7 +76,12 @@ class RunStore {
     this.firstLineAt = 0;
     this.#stopStream = followLog(run.id, {
       lines: (lines) => {
-        if (!this.firstLineAt) this.firstLineAt = performance.now();
+        if (!this.firstLineAt) {
+          this.firstLineAt = performance.now();
+          // The program is printing, so the status polled a moment ago ("queued") is behind:
+          // a short run would show its output under "Waiting to start…" until the next poll.
+          void this.#refresh();
+        }
         for (const l of lines) this.lines.push(l);
         this.version += 1;
       },
