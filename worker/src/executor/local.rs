@@ -357,16 +357,16 @@ impl Inner {
         // set up. Otherwise `pending` is written while the code is fetched (the phase says
         // what happens, and its round trip costs the run nothing); `running` waits for it, so
         // the events keep their order.
-        let at_hand = run.datasets.is_empty()
-            && run.pipeline_run_id.is_none()
-            && self.bundles.get(&run.code_sha256).is_some();
+        let cached = self.bundles.get(&run.code_sha256);
+        let at_hand = cached.is_some() && run.datasets.is_empty() && run.pipeline_run_id.is_none();
         if at_hand {
-            self.fetch_code(run, &code_dir).await?;
+            self.fetch_code(run, &code_dir, cached).await?;
         } else {
             let pending = self
                 .supervisor
                 .phase(run.id, RunStatus::Pending, "fetching the code");
-            let (pending, code) = tokio::join!(pending, self.fetch_code(run, &code_dir));
+            let code = self.fetch_code(run, &code_dir, cached);
+            let (pending, code) = tokio::join!(pending, code);
             pending?;
             code?;
         }
@@ -466,13 +466,18 @@ impl Inner {
             .with_log(outcome.log_bytes, outcome.log_truncated))
     }
 
-    /// Puts the run's code, checked against its sha256, in `code_dir`: from this worker's
-    /// cache of recent bundles when it holds it, else fetched through a presigned URL. An
+    /// Puts the run's code, checked against its sha256, in `code_dir`: from `cached` (this
+    /// worker's cache of recent bundles held it), else fetched through a presigned URL. An
     /// outage of object storage is waited out here, the run pending; only a bundle that is
     /// missing or does not match its checksum fails the run.
-    async fn fetch_code(&self, run: &Run, code_dir: &Path) -> anyhow::Result<()> {
+    async fn fetch_code(
+        &self,
+        run: &Run,
+        code_dir: &Path,
+        cached: Option<Bytes>,
+    ) -> anyhow::Result<()> {
         let (sha, max) = (run.code_sha256.clone(), self.paths.max_task_bytes);
-        if let Some(bytes) = self.bundles.get(&run.code_sha256) {
+        if let Some(bytes) = cached {
             let into = code_dir.to_owned();
             tokio::task::spawn_blocking(move || bundle::extract(&bytes, &sha, &into, max))
                 .await??;
